@@ -1,0 +1,201 @@
+"""The job file: YAML in, one validated pydantic tree out.
+
+Everything a run needs is decided here, once, at the edge: after :func:`load_config` returns,
+the rest of the code trusts the :class:`JobConfig` it is handed. Every error names the file and
+the field (``teachers[0].api_key_env``) or environment variable at fault, on one line.
+
+String values may use ``${VAR}`` (required) and ``${VAR:-default}``. API keys are never values
+in the file: a teacher names the environment variable that holds its key (``api_key_env``), and
+the key is read from the environment only when a request is built.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import re
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+from distillery.errors import ConfigError
+
+_ENV_PATTERN = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)(?::-([^}]*))?\}")
+_NAME_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$"
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class GenerationParams(_Strict):
+    """Sampling parameters sent with every request to one teacher (and recorded per sample)."""
+
+    temperature: float | None = Field(default=None, ge=0, le=2)
+    top_p: float | None = Field(default=None, gt=0, le=1)
+    max_tokens: int | None = Field(default=None, gt=0, description="Cap on completion tokens.")
+    seed: int | None = None
+    stop: list[str] | None = None
+    extra_body: dict[str, Any] = Field(
+        default_factory=dict,
+        description="Provider-specific fields merged into the request body as they are.",
+    )
+
+    def recorded(self) -> dict[str, Any]:
+        """The parameters as stored in the ``params`` column (unset ones left out)."""
+        return self.model_dump(exclude_none=True, exclude_defaults=True)
+
+
+class TeacherConfig(_Strict):
+    """One teacher: a model behind an HTTP API."""
+
+    name: str = Field(pattern=_NAME_PATTERN, description="Your name for this teacher.")
+    provider: str = Field(description="Wire format: openai (and any OpenAI-compatible server).")
+    model: str = Field(min_length=1, description="Model name as the API expects it.")
+    base_url: str = Field(description="As in the provider's SDK, e.g. https://api.openai.com/v1")
+    api_key_env: str | None = Field(
+        default=None,
+        pattern=r"^[A-Za-z_][A-Za-z0-9_]*$",
+        description="Environment variable holding the API key; null for servers without auth.",
+    )
+    params: GenerationParams = Field(default_factory=GenerationParams)
+    concurrency: int = Field(default=16, ge=1, le=4096, description="Requests in flight at most.")
+    max_attempts: int = Field(default=5, ge=1, le=20, description="Tries per request.")
+    timeout_s: float = Field(default=600.0, gt=0, description="Read timeout per attempt.")
+
+    @field_validator("provider")
+    @classmethod
+    def _known_provider(cls, value: str) -> str:
+        from distillery.generators.providers.registry import provider_names
+
+        if value not in provider_names():
+            raise ValueError(f"unknown provider {value!r}; known: {', '.join(provider_names())}")
+        return value
+
+    @field_validator("base_url")
+    @classmethod
+    def _http_url(cls, value: str) -> str:
+        if not re.match(r"^https?://[^/\s]+", value):
+            raise ValueError(f"must be an http(s) URL, got {value!r}")
+        return value.rstrip("/")
+
+
+class PromptsConfig(_Strict):
+    """Where prompts come from and how each record becomes a chat request."""
+
+    path: Path = Field(description="JSONL, Parquet or CSV; relative paths are from the config.")
+    template: str | None = Field(
+        default=None, description="Jinja template rendered with each record's fields."
+    )
+    system: str | None = Field(default=None, description="System message put before each prompt.")
+    limit: int | None = Field(default=None, gt=0, description="Use only the first N prompts.")
+
+
+class JobConfig(_Strict):
+    """A whole generation job, as validated from the YAML file."""
+
+    name: str = Field(default="distillery", pattern=_NAME_PATTERN)
+    prompts: PromptsConfig
+    teachers: list[TeacherConfig] = Field(min_length=1)
+    batch_size: int = Field(default=100, ge=1, le=100_000, description="Prompts per Prefect task.")
+    max_batches_in_flight: int = Field(
+        default=4, ge=1, le=256, description="Batch tasks running at once."
+    )
+    output: Path = Field(default=Path("out"), description="Dataset directory.")
+    http_transport: Literal["aiohttp", "httpx"] = Field(
+        default="aiohttp",
+        description="aiohttp: httpx API on aiohttp's transport (fast); httpx: httpx's own.",
+    )
+
+    @model_validator(mode="after")
+    def _unique_teacher_names(self) -> JobConfig:
+        seen: set[str] = set()
+        for index, teacher in enumerate(self.teachers):
+            if teacher.name in seen:
+                raise ValueError(f"teachers[{index}].name {teacher.name!r} is used twice")
+            seen.add(teacher.name)
+        return self
+
+    def config_hash(self) -> str:
+        """A short, stable fingerprint of everything that shapes the output."""
+        canonical = json.dumps(self.model_dump(mode="json"), sort_keys=True)
+        return hashlib.blake2b(canonical.encode(), digest_size=8).hexdigest()
+
+
+def expand_env(value: Any, where: str = "") -> Any:
+    """Replace ``${VAR}`` / ``${VAR:-default}`` in every string of a parsed YAML tree."""
+    if isinstance(value, str):
+
+        def substitute(match: re.Match[str]) -> str:
+            name, default = match.group(1), match.group(2)
+            found = os.environ.get(name)
+            if found is not None and (found != "" or default is None):
+                return found
+            if default is not None:
+                return default
+            raise ConfigError(f"{where or 'config'}: environment variable {name} is not set")
+
+        return _ENV_PATTERN.sub(substitute, value)
+    if isinstance(value, dict):
+        return {key: expand_env(item, _join(where, str(key))) for key, item in value.items()}
+    if isinstance(value, list):
+        return [expand_env(item, f"{where}[{index}]") for index, item in enumerate(value)]
+    return value
+
+
+def _join(prefix: str, key: str) -> str:
+    return f"{prefix}.{key}" if prefix else key
+
+
+def _field_path(location: tuple[int | str, ...]) -> str:
+    path = ""
+    for part in location:
+        path = f"{path}[{part}]" if isinstance(part, int) else _join(path, part)
+    return path or "config"
+
+
+def load_config(path: Path) -> JobConfig:
+    """Read, expand and validate a job file; relative paths become relative to its folder."""
+    try:
+        text = path.read_text(encoding="utf-8")
+    except OSError as exc:
+        raise ConfigError(f"{path}: cannot read config ({exc.strerror or exc})") from exc
+    try:
+        raw = yaml.safe_load(text)
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        at = f" at line {mark.line + 1}" if mark is not None else ""
+        raise ConfigError(f"{path}: not valid YAML{at}") from exc
+    if not isinstance(raw, dict):
+        raise ConfigError(f"{path}: expected a mapping of settings at the top level")
+    expanded = expand_env(raw)
+    try:
+        job = JobConfig.model_validate(expanded)
+    except ValidationError as exc:
+        first = exc.errors()[0]
+        field = _field_path(tuple(first["loc"]))
+        more = f" (and {exc.error_count() - 1} more)" if exc.error_count() > 1 else ""
+        message = first["msg"].removeprefix("Value error, ")
+        if first["type"] == "extra_forbidden":
+            message = "unknown field"
+        raise ConfigError(f"{path}: {field}: {message}{more}") from exc
+    base = path.resolve().parent
+    return job.model_copy(
+        update={
+            "prompts": job.prompts.model_copy(update={"path": base / job.prompts.path}),
+            "output": base / job.output,
+        }
+    )
+
+
+def require_api_keys(job: JobConfig) -> None:
+    """Fail before anything is sent if a teacher's key variable is unset (naming the variable)."""
+    for index, teacher in enumerate(job.teachers):
+        if teacher.api_key_env and not os.environ.get(teacher.api_key_env):
+            raise ConfigError(
+                f"teachers[{index}].api_key_env: environment variable "
+                f"{teacher.api_key_env} is not set (teacher {teacher.name!r})"
+            )

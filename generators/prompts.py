@@ -1,0 +1,165 @@
+"""Prompt sources: JSONL, Parquet or CSV records into :class:`Prompt` objects.
+
+A record holds ``prompt`` (a string) or ``messages`` (a chat list), optionally an ``id``; every
+other field is kept as metadata and offered to the Jinja template. Without an ``id`` the prompt id
+is a hash of the final messages, so the same prompt keeps the same id across runs and files —
+the basis of idempotent sample ids.
+
+Errors name the file and the line (JSONL, CSV) or row (Parquet) at fault.
+"""
+
+from __future__ import annotations
+
+import csv
+import hashlib
+import json
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import jinja2
+import pyarrow.parquet as pq
+
+from distillery.config import PromptsConfig
+from distillery.errors import UserInputError
+
+Message = dict[str, str]
+_ROLES = {"system", "user", "assistant", "developer"}
+
+
+@dataclass(frozen=True)
+class Prompt:
+    """One prompt, ready to send: its stable id, chat messages and the record's other fields."""
+
+    prompt_id: str
+    messages: list[Message]
+    meta: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def text(self) -> str | None:
+        """The single user message, when the prompt is one (stored in the ``prompt`` column)."""
+        users = [m for m in self.messages if m["role"] == "user"]
+        return users[0]["content"] if len(users) == 1 else None
+
+
+def hash_messages(messages: list[Message]) -> str:
+    canonical = json.dumps(messages, sort_keys=True, ensure_ascii=False)
+    return hashlib.blake2b(canonical.encode(), digest_size=10).hexdigest()
+
+
+def template_hash(config: PromptsConfig) -> str | None:
+    """Fingerprint of the template and system prompt: lineage for how prompts were built."""
+    if config.template is None and config.system is None:
+        return None
+    text = json.dumps([config.template, config.system])
+    return hashlib.blake2b(text.encode(), digest_size=8).hexdigest()
+
+
+def _records(path: Path) -> Iterator[tuple[str, dict[str, Any]]]:
+    """Yield (location, record) pairs; location is what an error message points at."""
+    suffix = path.suffix.lower()
+    try:
+        if suffix in {".jsonl", ".ndjson", ".json"}:
+            with path.open(encoding="utf-8") as handle:
+                for number, line in enumerate(handle, start=1):
+                    if not line.strip():
+                        continue
+                    where = f"{path}:{number}"
+                    try:
+                        record = json.loads(line)
+                    except json.JSONDecodeError as exc:
+                        raise UserInputError(f"{where}: not valid JSON ({exc.msg})") from exc
+                    if not isinstance(record, dict):
+                        raise UserInputError(f"{where}: expected a JSON object per line")
+                    yield where, record
+        elif suffix == ".csv":
+            with path.open(encoding="utf-8", newline="") as handle:
+                for number, row in enumerate(csv.DictReader(handle), start=2):
+                    yield f"{path}:{number}", dict(row)
+        elif suffix in {".parquet", ".pq"}:
+            table = pq.read_table(path)
+            for number, row in enumerate(table.to_pylist()):
+                yield f"{path} row {number}", row
+        else:
+            raise UserInputError(
+                f"{path}: unsupported prompt file type (use .jsonl, .parquet, .csv)"
+            )
+    except OSError as exc:
+        raise UserInputError(f"{path}: cannot read prompts ({exc.strerror or exc})") from exc
+
+
+def _compile_template(config: PromptsConfig) -> jinja2.Template | None:
+    if config.template is None:
+        return None
+    environment = jinja2.Environment(undefined=jinja2.StrictUndefined, autoescape=False)
+    try:
+        return environment.from_string(config.template)
+    except jinja2.TemplateSyntaxError as exc:
+        raise UserInputError(f"prompts.template: {exc.message} (line {exc.lineno})") from exc
+
+
+def _messages_of(
+    where: str, record: dict[str, Any], template: jinja2.Template | None
+) -> list[Message]:
+    if template is not None:
+        try:
+            return [{"role": "user", "content": template.render(**record)}]
+        except jinja2.TemplateError as exc:
+            raise UserInputError(f"{where}: prompts.template: {exc}") from exc
+    if "messages" in record and record["messages"] is not None:
+        raw = record["messages"]
+        if isinstance(raw, str):
+            try:
+                raw = json.loads(raw)
+            except json.JSONDecodeError as exc:
+                raise UserInputError(f"{where}: messages is not valid JSON") from exc
+        if not isinstance(raw, list) or not raw:
+            raise UserInputError(f"{where}: messages must be a non-empty list")
+        messages: list[Message] = []
+        for index, item in enumerate(raw):
+            if (
+                not isinstance(item, dict)
+                or item.get("role") not in _ROLES
+                or not isinstance(item.get("content"), str)
+            ):
+                raise UserInputError(
+                    f"{where}: messages[{index}] needs a role ({'/'.join(sorted(_ROLES))}) "
+                    "and a string content"
+                )
+            messages.append({"role": item["role"], "content": item["content"]})
+        return messages
+    prompt = record.get("prompt")
+    if not isinstance(prompt, str) or not prompt.strip():
+        raise UserInputError(f"{where}: needs a non-empty 'prompt' string or a 'messages' list")
+    return [{"role": "user", "content": prompt}]
+
+
+def load_prompts(config: PromptsConfig) -> list[Prompt]:
+    """All prompts of a job, in file order, with duplicates of the same prompt removed.
+
+    The same id on two *different* prompts is an input error: it would make their samples
+    indistinguishable.
+    """
+    template = _compile_template(config)
+    prompts: list[Prompt] = []
+    first_seen: dict[str, tuple[str, list[Message]]] = {}
+    for where, record in _records(config.path):
+        messages = _messages_of(where, record, template)
+        if config.system is not None and messages[0]["role"] != "system":
+            messages = [{"role": "system", "content": config.system}, *messages]
+        raw_id = record.get("id")
+        prompt_id = str(raw_id) if raw_id not in (None, "") else hash_messages(messages)
+        if prompt_id in first_seen:
+            earlier, earlier_messages = first_seen[prompt_id]
+            if earlier_messages != messages:
+                raise UserInputError(f"{where}: id {prompt_id!r} already used at {earlier}")
+            continue
+        first_seen[prompt_id] = (where, messages)
+        meta = {k: v for k, v in record.items() if k not in {"id", "prompt", "messages"}}
+        prompts.append(Prompt(prompt_id=prompt_id, messages=messages, meta=meta))
+        if config.limit is not None and len(prompts) >= config.limit:
+            break
+    if not prompts:
+        raise UserInputError(f"{config.path}: no prompts found")
+    return prompts

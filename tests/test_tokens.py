@@ -1,0 +1,40 @@
+import hashlib
+from pathlib import Path
+
+import tiktoken_ext.openai_public as official
+
+from distillery.generators import tokens
+
+
+def test_cl100k_hello_world_offline() -> None:
+    assert tokens.encoding("cl100k_base").encode("hello world") == [15339, 1917]
+
+
+def test_o200k_and_model_mapping() -> None:
+    assert tokens.encoding("o200k_base").encode("hello world") == [24912, 2375]
+    assert tokens.encoding_for_model("gpt-4o").name == "o200k_base"
+    assert tokens.encoding_for_model("gpt-4").name == "cl100k_base"
+    # Not an OpenAI model: estimated with o200k rather than failing.
+    assert tokens.encoding_for_model("claude-sonnet-4").name == "o200k_base"
+
+
+def test_unpacked_files_match_tiktoken_expected_sha256() -> None:
+    cache = tokens.prepare_offline_cache()
+    expected = {
+        "cl100k_base": official.cl100k_base,
+        "o200k_base": official.o200k_base,
+    }
+    import inspect
+
+    for name, constructor in expected.items():
+        source = inspect.getsource(constructor)
+        sha = source.split('expected_hash="')[1].split('"')[0]
+        url = f"https://openaipublic.blob.core.windows.net/encodings/{name}.tiktoken"
+        path = Path(cache) / hashlib.sha1(url.encode()).hexdigest()
+        assert hashlib.sha256(path.read_bytes()).hexdigest() == sha
+
+
+def test_message_token_count_grows_with_content() -> None:
+    short = tokens.count_message_tokens([{"role": "user", "content": "hi"}])
+    long = tokens.count_message_tokens([{"role": "user", "content": "hi " * 50}])
+    assert long - short >= 49
