@@ -1,0 +1,13 @@
+"""A local stand-in for teacher provider APIs: real HTTP, deterministic answers, real usage.
+
+Tests and benchmarks point clients at it instead of a paid API. Answers are a pure function of
+(seed, model, messages), token usage is counted with tiktoken exactly as the provider bills,
+and ``GET /_emulator/stats`` reports what the server actually saw, the ground truth for a
+client's accounting. Formats live in :mod:`.formats`; today OpenAI Chat Completions.
+"""
+
+from distillery.emulator.options import EmulatorOptions
+from distillery.emulator.runner import RunningEmulator, serve
+from distillery.emulator.server import build_app
+
+__all__ = ["EmulatorOptions", "RunningEmulator", "build_app", "serve"]

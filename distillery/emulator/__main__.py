@@ -1,0 +1,27 @@
+"""``python -m distillery.emulator``: serve in the foreground, e.g. for a manual run or a bench."""
+
+from __future__ import annotations
+
+import argparse
+
+from distillery.emulator.options import EmulatorOptions
+from distillery.emulator.runner import serve
+
+
+def main(argv: list[str] | None = None) -> None:
+    """Parse the command line and serve until interrupted."""
+    parser = argparse.ArgumentParser(prog="python -m distillery.emulator", description=__doc__)
+    parser.add_argument("--host", default="127.0.0.1")
+    parser.add_argument("--port", type=int, default=8765, help="0 picks a free port")
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--latency-ms", type=float, default=0.0, help="mean added latency")
+    parser.add_argument("--require-key", default=None, help="answer 401 to any other key")
+    args = parser.parse_args(argv)
+    options = EmulatorOptions(
+        seed=args.seed, latency_ms=args.latency_ms, require_key=args.require_key
+    )
+    serve(options, host=args.host, port=args.port)
+
+
+if __name__ == "__main__":
+    main()

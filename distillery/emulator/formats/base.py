@@ -1,0 +1,91 @@
+"""What a wire format must provide, so the server can stay format-agnostic.
+
+The server owns everything common to every provider (auth check, latency, stats, the usage
+window); a format owns only its request and response shapes. Adding Anthropic or Gemini is a
+new module implementing :class:`WireFormat` plus one line in the server's format list.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from enum import Enum
+from typing import Protocol
+
+from aiohttp import web
+
+from distillery.emulator.completion import Answer, ChatRequest
+from distillery.emulator.window import Quota
+
+
+class Problem(Enum):
+    """The kinds of client error the emulator reports; each format words and types them."""
+
+    MISSING_KEY = "missing_key"
+    BAD_KEY = "bad_key"
+    BAD_JSON = "bad_json"
+    INVALID_REQUEST = "invalid_request"
+    BODY_TOO_LARGE = "body_too_large"
+    UNKNOWN_PATH = "unknown_path"
+
+
+class ApiError(Exception):
+    """A request the emulator refuses, as the format will render it.
+
+    ``message`` is empty for errors the server raises (auth, unknown path): the format then
+    uses its provider's standard wording. Parse errors carry the format's own message, ``param``
+    and ``code``.
+    """
+
+    def __init__(
+        self,
+        status: int,
+        problem: Problem,
+        message: str = "",
+        *,
+        param: str | None = None,
+        code: str | None = None,
+    ) -> None:
+        super().__init__(message or problem.value)
+        self.status = status
+        self.problem = problem
+        self.message = message
+        self.param = param
+        self.code = code
+
+
+@dataclass(frozen=True, slots=True)
+class Served:
+    """Server-side facts a success response reports in its headers."""
+
+    quota: Quota
+    processing_ms: int
+
+
+class WireFormat(Protocol):
+    """One provider's HTTP API shape."""
+
+    @property
+    def name(self) -> str:
+        """Short label, e.g. ``"openai"``."""
+        ...
+
+    @property
+    def paths(self) -> tuple[str, ...]:
+        """POST routes answered with this format (aiohttp route syntax)."""
+        ...
+
+    def api_key(self, request: web.Request) -> str | None:
+        """The key the client sent, wherever this provider expects it."""
+        ...
+
+    def parse(self, request: web.Request, body: bytes) -> ChatRequest:
+        """The chat request in ``body``; raises :class:`ApiError` if it is invalid."""
+        ...
+
+    def render(self, chat: ChatRequest, answer: Answer, served: Served) -> web.Response:
+        """The success response answering ``chat`` with ``answer``."""
+        ...
+
+    def error(self, error: ApiError, request: web.Request) -> web.Response:
+        """The error response for ``error``."""
+        ...

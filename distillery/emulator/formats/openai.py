@@ -1,0 +1,305 @@
+"""OpenAI Chat Completions: ``POST /v1/chat/completions``, as the official SDK expects it.
+
+Also the shape every OpenAI-compatible server (vLLM, llama.cpp, Ollama, ...) speaks. Messages
+and codes of errors follow captures of the real API, since clients branch on ``code``.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import random
+import string
+import time
+from functools import lru_cache
+from typing import Any
+
+from aiohttp import web
+
+from distillery.emulator.completion import Answer, ChatRequest, Finish
+from distillery.emulator.formats.base import ApiError, Problem, Served
+from distillery.emulator.snapshots import is_dated, snapshot_date
+
+OPENAI_VERSION = "2020-10-01"
+_ROLES = ("system", "assistant", "user", "function", "tool", "developer")
+_ALNUM = string.ascii_letters + string.digits
+_ids = random.Random()  # ids need uniqueness, not secrecy; far cheaper than os.urandom
+
+# Aliases with the snapshot the real API currently serves; other names get a hash-derived date.
+_SNAPSHOTS = {
+    "gpt-3.5-turbo": "gpt-3.5-turbo-0125",
+    "gpt-4": "gpt-4-0613",
+    "gpt-4-turbo": "gpt-4-turbo-2024-04-09",
+    "gpt-4o": "gpt-4o-2024-08-06",
+    "gpt-4o-mini": "gpt-4o-mini-2024-07-18",
+    "gpt-4.1": "gpt-4.1-2025-04-14",
+    "gpt-4.1-mini": "gpt-4.1-mini-2025-04-14",
+    "gpt-4.1-nano": "gpt-4.1-nano-2025-04-14",
+    "gpt-5": "gpt-5-2025-08-07",
+    "gpt-5-mini": "gpt-5-mini-2025-08-07",
+    "gpt-5-nano": "gpt-5-nano-2025-08-07",
+    "o1": "o1-2024-12-17",
+    "o3": "o3-2025-04-16",
+    "o3-mini": "o3-mini-2025-01-31",
+    "o4-mini": "o4-mini-2025-04-16",
+}
+_BAD_JSON = (
+    "We could not parse the JSON body of your request. (HINT: This likely means you aren't "
+    "using your HTTP library correctly. The OpenAI API expects a JSON payload, but what was "
+    "sent was not valid JSON. If you have trouble figuring out how to fix this, please contact "
+    "us through our help center at help.openai.com.)"
+)
+_KEY_URL = "https://platform.openai.com/account/api-keys"
+_MISSING_KEY = (
+    "You didn't provide an API key. You need to provide your API key in an Authorization "
+    "header using Bearer auth (i.e. Authorization: Bearer YOUR_KEY). You can obtain an API key "
+    f"from {_KEY_URL}."
+)
+# The real message shows a masked key; we show none, so logs of tests never hold one.
+_BAD_KEY = f"Incorrect API key provided. You can find your API key at {_KEY_URL}."
+
+
+@lru_cache(maxsize=1024)
+def returned_model(model: str) -> str:
+    """The snapshot name reported for a requested ``model``."""
+    if model in _SNAPSHOTS:
+        return _SNAPSHOTS[model]
+    if is_dated(model):
+        return model
+    return f"{model}-{snapshot_date(model).isoformat()}"
+
+
+@lru_cache(maxsize=1024)
+def system_fingerprint(version: str) -> str:
+    """Stable per snapshot, as the real one is per backend configuration."""
+    return "fp_" + hashlib.blake2b(version.encode(), digest_size=5).hexdigest()
+
+
+def go_duration(seconds: float) -> str:
+    """Format like Go's ``time.Duration`` (``6ms``, ``1m0s``, ``1h2m3s``), rounded to the ms."""
+    ms = round(seconds * 1000)
+    if ms <= 0:
+        return "0s"
+    if ms < 1000:
+        return f"{ms}ms"
+    whole, frac = divmod(ms, 1000)
+    hours, rest = divmod(whole, 3600)
+    minutes, secs = divmod(rest, 60)
+    sec = f"{secs}.{frac:03d}".rstrip("0") if frac else str(secs)
+    if hours:
+        return f"{hours}h{minutes}m{sec}s"
+    if minutes:
+        return f"{minutes}m{sec}s"
+    return f"{sec}s"
+
+
+def _json_type(value: object) -> str:
+    if value is None:
+        return "null"
+    if isinstance(value, bool):
+        return "a boolean"
+    if isinstance(value, int):
+        return "an integer"
+    if isinstance(value, float):
+        return "a decimal"
+    if isinstance(value, str):
+        return "a string"
+    if isinstance(value, list):
+        return "an array"
+    return "an object"
+
+
+def _invalid_type(param: str, expected: str, value: object) -> ApiError:
+    return ApiError(
+        400,
+        Problem.INVALID_REQUEST,
+        f"Invalid type for '{param}': expected {expected}, but got {_json_type(value)} instead.",
+        param=param,
+        code="invalid_type",
+    )
+
+
+def _missing(param: str) -> ApiError:
+    return ApiError(
+        400,
+        Problem.INVALID_REQUEST,
+        f"Missing required parameter: '{param}'.",
+        param=param,
+        code="missing_required_parameter",
+    )
+
+
+def _content_text(content: object, param: str) -> str:
+    """Message content as one string: multi-part content keeps its text parts."""
+    if isinstance(content, str):
+        return content
+    if content is None:
+        return ""
+    if not isinstance(content, list):
+        raise _invalid_type(param, "one of an array or string", content)
+    texts = [
+        part["text"]
+        for part in content
+        if isinstance(part, dict) and isinstance(part.get("text"), str)
+    ]
+    return "\n".join(texts)
+
+
+def _message(raw: object, index: int) -> dict[str, str]:
+    param = f"messages[{index}]"
+    if not isinstance(raw, dict):
+        raise _invalid_type(param, "an object", raw)
+    role = raw.get("role")
+    if role is None:
+        raise _missing(f"{param}.role")
+    if role not in _ROLES:
+        supported = ", ".join(f"'{r}'" for r in _ROLES)
+        raise ApiError(
+            400,
+            Problem.INVALID_REQUEST,
+            f"Invalid value: {json.dumps(role)}. Supported values are: {supported}.",
+            param=f"{param}.role",
+            code="invalid_value",
+        )
+    message = {"role": role, "content": _content_text(raw.get("content"), f"{param}.content")}
+    name = raw.get("name")
+    if isinstance(name, str):
+        message["name"] = name
+    return message
+
+
+def _optional_int(data: dict[str, Any], param: str, minimum: int | None) -> int | None:
+    value = data.get(param)
+    if value is None:
+        return None
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise _invalid_type(param, "an integer", value)
+    if minimum is not None and value < minimum:
+        raise ApiError(
+            400,
+            Problem.INVALID_REQUEST,
+            f"Invalid '{param}': integer below minimum value. Expected a value >= {minimum}, "
+            f"but got {value} instead.",
+            param=param,
+            code="integer_below_min_value",
+        )
+    return value
+
+
+def _json_response(status: int, payload: dict[str, Any], headers: dict[str, str]) -> web.Response:
+    return web.Response(
+        status=status,
+        body=json.dumps(payload, separators=(",", ":")).encode(),
+        headers=headers,
+        content_type="application/json",
+    )
+
+
+def _request_id() -> str:
+    return f"req_{_ids.getrandbits(128):032x}"
+
+
+class OpenAIFormat:
+    """Chat Completions, non-streaming, one choice (``n`` is ignored)."""
+
+    name = "openai"
+    paths = ("/v1/chat/completions",)
+
+    def api_key(self, request: web.Request) -> str | None:
+        header = request.headers.get("Authorization")
+        if header is None:
+            return None
+        scheme, _, key = header.partition(" ")
+        # Anything that is not a bearer token is a wrong key, not a missing one.
+        return key.strip() if scheme.lower() == "bearer" else header
+
+    def parse(self, request: web.Request, body: bytes) -> ChatRequest:
+        try:
+            data = json.loads(body)
+        except ValueError:
+            raise ApiError(400, Problem.BAD_JSON, _BAD_JSON) from None
+        if not isinstance(data, dict):
+            raise ApiError(400, Problem.BAD_JSON, _BAD_JSON)
+        model = data.get("model")
+        if model is None or model == "":
+            raise ApiError(400, Problem.INVALID_REQUEST, "you must provide a model parameter")
+        if not isinstance(model, str):
+            raise _invalid_type("model", "a string", model)
+        raw_messages = data.get("messages")
+        if raw_messages is None:
+            raise _missing("messages")
+        if not isinstance(raw_messages, list):
+            raise _invalid_type("messages", "an array", raw_messages)
+        if not raw_messages:
+            raise ApiError(
+                400,
+                Problem.INVALID_REQUEST,
+                "Invalid 'messages': empty array. Expected an array with minimum length 1, "
+                "but got an empty array instead.",
+                param="messages",
+                code="empty_array",
+            )
+        max_tokens = _optional_int(data, "max_completion_tokens", 1)
+        if max_tokens is None:
+            max_tokens = _optional_int(data, "max_tokens", 1)
+        return ChatRequest(
+            model=model,
+            messages=[_message(m, i) for i, m in enumerate(raw_messages)],
+            max_tokens=max_tokens,
+            seed=_optional_int(data, "seed", None),
+        )
+
+    def render(self, chat: ChatRequest, answer: Answer, served: Served) -> web.Response:
+        version = returned_model(chat.model)
+        payload = {
+            "id": "chatcmpl-" + "".join(_ids.choices(_ALNUM, k=24)),
+            "object": "chat.completion",
+            "created": int(time.time()),
+            "model": version,
+            "choices": [
+                {
+                    "index": 0,
+                    "message": {"role": "assistant", "content": answer.text, "refusal": None},
+                    "logprobs": None,
+                    "finish_reason": "length" if answer.finish is Finish.LENGTH else "stop",
+                }
+            ],
+            "usage": {
+                "prompt_tokens": answer.prompt_tokens,
+                "completion_tokens": answer.completion_tokens,
+                "total_tokens": answer.prompt_tokens + answer.completion_tokens,
+            },
+            "system_fingerprint": system_fingerprint(version),
+        }
+        quota = served.quota
+        headers = {
+            "x-request-id": _request_id(),
+            "openai-processing-ms": str(served.processing_ms),
+            "openai-version": OPENAI_VERSION,
+            "x-ratelimit-limit-requests": str(quota.limit_requests),
+            "x-ratelimit-limit-tokens": str(quota.limit_tokens),
+            "x-ratelimit-remaining-requests": str(quota.remaining_requests),
+            "x-ratelimit-remaining-tokens": str(quota.remaining_tokens),
+            "x-ratelimit-reset-requests": go_duration(quota.reset_requests_s),
+            "x-ratelimit-reset-tokens": go_duration(quota.reset_tokens_s),
+        }
+        return _json_response(200, payload, headers)
+
+    def error(self, error: ApiError, request: web.Request) -> web.Response:
+        message, code = error.message, error.code
+        if error.problem is Problem.MISSING_KEY:
+            message = message or _MISSING_KEY
+        elif error.problem is Problem.BAD_KEY:
+            message, code = message or _BAD_KEY, code or "invalid_api_key"
+        elif error.problem is Problem.UNKNOWN_PATH:
+            message = message or f"Invalid URL ({request.method} {request.path})"
+        payload = {
+            "error": {
+                "message": message or error.problem.value,
+                "type": "invalid_request_error",
+                "param": error.param,
+                "code": code,
+            }
+        }
+        headers = {"x-request-id": _request_id(), "openai-version": OPENAI_VERSION}
+        return _json_response(error.status, payload, headers)
