@@ -1,0 +1,177 @@
+"""Send one chat request to one teacher, with the one retry layer, and report what happened.
+
+Retries live here and nowhere else (not in Prefect, not around the batch): tenacity drives
+attempts, waiting ``max(server hint, backoff)`` between them (:mod:`.retry`). Every attempt's
+status is kept, because a retry after a lost answer may have been billed — lineage says so.
+
+Outcomes, never exceptions, leave this module — except :class:`TeacherUnusable`, raised when the
+answer proves every later request would fail too (a bad key), so the run stops at once.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import time
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+
+import httpx
+from tenacity import (
+    AsyncRetrying,
+    RetryCallState,
+    retry_if_exception,
+    stop_after_attempt,
+)
+
+from distillery.config import TeacherConfig
+from distillery.errors import FatalRunError
+from distillery.generators.http import classify_transport_error
+from distillery.generators.providers.base import (
+    Completion,
+    ErrorVerdict,
+    MalformedResponse,
+    Message,
+    Provider,
+)
+from distillery.generators.retry import MAX_HINT_S, wait_s
+
+
+class TeacherUnusable(FatalRunError):
+    """Every request to this teacher would fail (authentication, quota): stop the run."""
+
+
+@dataclass
+class _AttemptFailed(Exception):
+    """One attempt went wrong; ``retryable`` decides whether tenacity tries again."""
+
+    error_class: str
+    message: str
+    retryable: bool
+    status: int | None = None
+    retry_after_s: float | None = None
+    maybe_billed: bool = False
+
+
+@dataclass(frozen=True)
+class Failure:
+    """Why a request failed for good (one failure row)."""
+
+    error_class: str
+    message: str
+    http_status: int | None
+
+
+@dataclass
+class Outcome:
+    """What one request came to: a completion or a failure, and what it took."""
+
+    completion: Completion | None
+    failure: Failure | None
+    attempts: int
+    attempt_statuses: list[str] = field(default_factory=list)
+    maybe_billed_twice: int = 0
+    latency_ms: float = 0.0
+    started_at: datetime = field(default_factory=lambda: datetime.now(UTC))
+
+
+class TeacherClient:
+    """One teacher's requests over a shared pooled ``httpx.AsyncClient``."""
+
+    def __init__(self, teacher: TeacherConfig, provider: Provider, http: httpx.AsyncClient) -> None:
+        self.teacher = teacher
+        self.provider = provider
+        self.http = http
+
+    def _api_key(self) -> str | None:
+        if self.teacher.api_key_env is None:
+            return None
+        key = os.environ.get(self.teacher.api_key_env)
+        if not key:
+            raise TeacherUnusable(
+                f"teacher {self.teacher.name!r}: environment variable "
+                f"{self.teacher.api_key_env} is not set"
+            )
+        return key
+
+    async def complete(self, messages: list[Message]) -> Outcome:
+        """Send ``messages``, retrying what is worth retrying; never raises for one request."""
+        key = self._api_key()
+        call = self.provider.build_call(self.teacher, messages, key)
+        outcome = Outcome(completion=None, failure=None, attempts=0)
+        clock = time.perf_counter()
+        retrying = AsyncRetrying(
+            stop=stop_after_attempt(self.teacher.max_attempts),
+            wait=_wait,
+            retry=retry_if_exception(lambda exc: isinstance(exc, _AttemptFailed) and exc.retryable),
+            reraise=True,
+        )
+        try:
+            async for attempt in retrying:
+                with attempt:
+                    outcome.attempts += 1
+                    outcome.completion = await self._attempt(
+                        call.url, call.headers, call.body, outcome
+                    )
+        except _AttemptFailed as exc:
+            outcome.failure = Failure(exc.error_class, _scrub(exc.message, key), exc.status)
+        except TeacherUnusable as exc:
+            raise TeacherUnusable(_scrub(str(exc), key)) from None
+        outcome.latency_ms = (time.perf_counter() - clock) * 1000.0
+        return outcome
+
+    async def _attempt(
+        self, url: str, headers: dict[str, str], body: dict[str, object], outcome: Outcome
+    ) -> Completion:
+        try:
+            response = await self.http.post(url, headers=headers, json=body)
+        except httpx.TransportError as exc:
+            error_class, reached_server = classify_transport_error(exc)
+            outcome.attempt_statuses.append(error_class)
+            # The server may have answered (and billed) the request whose answer we lost.
+            if reached_server and outcome.attempts < self.teacher.max_attempts:
+                outcome.maybe_billed_twice += 1
+            raise _AttemptFailed(error_class, _describe(exc), retryable=True) from exc
+        status = response.status_code
+        outcome.attempt_statuses.append(str(status))
+        lowered = {k.lower(): v for k, v in response.headers.items()}
+        if 200 <= status < 300:
+            try:
+                return self.provider.parse_success(json.loads(response.content), lowered)
+            except (ValueError, MalformedResponse) as exc:
+                raise _AttemptFailed(
+                    "malformed_response", _describe(exc), retryable=True, status=status
+                ) from exc
+        verdict: ErrorVerdict = self.provider.classify_error(status, lowered, response.content)
+        if verdict.fatal_for_run:
+            where = f" (key from {self.teacher.api_key_env})" if self.teacher.api_key_env else ""
+            raise TeacherUnusable(
+                f"teacher {self.teacher.name!r}: HTTP {status} {verdict.error_class}{where}: "
+                f"{verdict.message}"
+            )
+        retryable = verdict.retryable and (
+            verdict.retry_after_s is None or verdict.retry_after_s <= MAX_HINT_S
+        )
+        raise _AttemptFailed(
+            verdict.error_class,
+            verdict.message,
+            retryable=retryable,
+            status=status,
+            retry_after_s=verdict.retry_after_s,
+        )
+
+
+def _wait(state: RetryCallState) -> float:
+    exc = state.outcome.exception() if state.outcome else None
+    hint = exc.retry_after_s if isinstance(exc, _AttemptFailed) else None
+    return wait_s(hint, state.attempt_number - 1)
+
+
+def _scrub(text: str, secret: str | None) -> str:
+    """Servers sometimes echo the key they were sent; it must never reach a log or a row."""
+    return text.replace(secret, "***") if secret else text
+
+
+def _describe(exc: BaseException) -> str:
+    text = str(exc).strip()
+    return f"{type(exc).__name__}: {text}" if text else type(exc).__name__

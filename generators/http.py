@@ -1,0 +1,56 @@
+"""The HTTP stack under every teacher client: one ``httpx.AsyncClient`` per teacher and process.
+
+httpx's own transport manages ~150-200 requests/s on 2 cores here; the same httpx API on
+aiohttp's transport reaches ~4x that (BENCHMARKS.md), so ``aiohttp`` is the default and
+``httpx`` stays selectable (``http_transport`` in the job file) should aiohttp misbehave.
+"""
+
+from __future__ import annotations
+
+from typing import Literal
+
+import httpx
+
+Transport = Literal["aiohttp", "httpx"]
+
+
+def make_http_client(
+    transport: Transport, max_connections: int, timeout_s: float
+) -> httpx.AsyncClient:
+    """A pooled client sized for ``max_connections`` requests in flight."""
+    limits = httpx.Limits(
+        max_connections=max_connections, max_keepalive_connections=max_connections
+    )
+    timeout = httpx.Timeout(timeout_s, connect=10.0, pool=None)
+    if transport == "aiohttp":
+        import aiohttp
+        from httpx_aiohttp import AiohttpTransport
+
+        def session() -> aiohttp.ClientSession:
+            connector = aiohttp.TCPConnector(limit=max_connections, keepalive_timeout=30)
+            return aiohttp.ClientSession(connector=connector)
+
+        return httpx.AsyncClient(transport=AiohttpTransport(client=session), timeout=timeout)
+    return httpx.AsyncClient(limits=limits, timeout=timeout)
+
+
+def classify_transport_error(exc: httpx.TransportError) -> tuple[str, bool]:
+    """(error class, whether the server may have received — and billed — the request).
+
+    httpx-aiohttp maps every aiohttp connection error to ``httpx.ConnectTimeout``, a refused
+    connection and a reset mid-answer alike, so the aiohttp cause is consulted first.
+    """
+    import aiohttp
+
+    cause = exc.__cause__
+    if isinstance(cause, aiohttp.ClientConnectorError):
+        return "connection_error", False
+    if isinstance(cause, aiohttp.ServerTimeoutError | aiohttp.SocketTimeoutError):
+        return "timeout", True
+    if isinstance(cause, aiohttp.ClientError):
+        return "connection_error", True
+    if isinstance(exc, httpx.ConnectError | httpx.ConnectTimeout):
+        return "connection_error", False
+    if isinstance(exc, httpx.TimeoutException):
+        return "timeout", True
+    return "connection_error", True

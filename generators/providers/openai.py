@@ -1,0 +1,129 @@
+"""OpenAI Chat Completions — and every OpenAI-compatible server (vLLM, llama.cpp, Ollama, ...).
+
+``base_url`` ends in ``/v1`` as in the official SDK; we append ``/chat/completions``.
+"""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+from distillery.config import TeacherConfig
+from distillery.generators.providers.base import (
+    Completion,
+    ErrorVerdict,
+    FinishReason,
+    HttpCall,
+    MalformedResponse,
+    Message,
+    Provider,
+)
+from distillery.generators.providers.registry import register
+from distillery.generators.retry import parse_retry_after, status_is_retryable
+
+_FINISH: dict[str, FinishReason] = {
+    "stop": "stop",
+    "length": "length",
+    "content_filter": "content_filter",
+}
+_RATE_LIMIT_PREFIX = "x-ratelimit-"
+
+
+@register("openai")
+class OpenAIProvider(Provider):
+    """Chat Completions over httpx, no SDK at run time."""
+
+    emulator_path = "/v1"
+
+    def build_call(
+        self, teacher: TeacherConfig, messages: list[Message], api_key: str | None
+    ) -> HttpCall:
+        params = teacher.params
+        body: dict[str, Any] = {"model": teacher.model, "messages": messages}
+        if params.temperature is not None:
+            body["temperature"] = params.temperature
+        if params.top_p is not None:
+            body["top_p"] = params.top_p
+        if params.max_tokens is not None:
+            # OpenAI-compatible servers still widely expect the older name.
+            body["max_tokens"] = params.max_tokens
+        if params.seed is not None:
+            body["seed"] = params.seed
+        if params.stop:
+            body["stop"] = params.stop
+        body.update(params.extra_body)
+        headers = {"content-type": "application/json"}
+        if api_key:
+            headers["authorization"] = f"Bearer {api_key}"
+        return HttpCall(url=f"{teacher.base_url}/chat/completions", headers=headers, body=body)
+
+    def parse_success(self, payload: Any, headers: dict[str, str]) -> Completion:
+        try:
+            choice = payload["choices"][0]
+            message = choice["message"]
+            text = message.get("content") or ""
+            raw_finish = choice.get("finish_reason")
+            usage = payload.get("usage") or {}
+            if not isinstance(text, str) or not isinstance(usage, dict):
+                raise TypeError("content or usage of the wrong type")
+        except (KeyError, IndexError, TypeError, AttributeError) as exc:
+            raise MalformedResponse(f"unexpected chat.completion shape: {exc}") from exc
+        finish: FinishReason = _FINISH.get(raw_finish or "", "other")
+        if message.get("refusal"):
+            finish, text = "refusal", text or str(message["refusal"])
+        prompt_details = usage.get("prompt_tokens_details") or {}
+        completion_details = usage.get("completion_tokens_details") or {}
+        return Completion(
+            text=text,
+            finish_reason=finish,
+            finish_reason_raw=raw_finish,
+            model_version=payload.get("model"),
+            response_id=payload.get("id"),
+            request_id=headers.get("x-request-id"),
+            system_fingerprint=payload.get("system_fingerprint"),
+            prompt_tokens=usage.get("prompt_tokens"),
+            completion_tokens=usage.get("completion_tokens"),
+            cached_tokens=prompt_details.get("cached_tokens"),
+            reasoning_tokens=completion_details.get("reasoning_tokens"),
+            rate_limits={k: v for k, v in headers.items() if k.startswith(_RATE_LIMIT_PREFIX)},
+        )
+
+    def classify_error(self, status: int, headers: dict[str, str], body: bytes) -> ErrorVerdict:
+        message, code, kind = _error_fields(body)
+        retryable = status_is_retryable(status, headers)
+        fatal = status in (401, 403) or code == "insufficient_quota"
+        if code == "insufficient_quota" or message.startswith("Request too large"):
+            retryable = False
+        error_class = _error_class(status, code, kind)
+        return ErrorVerdict(
+            error_class=error_class,
+            message=message or f"HTTP {status}",
+            retryable=retryable and not fatal,
+            fatal_for_run=fatal,
+            retry_after_s=parse_retry_after(headers),
+        )
+
+
+def _error_fields(body: bytes) -> tuple[str, str | None, str | None]:
+    """(message, code, type) from an OpenAI or vLLM-style error body; tolerant of anything."""
+    try:
+        payload = json.loads(body)
+    except (ValueError, UnicodeDecodeError):
+        return body[:200].decode("utf-8", "replace").strip(), None, None
+    error = payload.get("error", payload) if isinstance(payload, dict) else {}
+    if not isinstance(error, dict):
+        return str(error)[:200], None, None
+    code = error.get("code")
+    return str(error.get("message") or ""), None if code is None else str(code), error.get("type")
+
+
+def _error_class(status: int, code: str | None, kind: str | None) -> str:
+    if status == 401:
+        return "authentication_error"
+    if status == 403:
+        return "permission_error"
+    if status == 429:
+        return "insufficient_quota" if code == "insufficient_quota" else "rate_limit_error"
+    if status >= 500:
+        return "server_error"
+    return kind or code or f"http_{status}"
