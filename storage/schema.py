@@ -1,0 +1,97 @@
+"""The explicit Arrow schemas of everything distillery writes.
+
+One schema per table, declared once: shards from different runs and versions stay readable
+together by DuckDB, Polars or pandas, and a column never changes type because one batch happened
+to hold only nulls. ``params``, ``prompt_meta`` and ``rate_limits`` are JSON (Parquet's JSON
+logical type), so DuckDB reads them as JSON: ``params->>'temperature'``.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pyarrow as pa
+
+JSON = pa.json_(pa.string())
+TIMESTAMP: pa.DataType = pa.timestamp("us", tz="UTC")
+MESSAGE = pa.struct([("role", pa.string()), ("content", pa.string())])
+
+_REQUEST_COLUMNS: list[pa.Field[Any]] = [
+    pa.field("sample_id", pa.string(), nullable=False),
+    pa.field("run_id", pa.string(), nullable=False),
+    pa.field("prompt_id", pa.string(), nullable=False),
+    pa.field("sample_index", pa.int32(), nullable=False),
+    pa.field("prompt", pa.string()),
+    pa.field("messages", pa.list_(MESSAGE)),
+    pa.field("prompt_meta", JSON),
+    pa.field("teacher_name", pa.string(), nullable=False),
+    pa.field("teacher_provider", pa.string(), nullable=False),
+    pa.field("teacher_model", pa.string(), nullable=False),
+    pa.field("teacher_base_url", pa.string()),
+    pa.field("params", JSON),
+    pa.field("attempts", pa.int16()),
+    pa.field("attempt_statuses", pa.list_(pa.string())),
+    pa.field("maybe_billed_twice", pa.int16()),
+    pa.field("latency_ms", pa.float64()),
+    pa.field("created_at", TIMESTAMP),
+    pa.field("config_hash", pa.string()),
+    pa.field("template_hash", pa.string()),
+    pa.field("flow_run_id", pa.string()),
+    pa.field("task_run_id", pa.string()),
+]
+
+SAMPLE_SCHEMA = pa.schema(
+    [
+        *_REQUEST_COLUMNS,
+        pa.field("response_text", pa.string()),
+        pa.field("teacher_model_version", pa.string()),
+        pa.field("response_id", pa.string()),
+        pa.field("request_id", pa.string()),
+        pa.field("system_fingerprint", pa.string()),
+        pa.field("finish_reason", pa.string()),
+        pa.field("finish_reason_raw", pa.string()),
+        pa.field("prompt_tokens", pa.int32()),
+        pa.field("completion_tokens", pa.int32()),
+        pa.field("cached_tokens", pa.int32()),
+        pa.field("reasoning_tokens", pa.int32()),
+        pa.field("rate_limits", JSON),
+        pa.field("content_hash", pa.string()),
+    ]
+)
+
+FAILURE_SCHEMA = pa.schema(
+    [
+        *_REQUEST_COLUMNS,
+        pa.field("error_class", pa.string(), nullable=False),
+        pa.field("http_status", pa.int16()),
+        pa.field("message", pa.string()),
+    ]
+)
+
+RUN_SCHEMA = pa.schema(
+    [
+        pa.field("run_id", pa.string(), nullable=False),
+        pa.field("invocation_id", pa.string(), nullable=False),
+        pa.field("dataset", pa.string()),
+        pa.field("config_hash", pa.string()),
+        pa.field("config_path", pa.string()),
+        pa.field("flow_run_id", pa.string()),
+        pa.field("started_at", TIMESTAMP),
+        pa.field("ended_at", TIMESTAMP),
+        pa.field("status", pa.string()),
+        pa.field("prompts", pa.int64()),
+        pa.field("requests_planned", pa.int64()),
+        pa.field("requests_skipped", pa.int64()),
+        pa.field("samples", pa.int64()),
+        pa.field("failures", pa.int64()),
+        pa.field("prompt_tokens", pa.int64()),
+        pa.field("completion_tokens", pa.int64()),
+        pa.field("distillery_version", pa.string()),
+    ]
+)
+
+TABLES: dict[str, pa.Schema] = {
+    "samples": SAMPLE_SCHEMA,
+    "failures": FAILURE_SCHEMA,
+    "runs": RUN_SCHEMA,
+}
