@@ -1,0 +1,289 @@
+"""The ``distillery`` command line (typer + rich).
+
+Every user-facing failure is one line on stderr naming the file, field or variable at fault,
+with exit code 2 for bad input and 1 for a run that had to stop (see :mod:`distillery.errors`).
+Prefect is imported only by the commands that need it, after the Prefect API to use is decided.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import csv
+import functools
+import io
+import json
+import os
+import re
+import secrets
+import sys
+from collections.abc import Callable, Iterator
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import TYPE_CHECKING, Annotated, Any, Literal, ParamSpec, TypeVar
+
+import typer
+from rich.console import Console
+from rich.table import Table
+
+from distillery.config import JobConfig, TeacherConfig, load_config, require_api_keys
+from distillery.errors import DistilleryError, UserInputError
+
+if TYPE_CHECKING:
+    from distillery.flows.generate import RunSummary
+
+app = typer.Typer(
+    name="distillery",
+    help="Synthetic data from teacher models: Prefect fan-out, Parquet out, lineage on every row.",
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+)
+server_app = typer.Typer(help="The local Prefect server distillery manages.", no_args_is_help=True)
+app.add_typer(server_app, name="server")
+
+out = Console()
+err = Console(stderr=True)
+P = ParamSpec("P")
+R = TypeVar("R")
+_RUN_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,127}$")
+
+
+def _reports_errors(command: Callable[P, R]) -> Callable[P, R]:
+    """Turn a DistilleryError into its one-line message and exit code."""
+
+    @functools.wraps(command)
+    def wrapper(*args: P.args, **kwargs: P.kwargs) -> R:
+        try:
+            return command(*args, **kwargs)
+        except DistilleryError as exc:
+            err.print(f"[bold red]error:[/] {exc}", highlight=False, markup=True, soft_wrap=True)
+            raise typer.Exit(exc.exit_code) from None
+
+    return wrapper
+
+
+def _connect_prefect() -> str:
+    """Point this process at a Prefect API (the user's, or our managed server); return its UI."""
+    os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
+    os.environ.setdefault("DO_NOT_TRACK", "1")
+    configured = os.environ.get("PREFECT_API_URL")
+    if configured:
+        return configured.removesuffix("/api")
+    from distillery.flows import server
+
+    with err.status("starting the local Prefect server (first run only)..."):
+        info, _ = server.ensure_server()
+    os.environ["PREFECT_API_URL"] = info.api_url
+    return info.url
+
+
+def _quiet_prefect_console(verbose: bool) -> None:
+    """Keep Prefect's log lines off the terminal, where the progress bar and our own one-line
+    errors speak; the Prefect UI still shows every log. ``--verbose`` lets them through.
+
+    Prefect configures logging from ``logging.yml``, whose values environment variables
+    override; a user's own setting wins.
+    """
+    level = "INFO" if verbose else "CRITICAL"
+    os.environ.setdefault("PREFECT_LOGGING_HANDLERS_CONSOLE_LEVEL", level)
+
+
+@contextlib.contextmanager
+def _emulated(job: JobConfig) -> Iterator[JobConfig]:
+    """Run the job against an in-process emulator instead of its real teachers."""
+    from distillery.emulator import EmulatorOptions, RunningEmulator
+    from distillery.generators.providers.registry import get_provider
+
+    with RunningEmulator(EmulatorOptions()) as emulator:
+
+        def retarget(teacher: TeacherConfig) -> TeacherConfig:
+            base = emulator.url + get_provider(teacher.provider).emulator_path
+            return teacher.model_copy(update={"base_url": base, "api_key_env": None})
+
+        err.print(f"sending every request to the built-in emulator at {emulator.url}")
+        yield job.model_copy(update={"teachers": [retarget(t) for t in job.teachers]})
+
+
+@app.command()
+@_reports_errors
+def run(
+    config: Annotated[Path, typer.Argument(help="Job file (YAML).")],
+    output: Annotated[
+        Path | None, typer.Option("--output", "-o", help="Dataset directory (overrides config).")
+    ] = None,
+    run_id: Annotated[
+        str | None, typer.Option("--run-id", help="Name of this run; reuse one to resume it.")
+    ] = None,
+    emulator: Annotated[
+        bool,
+        typer.Option("--emulator", help="Dry run: send every request to a built-in emulator."),
+    ] = False,
+    verbose: Annotated[
+        bool, typer.Option("--verbose", "-v", help="Show Prefect's logs on the terminal too.")
+    ] = False,
+) -> None:
+    """Generate a dataset: every prompt to every teacher, into Parquet shards."""
+    from distillery.generators.prompts import load_prompts
+
+    job = load_config(config)
+    if output is not None:
+        job = job.model_copy(update={"output": output.resolve()})
+    run_id = run_id or datetime.now(UTC).strftime("%Y%m%d-%H%M%S-") + secrets.token_hex(2)
+    if not _RUN_ID.match(run_id):
+        raise UserInputError(f"--run-id {run_id!r}: use letters, digits, '.', '_' or '-'")
+    with contextlib.ExitStack() as stack:
+        if emulator:
+            job = stack.enter_context(_emulated(job))
+        require_api_keys(job)
+        load_prompts(job.prompts)
+        try:
+            Path(job.output).mkdir(parents=True, exist_ok=True)
+        except OSError as exc:
+            raise UserInputError(f"output {job.output}: cannot create ({exc.strerror})") from exc
+        ui = _connect_prefect()
+        summary = _run_with_progress(job, run_id, str(config), verbose)
+    _print_summary(summary, ui)
+
+
+def _run_with_progress(job: JobConfig, run_id: str, config_path: str, verbose: bool) -> RunSummary:
+    _quiet_prefect_console(verbose)
+    from distillery.flows.generate import generate
+    from distillery.flows.progress import set_listener
+    from distillery.flows.terminal import ProgressBar
+
+    with ProgressBar(err) as bar:
+        set_listener(bar)
+        try:
+            return asyncio.run(generate(job=job, run_id=run_id, config_path=config_path))
+        finally:
+            set_listener(None)
+
+
+def _print_summary(summary: RunSummary, ui: str) -> None:
+    table = Table(title=f"run {summary.run_id} — {summary.status}", show_header=False, box=None)
+    table.add_column(style="bold", no_wrap=True)
+    table.add_column(overflow="fold")
+    rate = (summary.samples + summary.failures) / summary.elapsed_s if summary.elapsed_s else 0.0
+    table.add_row("prompts", f"{summary.prompts}")
+    table.add_row(
+        "requests",
+        f"{summary.requests_planned} sent, {summary.requests_skipped} already answered earlier",
+    )
+    table.add_row("samples", f"{summary.samples}")
+    failures = ", ".join(f"{k} {v}" for k, v in sorted(summary.failures_by_class.items()))
+    table.add_row("failures", f"{summary.failures}" + (f" ({failures})" if failures else ""))
+    if summary.not_sent:
+        table.add_row("not sent", f"{summary.not_sent} (re-run with --run-id to finish)")
+    table.add_row("tokens", f"{summary.prompt_tokens} in, {summary.completion_tokens} out")
+    table.add_row("time", f"{summary.elapsed_s:.1f}s ({rate:.1f} requests/s)")
+    table.add_row("output", summary.output)
+    if summary.flow_run_id:
+        table.add_row("Prefect UI", f"{ui}/runs/flow-run/{summary.flow_run_id}")
+    table.add_row(
+        "query",
+        f"distillery query --data {summary.output} "
+        f"\"SELECT teacher_name, count(*) FROM samples WHERE run_id = '{summary.run_id}' "
+        'GROUP BY ALL"',
+    )
+    out.print(table)
+
+
+@app.command()
+@_reports_errors
+def query(
+    sql: Annotated[str, typer.Argument(help="DuckDB SQL over samples, failures and runs.")],
+    data: Annotated[Path, typer.Option("--data", "-d", help="Dataset directory.")] = Path("out"),
+    fmt: Annotated[
+        Literal["table", "csv", "json"], typer.Option("--format", "-f", help="Output format.")
+    ] = "table",
+) -> None:
+    """Run SQL over a dataset's views: samples, failures, runs."""
+    import duckdb
+
+    from distillery.storage.catalog import open_catalog
+
+    if not data.is_dir():
+        raise UserInputError(f"--data {data}: no such directory")
+    con = open_catalog(data)
+    try:
+        cursor = con.execute(sql)
+        rows = cursor.fetchall()
+    except duckdb.Error as exc:
+        raise UserInputError(f"query: {str(exc).splitlines()[0]}") from exc
+    columns = [d[0] for d in cursor.description or []]
+    _print_rows(columns, rows, fmt)
+
+
+def _print_rows(columns: list[str], rows: list[tuple[Any, ...]], fmt: str) -> None:
+    if fmt == "json":
+        records = [dict(zip(columns, row, strict=True)) for row in rows]
+        sys.stdout.write(json.dumps(records, default=str, ensure_ascii=False, indent=1) + "\n")
+    elif fmt == "csv":
+        buffer = io.StringIO()
+        writer = csv.writer(buffer)
+        writer.writerow(columns)
+        writer.writerows(rows)
+        sys.stdout.write(buffer.getvalue())
+    else:
+        table = Table()
+        for column in columns:
+            table.add_column(column, overflow="fold")
+        for row in rows:
+            table.add_row(*("" if v is None else str(v) for v in row))
+        out.print(table)
+        out.print(f"{len(rows)} row{'s' if len(rows) != 1 else ''}", style="dim")
+
+
+@app.command("emulator")
+@_reports_errors
+def emulator_command(
+    host: Annotated[str, typer.Option(help="Address to listen on.")] = "127.0.0.1",
+    port: Annotated[int, typer.Option(help="Port to listen on.")] = 8765,
+    seed: Annotated[int, typer.Option(help="Seed of the deterministic answers.")] = 0,
+    latency_ms: Annotated[float, typer.Option(help="Mean added latency per request.")] = 0.0,
+    require_key: Annotated[
+        str | None, typer.Option(help="Answer 401 to any other API key.")
+    ] = None,
+) -> None:
+    """Serve a local emulator of the teachers' HTTP APIs (for tests and dry runs)."""
+    from distillery.emulator import EmulatorOptions, serve
+
+    serve(EmulatorOptions(seed=seed, latency_ms=latency_ms, require_key=require_key), host, port)
+
+
+@server_app.command("status")
+@_reports_errors
+def server_status() -> None:
+    """Show whether the managed Prefect server runs, and where."""
+    from distillery.flows import server
+
+    info = server.status()
+    if info is None:
+        out.print("the local Prefect server is not running (the next `distillery run` starts it)")
+        raise typer.Exit(3)
+    out.print(f"running: pid {info.pid}, UI {info.url}, log {info.log}")
+
+
+@server_app.command("start")
+@_reports_errors
+def server_start() -> None:
+    """Start the managed Prefect server now (runs do it themselves when needed)."""
+    from distillery.flows import server
+
+    info, started = server.ensure_server()
+    out.print(f"{'started' if started else 'already running'}: pid {info.pid}, UI {info.url}")
+
+
+@server_app.command("stop")
+@_reports_errors
+def server_stop() -> None:
+    """Stop the managed Prefect server."""
+    from distillery.flows import server
+
+    info = server.stop()
+    out.print(f"stopped pid {info.pid}" if info else "the local Prefect server was not running")
+
+
+def main() -> None:
+    app()

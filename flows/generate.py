@@ -1,0 +1,233 @@
+"""The generate flow: prompts x teachers, fanned out as one Prefect task per batch.
+
+Thin by design: loading, sending and writing live in ``generators/`` and ``storage/``. What
+lives here is the orchestration — which requests are still to make (a re-run of a run id sends
+only what has no sample yet), batches in flight, and the run record. Prefect's deployment
+entrypoint is this file: ``flows/generate.py:generate``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+import uuid
+from collections import Counter
+from dataclasses import replace
+from datetime import UTC, datetime
+from pathlib import Path
+
+from prefect import flow, get_run_logger, task
+from prefect.cache_policies import NO_CACHE
+from prefect.context import get_run_context
+from pydantic import BaseModel, Field
+
+from distillery import __version__
+from distillery.config import JobConfig
+from distillery.errors import FatalRunError
+from distillery.flows.progress import get_listener
+from distillery.generators.batch import TeacherPool, WorkItem, plan_work, run_batch
+from distillery.generators.prompts import load_prompts, template_hash
+from distillery.generators.records import RunContext
+from distillery.storage.shards import next_part_number, partition_dir, read_column, write_shard
+
+
+class BatchSummary(BaseModel):
+    index: int
+    samples: int
+    failures: int
+    not_sent: int
+    failures_by_class: dict[str, int]
+    prompt_tokens: int
+    completion_tokens: int
+
+
+class RunSummary(BaseModel):
+    """What a run did; printed by the CLI and returned by the flow."""
+
+    run_id: str
+    dataset: str
+    output: str
+    status: str
+    prompts: int
+    requests_planned: int
+    requests_skipped: int = Field(description="Already answered by an earlier invocation.")
+    samples: int = 0
+    failures: int = 0
+    not_sent: int = 0
+    failures_by_class: dict[str, int] = Field(default_factory=dict)
+    prompt_tokens: int = 0
+    completion_tokens: int = 0
+    elapsed_s: float = 0.0
+    flow_run_id: str | None = None
+
+
+def _current_ids() -> tuple[str | None, str | None]:
+    """(flow_run_id, task_run_id) of the Prefect context we are in, for lineage columns."""
+    try:
+        context = get_run_context()
+    except RuntimeError:
+        return None, None
+    flow_run = getattr(context, "flow_run", None)
+    task_run = getattr(context, "task_run", None)
+    return (
+        str(flow_run.id) if flow_run is not None else None,
+        str(task_run.id) if task_run is not None else None,
+    )
+
+
+@task(name="generate-batch", task_run_name="batch-{index:05d}", cache_policy=NO_CACHE)
+async def generate_batch(
+    index: int, items: list[WorkItem], pool: TeacherPool, ctx: RunContext, output: Path, part: int
+) -> BatchSummary:
+    """Send one batch and commit its shards (samples and failures) before returning."""
+    logger = get_run_logger()
+    ctx = replace(ctx, task_run_id=_current_ids()[1])
+    started = time.perf_counter()
+    listener = get_listener()
+    rows = await run_batch(items, pool, ctx, listener.outcome if listener else None)
+    if rows.samples:
+        write_shard(output, "samples", ctx.run_id, rows.samples, part)
+    if rows.failures:
+        write_shard(output, "failures", ctx.run_id, rows.failures, part)
+    elapsed = time.perf_counter() - started
+    by_class = Counter(str(row["error_class"]) for row in rows.failures)
+    logger.info(
+        "batch %d: %d samples, %d failures, %d not sent in %.1fs (%.1f req/s)",
+        index,
+        len(rows.samples),
+        len(rows.failures),
+        rows.not_sent,
+        elapsed,
+        (len(rows.samples) + len(rows.failures)) / elapsed if elapsed > 0 else 0.0,
+    )
+    return BatchSummary(
+        index=index,
+        samples=len(rows.samples),
+        failures=len(rows.failures),
+        not_sent=rows.not_sent,
+        failures_by_class=dict(by_class),
+        prompt_tokens=sum(int(r["prompt_tokens"] or 0) for r in rows.samples),
+        completion_tokens=sum(int(r["completion_tokens"] or 0) for r in rows.samples),
+    )
+
+
+def _batches(plan: list[list[WorkItem]], batch_size: int) -> list[list[WorkItem]]:
+    """``batch_size`` prompts per batch, each with its requests to every teacher."""
+    return [
+        [item for prompt_items in plan[start : start + batch_size] for item in prompt_items]
+        for start in range(0, len(plan), batch_size)
+    ]
+
+
+@flow(name="generate", flow_run_name="{job.name}/{run_id}", persist_result=False)
+async def generate(job: JobConfig, run_id: str, config_path: str | None = None) -> RunSummary:
+    """Generate samples for every prompt from every teacher of ``job`` into ``job.output``."""
+    logger = get_run_logger()
+    started_at = datetime.now(UTC)
+    clock = time.perf_counter()
+    flow_run_id, _ = _current_ids()
+    output = Path(job.output)
+    prompts = load_prompts(job.prompts)
+    done = set(map(str, read_column(output, "samples", run_id, "sample_id")))
+    plan = plan_work(prompts, job.teachers, done)
+    planned = sum(len(items) for items in plan)
+    skipped = len(prompts) * len(job.teachers) - planned
+    listener = get_listener()
+    if listener is not None:
+        listener.planned(planned, skipped)
+    logger.info(
+        "run %s: %d prompts x %d teachers, %d requests to send, %d already answered",
+        run_id,
+        len(prompts),
+        len(job.teachers),
+        planned,
+        skipped,
+    )
+    ctx = RunContext(run_id, job.config_hash(), template_hash(job.prompts), flow_run_id)
+    batches = _batches(plan, job.batch_size)
+    first_part = max(
+        next_part_number(partition_dir(output, table, run_id)) for table in ("samples", "failures")
+    )
+    summary = RunSummary(
+        run_id=run_id,
+        dataset=job.name,
+        output=str(output),
+        status="running",
+        prompts=len(prompts),
+        requests_planned=planned,
+        requests_skipped=skipped,
+        flow_run_id=flow_run_id,
+    )
+    results: list[BatchSummary] = []
+    try:
+        async with TeacherPool(job) as pool:
+            gate = asyncio.Semaphore(job.max_batches_in_flight)
+
+            async def one(index: int, items: list[WorkItem]) -> None:
+                async with gate:
+                    if pool.fatal is None:
+                        results.append(
+                            await generate_batch(
+                                index, items, pool, ctx, output, first_part + index
+                            )
+                        )
+
+            await asyncio.gather(*(one(i, items) for i, items in enumerate(batches)))
+            if pool.fatal is not None:
+                raise pool.fatal
+        summary.status = "completed"
+    except FatalRunError:
+        summary.status = "failed"
+        raise
+    except BaseException:
+        summary.status = "interrupted"
+        raise
+    finally:
+        _fold(summary, results)
+        summary.elapsed_s = time.perf_counter() - clock
+        _write_run_record(output, summary, job, config_path, started_at)
+    return summary
+
+
+def _fold(summary: RunSummary, results: list[BatchSummary]) -> None:
+    by_class: Counter[str] = Counter()
+    for result in results:
+        summary.samples += result.samples
+        summary.failures += result.failures
+        summary.not_sent += result.not_sent
+        summary.prompt_tokens += result.prompt_tokens
+        summary.completion_tokens += result.completion_tokens
+        by_class.update(result.failures_by_class)
+    summary.failures_by_class = dict(by_class)
+
+
+def _write_run_record(
+    output: Path, summary: RunSummary, job: JobConfig, config_path: str | None, started_at: datetime
+) -> None:
+    write_shard(
+        output,
+        "runs",
+        summary.run_id,
+        [
+            {
+                "run_id": summary.run_id,
+                "invocation_id": uuid.uuid4().hex,
+                "dataset": job.name,
+                "config_hash": job.config_hash(),
+                "config_path": config_path,
+                "flow_run_id": summary.flow_run_id,
+                "started_at": started_at,
+                "ended_at": datetime.now(UTC),
+                "status": summary.status,
+                "prompts": summary.prompts,
+                "requests_planned": summary.requests_planned,
+                "requests_skipped": summary.requests_skipped,
+                "samples": summary.samples,
+                "failures": summary.failures,
+                "prompt_tokens": summary.prompt_tokens,
+                "completion_tokens": summary.completion_tokens,
+                "distillery_version": __version__,
+            }
+        ],
+        next_part_number(partition_dir(output, "runs", summary.run_id)),
+    )

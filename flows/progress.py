@@ -1,0 +1,33 @@
+"""A hook for whoever is watching a run in this process (the CLI's progress bar).
+
+Flow parameters travel to the Prefect API as JSON, so a callback can not be one. The CLI installs
+a listener here before it calls the flow; under a Prefect worker none is installed and the hook
+costs nothing.
+"""
+
+from __future__ import annotations
+
+from typing import Protocol
+
+from distillery.generators.batch import WorkItem
+from distillery.generators.client import Outcome
+
+
+class RunListener(Protocol):
+    def planned(self, total: int, skipped: int) -> None:
+        """The run knows how many requests it will send, and how many were done before."""
+
+    def outcome(self, item: WorkItem, outcome: Outcome | None) -> None:
+        """One request ended (``None``: not sent because the run is stopping)."""
+
+
+_listener: RunListener | None = None
+
+
+def set_listener(listener: RunListener | None) -> None:
+    global _listener
+    _listener = listener
+
+
+def get_listener() -> RunListener | None:
+    return _listener

@@ -1,0 +1,185 @@
+"""One local Prefect server that distillery starts once and reuses.
+
+Without ``PREFECT_API_URL``, Prefect's ephemeral mode starts a new server subprocess in every
+Python process: 15-60 s on 2 cores (FINDINGS.md), paid by every ``distillery run``. Instead the
+first run starts ``prefect server start`` in the background (SQLite under
+``$DISTILLERY_HOME/prefect``) and records it in ``$DISTILLERY_HOME/prefect-server.json``; later
+runs find it healthy and connect in milliseconds. ``distillery server status|stop`` manage it.
+A user who sets ``PREFECT_API_URL`` keeps their own server and this module is not used.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import fcntl
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import httpx
+
+from distillery.errors import FatalRunError
+from distillery.home import distillery_home
+
+STARTUP_TIMEOUT_S = float(os.environ.get("DISTILLERY_SERVER_STARTUP_TIMEOUT", "240"))
+
+
+@dataclass(frozen=True)
+class ServerInfo:
+    pid: int
+    port: int
+    url: str
+    log: str
+    started_at: float
+
+    @property
+    def api_url(self) -> str:
+        return f"{self.url}/api"
+
+
+def _state_file() -> Path:
+    return distillery_home() / "prefect-server.json"
+
+
+@contextlib.contextmanager
+def _locked() -> Iterator[None]:
+    """Serialise start/stop between concurrent distillery processes."""
+    with (distillery_home() / "prefect-server.lock").open("w") as handle:
+        fcntl.flock(handle, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(handle, fcntl.LOCK_UN)
+
+
+def _read_state() -> ServerInfo | None:
+    try:
+        return ServerInfo(**json.loads(_state_file().read_text()))
+    except (OSError, ValueError, TypeError):
+        return None
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def healthy(info: ServerInfo, timeout_s: float = 2.0) -> bool:
+    try:
+        response = httpx.get(f"{info.api_url}/health", timeout=timeout_s, trust_env=False)
+    except httpx.HTTPError:
+        return False
+    return response.status_code == 200
+
+
+def status() -> ServerInfo | None:
+    """The managed server if it is running and answers, else None."""
+    info = _read_state()
+    if info is None or not _alive(info.pid) or not healthy(info):
+        return None
+    return info
+
+
+def _free_port() -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def _server_env(home: Path) -> dict[str, str]:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("PREFECT_API_")}
+    env.update(
+        PREFECT_HOME=str(home / "prefect"),
+        PREFECT_SERVER_ANALYTICS_ENABLED="false",
+        DO_NOT_TRACK="1",
+        PREFECT_LOGGING_LEVEL="WARNING",
+    )
+    return env
+
+
+def ensure_server() -> tuple[ServerInfo, bool]:
+    """A healthy managed server, started if need be; returns (info, started_now)."""
+    with _locked():
+        info = _read_state()
+        if info is not None and _alive(info.pid):
+            deadline = time.monotonic() + STARTUP_TIMEOUT_S
+            while time.monotonic() < deadline and _alive(info.pid):
+                if healthy(info):
+                    return info, False
+                time.sleep(0.5)
+            _terminate(info.pid)
+        home = distillery_home()
+        port = _free_port()
+        log = home / "prefect-server.log"
+        with log.open("ab") as handle:
+            process = subprocess.Popen(
+                [
+                    sys.executable,
+                    "-m",
+                    "prefect",
+                    "server",
+                    "start",
+                    "--host",
+                    "127.0.0.1",
+                    "--port",
+                    str(port),
+                ],
+                stdin=subprocess.DEVNULL,
+                stdout=handle,
+                stderr=subprocess.STDOUT,
+                env=_server_env(home),
+                start_new_session=True,
+            )
+        info = ServerInfo(process.pid, port, f"http://127.0.0.1:{port}", str(log), time.time())
+        _state_file().write_text(json.dumps(asdict(info)))
+        deadline = time.monotonic() + STARTUP_TIMEOUT_S
+        while time.monotonic() < deadline:
+            if process.poll() is not None:
+                _state_file().unlink(missing_ok=True)
+                raise FatalRunError(
+                    f"the local Prefect server exited with code {process.returncode}; see {log}"
+                )
+            if healthy(info):
+                return info, True
+            time.sleep(0.5)
+        _terminate(process.pid)
+        _state_file().unlink(missing_ok=True)
+        raise FatalRunError(
+            f"the local Prefect server did not answer within {STARTUP_TIMEOUT_S:.0f}s; see {log}"
+        )
+
+
+def _terminate(pid: int, grace_s: float = 20.0) -> None:
+    with contextlib.suppress(ProcessLookupError, PermissionError):
+        os.killpg(pid, signal.SIGTERM)
+    deadline = time.monotonic() + grace_s
+    while time.monotonic() < deadline and _alive(pid):
+        with contextlib.suppress(ChildProcessError):
+            os.waitpid(pid, os.WNOHANG)
+        time.sleep(0.2)
+    if _alive(pid):
+        with contextlib.suppress(ProcessLookupError, PermissionError):
+            os.killpg(pid, signal.SIGKILL)
+
+
+def stop() -> ServerInfo | None:
+    """Stop the managed server; returns what was stopped (None if nothing ran)."""
+    with _locked():
+        info = _read_state()
+        _state_file().unlink(missing_ok=True)
+        if info is None or not _alive(info.pid):
+            return None
+        _terminate(info.pid)
+        return info

@@ -1,0 +1,138 @@
+"""One batch of prompts, every teacher, concurrently on asyncio — no Prefect in here.
+
+The Prefect task in ``flows/generate.py`` is a thin wrapper around :func:`run_batch`, so the
+same code runs in tests without an orchestrator. Concurrency is capped per teacher by a
+semaphore shared by every batch of the run in this process (not per batch), so several batches
+in flight never exceed a teacher's ``concurrency``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from types import TracebackType
+from typing import Any
+
+import httpx
+
+from distillery.config import JobConfig, TeacherConfig
+from distillery.generators.client import Outcome, TeacherClient, TeacherUnusable
+from distillery.generators.http import make_http_client
+from distillery.generators.prompts import Prompt
+from distillery.generators.providers.registry import get_provider
+from distillery.generators.records import RunContext, failure_row, sample_id_for, sample_row
+
+
+@dataclass(frozen=True)
+class WorkItem:
+    """One request to make: a prompt for a teacher (the sample index is 0 until ``n`` lands)."""
+
+    prompt: Prompt
+    teacher: TeacherConfig
+    sample_index: int = 0
+
+    @property
+    def sample_id(self) -> str:
+        return sample_id_for(self.prompt.prompt_id, self.teacher, self.sample_index)
+
+
+def plan_work(
+    prompts: Sequence[Prompt], teachers: Sequence[TeacherConfig], done: set[str]
+) -> list[list[WorkItem]]:
+    """Per prompt, the requests still to make (those whose sample id is not in ``done``)."""
+    plan: list[list[WorkItem]] = []
+    for prompt in prompts:
+        items = [WorkItem(prompt, teacher) for teacher in teachers]
+        todo = [item for item in items if item.sample_id not in done]
+        if todo:
+            plan.append(todo)
+    return plan
+
+
+@dataclass
+class _Teacher:
+    client: TeacherClient
+    http: httpx.AsyncClient
+    slots: asyncio.Semaphore
+
+
+class TeacherPool:
+    """The run's teacher clients in this process: pooled connections and concurrency caps.
+
+    ``fatal`` is set by the first request proving a teacher unusable; from then on no request
+    is sent anywhere (answers already in flight are still kept), and batches end early.
+    """
+
+    def __init__(self, job: JobConfig) -> None:
+        self._teachers: dict[str, _Teacher] = {}
+        for teacher in job.teachers:
+            http = make_http_client(job.http_transport, teacher.concurrency, teacher.timeout_s)
+            client = TeacherClient(teacher, get_provider(teacher.provider), http)
+            self._teachers[teacher.name] = _Teacher(
+                client, http, asyncio.Semaphore(teacher.concurrency)
+            )
+        self.fatal: TeacherUnusable | None = None
+
+    async def __aenter__(self) -> TeacherPool:
+        return self
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        await asyncio.gather(*(t.http.aclose() for t in self._teachers.values()))
+
+    async def request(self, item: WorkItem) -> Outcome | None:
+        """Send one request under its teacher's cap; None if the run was stopped before it."""
+        teacher = self._teachers[item.teacher.name]
+        async with teacher.slots:
+            if self.fatal is not None:
+                return None
+            try:
+                return await teacher.client.complete(item.prompt.messages)
+            except TeacherUnusable as exc:
+                self.fatal = self.fatal or exc
+                return None
+
+
+@dataclass
+class BatchRows:
+    """What a batch produced, as rows for the samples and failures tables."""
+
+    samples: list[dict[str, Any]] = field(default_factory=list)
+    failures: list[dict[str, Any]] = field(default_factory=list)
+    not_sent: int = 0
+
+
+OutcomeListener = Callable[[WorkItem, Outcome | None], None]
+
+
+async def run_batch(
+    items: Sequence[WorkItem],
+    pool: TeacherPool,
+    ctx: RunContext,
+    listener: OutcomeListener | None = None,
+) -> BatchRows:
+    """Send every item concurrently and collect the rows; never raises for one request."""
+    rows = BatchRows()
+
+    async def one(item: WorkItem) -> None:
+        outcome = await pool.request(item)
+        if outcome is None:
+            rows.not_sent += 1
+        elif outcome.completion is not None:
+            rows.samples.append(
+                sample_row(ctx, item.prompt, item.teacher, item.sample_index, outcome)
+            )
+        else:
+            rows.failures.append(
+                failure_row(ctx, item.prompt, item.teacher, item.sample_index, outcome)
+            )
+        if listener is not None:
+            listener(item, outcome)
+
+    await asyncio.gather(*(one(item) for item in items))
+    return rows

@@ -1,0 +1,120 @@
+"""Lineage: turn one request's outcome into the row that says where a sample came from.
+
+The ids are content-derived so that re-running a job never duplicates: a sample's id hashes the
+prompt id, the teacher (name, provider, model), its parameters and the sample index.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import re
+import unicodedata
+from dataclasses import dataclass
+from typing import Any
+
+from distillery.config import TeacherConfig
+from distillery.generators.client import Outcome
+from distillery.generators.prompts import Prompt
+
+_SPACE = re.compile(r"\s+")
+
+
+@dataclass(frozen=True)
+class RunContext:
+    """What every row of one run shares."""
+
+    run_id: str
+    config_hash: str
+    template_hash: str | None
+    flow_run_id: str | None = None
+    task_run_id: str | None = None
+
+
+def sample_id_for(prompt_id: str, teacher: TeacherConfig, sample_index: int) -> str:
+    identity = json.dumps(
+        [
+            prompt_id,
+            teacher.name,
+            teacher.provider,
+            teacher.model,
+            teacher.params.recorded(),
+            sample_index,
+        ],
+        sort_keys=True,
+    )
+    return hashlib.blake2b(identity.encode(), digest_size=16).hexdigest()
+
+
+def content_hash(text: str) -> str:
+    """Hash of the text after Unicode NFKC and whitespace folding (exact-duplicate key)."""
+    normalised = _SPACE.sub(" ", unicodedata.normalize("NFKC", text)).strip()
+    return hashlib.blake2b(normalised.encode(), digest_size=16).hexdigest()
+
+
+def _json(value: Any) -> str | None:
+    return json.dumps(value, sort_keys=True, ensure_ascii=False, default=str) if value else None
+
+
+def _common(
+    ctx: RunContext, prompt: Prompt, teacher: TeacherConfig, sample_index: int, outcome: Outcome
+) -> dict[str, Any]:
+    return {
+        "sample_id": sample_id_for(prompt.prompt_id, teacher, sample_index),
+        "run_id": ctx.run_id,
+        "prompt_id": prompt.prompt_id,
+        "sample_index": sample_index,
+        "prompt": prompt.text,
+        "messages": prompt.messages,
+        "prompt_meta": _json(prompt.meta),
+        "teacher_name": teacher.name,
+        "teacher_provider": teacher.provider,
+        "teacher_model": teacher.model,
+        "teacher_base_url": teacher.base_url,
+        "params": _json(teacher.params.recorded()) or "{}",
+        "attempts": outcome.attempts,
+        "attempt_statuses": outcome.attempt_statuses,
+        "maybe_billed_twice": outcome.maybe_billed_twice,
+        "latency_ms": round(outcome.latency_ms, 3),
+        "created_at": outcome.started_at,
+        "config_hash": ctx.config_hash,
+        "template_hash": ctx.template_hash,
+        "flow_run_id": ctx.flow_run_id,
+        "task_run_id": ctx.task_run_id,
+    }
+
+
+def sample_row(
+    ctx: RunContext, prompt: Prompt, teacher: TeacherConfig, sample_index: int, outcome: Outcome
+) -> dict[str, Any]:
+    completion = outcome.completion
+    assert completion is not None, "sample_row needs a successful outcome"
+    return {
+        **_common(ctx, prompt, teacher, sample_index, outcome),
+        "response_text": completion.text,
+        "teacher_model_version": completion.model_version,
+        "response_id": completion.response_id,
+        "request_id": completion.request_id,
+        "system_fingerprint": completion.system_fingerprint,
+        "finish_reason": completion.finish_reason,
+        "finish_reason_raw": completion.finish_reason_raw,
+        "prompt_tokens": completion.prompt_tokens,
+        "completion_tokens": completion.completion_tokens,
+        "cached_tokens": completion.cached_tokens,
+        "reasoning_tokens": completion.reasoning_tokens,
+        "rate_limits": _json(completion.rate_limits),
+        "content_hash": content_hash(completion.text),
+    }
+
+
+def failure_row(
+    ctx: RunContext, prompt: Prompt, teacher: TeacherConfig, sample_index: int, outcome: Outcome
+) -> dict[str, Any]:
+    failure = outcome.failure
+    assert failure is not None, "failure_row needs a failed outcome"
+    return {
+        **_common(ctx, prompt, teacher, sample_index, outcome),
+        "error_class": failure.error_class,
+        "http_status": failure.http_status,
+        "message": failure.message[:2000],
+    }

@@ -1,0 +1,110 @@
+"""Shared fixtures: isolated homes, one Prefect server per session, emulators on free ports.
+
+The environment is fixed here, before any test module imports Prefect: Prefect reads its
+settings when it is first imported. Nothing a test does reaches the user's ``~/.prefect``,
+``~/.distillery``, real API keys or proxies.
+"""
+
+from __future__ import annotations
+
+import os
+import tempfile
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+_SESSION_DIR = Path(tempfile.mkdtemp(prefix="distillery-tests-"))
+for _name in list(os.environ):
+    if _name.startswith("PREFECT_") or _name.upper() in {
+        "HTTP_PROXY",
+        "HTTPS_PROXY",
+        "ALL_PROXY",
+        "NO_PROXY",
+        "OPENAI_API_KEY",
+        "ANTHROPIC_API_KEY",
+        "GEMINI_API_KEY",
+        "GOOGLE_API_KEY",
+        "EMULATOR_URL",
+        "EMULATOR_API_KEY",
+        "DISTILLERY_OUTPUT",
+    }:
+        del os.environ[_name]
+os.environ.update(
+    DISTILLERY_HOME=str(_SESSION_DIR / "home"),
+    PREFECT_HOME=str(_SESSION_DIR / "prefect-client"),
+    TIKTOKEN_CACHE_DIR=str(_SESSION_DIR / "tiktoken"),
+    PREFECT_SERVER_ANALYTICS_ENABLED="false",
+    DO_NOT_TRACK="1",
+    PREFECT_LOGGING_TO_API_ENABLED="false",
+    PREFECT_LOGGING_LEVEL="WARNING",
+)
+
+from distillery.emulator import EmulatorOptions, RunningEmulator  # noqa: E402
+
+REPO = Path(__file__).resolve().parent.parent
+
+
+@pytest.fixture(scope="session")
+def prefect_api() -> Iterator[str]:
+    """One managed Prefect server for the whole session (starting one costs 15-60 s)."""
+    from prefect.settings import PREFECT_API_URL, temporary_settings
+
+    from distillery.flows import server
+
+    info, _ = server.ensure_server()
+    os.environ["PREFECT_API_URL"] = info.api_url
+    with temporary_settings(updates={PREFECT_API_URL: info.api_url}):
+        yield info.api_url
+    server.stop()
+
+
+@pytest.fixture
+def emulator() -> Iterator[RunningEmulator]:
+    with RunningEmulator(EmulatorOptions(seed=7)) as running:
+        yield running
+
+
+def write_prompts(path: Path, count: int) -> Path:
+    import json
+
+    topics = ["rivers", "compilers", "bread", "tides", "chess", "volcanoes", "jazz", "bees"]
+    with path.open("w") as handle:
+        for index in range(count):
+            topic = topics[index % len(topics)]
+            record = {
+                "id": f"p{index}",
+                "prompt": f"Explain {topic}, case {index}.",
+                "topic": topic,
+            }
+            handle.write(json.dumps(record) + "\n")
+    return path
+
+
+def write_job(
+    directory: Path, base_url: str, prompts: int = 12, extra: str = "", teachers: int = 1
+) -> Path:
+    write_prompts(directory / "prompts.jsonl", prompts)
+    teacher_yaml = "".join(
+        f"""
+  - name: t{index}
+    provider: openai
+    model: gpt-4o-mini
+    base_url: {base_url}/v1
+    api_key_env: EMULATOR_API_KEY
+    params: {{temperature: 0.{index + 1}, max_tokens: 300}}
+    concurrency: 8
+    max_attempts: 2"""
+        for index in range(teachers)
+    )
+    config = directory / "job.yaml"
+    config.write_text(
+        f"""name: test-job
+prompts:
+  path: prompts.jsonl
+teachers:{teacher_yaml}
+batch_size: 5
+output: out
+{extra}"""
+    )
+    return config

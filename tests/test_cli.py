@@ -1,0 +1,139 @@
+"""The command line as a user runs it: a subprocess, exit codes, one-line errors."""
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from distillery.emulator import RunningEmulator
+
+from .conftest import REPO, write_job
+
+
+def cli(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "distillery", *args],
+        capture_output=True,
+        text=True,
+        env={**os.environ, "COLUMNS": "200", **(env or {})},
+        timeout=240,
+        check=False,
+    )
+
+
+def one_error_line(result: subprocess.CompletedProcess[str]) -> str:
+    lines = [line for line in result.stderr.splitlines() if line.strip()]
+    assert len(lines) == 1, result.stderr
+    return lines[0]
+
+
+@pytest.mark.parametrize(
+    ("edit", "expected"),
+    [
+        (
+            ("max_attempts: 2", "max_attempts: 2\n    colour: blue"),
+            r"teachers[0].colour: unknown field",
+        ),
+        (("prompts.jsonl", "absent.jsonl"), "absent.jsonl: cannot read prompts"),
+        (
+            ("path: prompts.jsonl", "path: prompts.jsonl\n  template: '{{ oops'"),
+            "prompts.template:",
+        ),
+        (
+            ("api_key_env: EMULATOR_API_KEY", "api_key_env: NOT_SET_ANYWHERE"),
+            "NOT_SET_ANYWHERE is not set",
+        ),
+        (
+            ("batch_size: 5", "batch_size: 0"),
+            "batch_size: Input should be greater than or equal to 1",
+        ),
+        (
+            ("output: out", "output: ${DATA_ROOT}/out"),
+            "output: environment variable DATA_ROOT is not set",
+        ),
+    ],
+)
+def test_bad_input_exits_2_with_one_line(
+    tmp_path: Path, edit: tuple[str, str], expected: str
+) -> None:
+    config = write_job(tmp_path, "http://127.0.0.1:9")
+    config.write_text(config.read_text().replace(*edit))
+    result = cli("run", str(config), env={"EMULATOR_API_KEY": "k"})
+    assert result.returncode == 2, result.stderr
+    line = one_error_line(result)
+    assert line.startswith("error: ") and expected in line
+    assert not (tmp_path / "out").exists()  # nothing was written
+
+
+@pytest.mark.slow
+def test_run_query_and_rerun(prefect_api: str, emulator: RunningEmulator, tmp_path: Path) -> None:
+    config = write_job(tmp_path, emulator.url, prompts=7)
+    env = {"EMULATOR_API_KEY": "k", "PREFECT_API_URL": prefect_api}
+    first = cli("run", str(config), "--run-id", "cli-run", env=env)
+    assert first.returncode == 0, first.stderr
+    assert "samples" in first.stdout and "cli-run" in first.stdout
+    again = cli("run", str(config), "--run-id", "cli-run", env=env)
+    assert again.returncode == 0, again.stderr
+    assert "7 already answered" in again.stdout
+
+    query = cli(
+        "query",
+        "--data",
+        str(tmp_path / "out"),
+        "--format",
+        "json",
+        "SELECT run_id, count(*) AS n, count(DISTINCT sample_id) AS ids FROM samples GROUP BY 1",
+    )
+    assert query.returncode == 0, query.stderr
+    assert json.loads(query.stdout) == [{"run_id": "cli-run", "n": 7, "ids": 7}]
+    as_csv = cli("query", "-d", str(tmp_path / "out"), "-f", "csv", "SELECT invocations FROM runs")
+    assert as_csv.stdout.splitlines() == ["invocations", "2"]
+    bad_sql = cli("query", "-d", str(tmp_path / "out"), "SELECT nope FROM samples")
+    assert bad_sql.returncode == 2 and "nope" in one_error_line(bad_sql)
+
+
+@pytest.mark.slow
+def test_output_override_and_emulator_flag(prefect_api: str, tmp_path: Path) -> None:
+    out = tmp_path / "elsewhere"
+    env = {"PREFECT_API_URL": prefect_api}
+    result = cli(
+        "run",
+        str(REPO / "examples" / "emulator.yaml"),
+        "--emulator",
+        "-o",
+        str(out),
+        "--run-id",
+        "demo",
+        env=env,
+    )
+    assert result.returncode == 0, result.stderr
+    rows = cli("query", "-d", str(out), "-f", "json", "SELECT count(*) AS n FROM samples")
+    assert json.loads(rows.stdout) == [{"n": 240}]
+
+
+def test_query_on_missing_directory(tmp_path: Path) -> None:
+    result = cli("query", "--data", str(tmp_path / "nope"), "SELECT 1")
+    assert result.returncode == 2
+    assert "no such directory" in one_error_line(result)
+
+
+@pytest.mark.slow
+def test_wrong_key_exits_1_without_leaking_it(prefect_api: str, tmp_path: Path) -> None:
+    from distillery.emulator import EmulatorOptions
+
+    with RunningEmulator(EmulatorOptions(require_key="the-right-one")) as emulator:
+        config = write_job(tmp_path, emulator.url, prompts=20)
+        secret = "sk-wrong-but-secret-0123456789"
+        result = cli(
+            "run", str(config), env={"EMULATOR_API_KEY": secret, "PREFECT_API_URL": prefect_api}
+        )
+    assert result.returncode == 1
+    errors = [line for line in result.stderr.splitlines() if line.startswith("error: ")]
+    assert len(errors) == 1 and "EMULATOR_API_KEY" in errors[0]
+    assert "Traceback" not in result.stderr
+    assert secret not in result.stderr + result.stdout
+    for path in (tmp_path / "out").rglob("*.parquet"):
+        assert secret.encode() not in path.read_bytes()
