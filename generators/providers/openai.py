@@ -91,7 +91,7 @@ class OpenAIProvider(Provider):
     def classify_error(self, status: int, headers: dict[str, str], body: bytes) -> ErrorVerdict:
         message, code, kind = _error_fields(body)
         retryable = status_is_retryable(status, headers)
-        fatal = status in (401, 403) or code == "insufficient_quota"
+        fatal = status in (401, 403)
         if code == "insufficient_quota" or message.startswith("Request too large"):
             retryable = False
         error_class = _error_class(status, code, kind)

@@ -25,7 +25,7 @@ def register(name: str) -> Callable[[type[Provider]], type[Provider]]:
 
 def _load_builtin() -> None:
     # Importing the modules runs their @register decorators.
-    from distillery.generators.providers import openai  # noqa: F401
+    from distillery.generators.providers import anthropic, gemini, openai  # noqa: F401
 
 
 def provider_names() -> list[str]:

@@ -1,0 +1,120 @@
+"""Anthropic Messages API (``POST {base_url}/v1/messages``).
+
+``base_url`` is the bare host as in the official SDK (``https://api.anthropic.com``). System and
+developer messages become the top-level ``system`` field; ``max_tokens`` is required by the API,
+so a teacher without one gets :data:`DEFAULT_MAX_TOKENS`.
+"""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+from distillery.config import TeacherConfig
+from distillery.generators.providers.base import (
+    Completion,
+    ErrorVerdict,
+    FinishReason,
+    HttpCall,
+    MalformedResponse,
+    Message,
+    Provider,
+)
+from distillery.generators.providers.registry import register
+from distillery.generators.retry import parse_retry_after, status_is_retryable
+
+API_VERSION = "2023-06-01"
+DEFAULT_MAX_TOKENS = 4096
+_FINISH: dict[str, FinishReason] = {
+    "end_turn": "stop",
+    "stop_sequence": "stop",
+    "max_tokens": "length",
+    "model_context_window_exceeded": "length",
+    "refusal": "refusal",
+}
+
+
+@register("anthropic")
+class AnthropicProvider(Provider):
+    """Messages over httpx, no SDK at run time."""
+
+    def build_call(
+        self, teacher: TeacherConfig, messages: list[Message], api_key: str | None
+    ) -> HttpCall:
+        params = teacher.params
+        system = [m["content"] for m in messages if m["role"] in ("system", "developer")]
+        turns = [
+            {"role": m["role"], "content": m["content"]}
+            for m in messages
+            if m["role"] in ("user", "assistant")
+        ]
+        body: dict[str, Any] = {
+            "model": teacher.model,
+            "max_tokens": params.max_tokens or DEFAULT_MAX_TOKENS,
+            "messages": turns,
+        }
+        if system:
+            body["system"] = "\n\n".join(system)
+        if params.temperature is not None:
+            body["temperature"] = min(params.temperature, 1.0)
+        if params.top_p is not None:
+            body["top_p"] = params.top_p
+        if params.stop:
+            body["stop_sequences"] = params.stop
+        body.update(params.extra_body)
+        headers = {"content-type": "application/json", "anthropic-version": API_VERSION}
+        if api_key:
+            headers["x-api-key"] = api_key
+        return HttpCall(url=f"{teacher.base_url}/v1/messages", headers=headers, body=body)
+
+    def parse_success(self, payload: Any, headers: dict[str, str]) -> Completion:
+        try:
+            blocks = payload["content"]
+            text = "".join(b["text"] for b in blocks if b.get("type") == "text")
+            usage = payload["usage"]
+            raw_finish = payload.get("stop_reason")
+        except (KeyError, TypeError, AttributeError) as exc:
+            raise MalformedResponse(f"unexpected message shape: {exc}") from exc
+        if not isinstance(usage, dict):
+            raise MalformedResponse("usage is not an object")
+        return Completion(
+            text=text,
+            finish_reason=_FINISH.get(raw_finish or "", "other"),
+            finish_reason_raw=raw_finish,
+            model_version=payload.get("model"),
+            response_id=payload.get("id"),
+            request_id=headers.get("request-id"),
+            prompt_tokens=usage.get("input_tokens"),
+            completion_tokens=usage.get("output_tokens"),
+            cached_tokens=usage.get("cache_read_input_tokens"),
+            rate_limits={
+                k: v
+                for k, v in headers.items()
+                if k.startswith("anthropic-ratelimit-") or k == "retry-after"
+            },
+        )
+
+    def classify_error(self, status: int, headers: dict[str, str], body: bytes) -> ErrorVerdict:
+        kind, message = _error_fields(body)
+        hint = parse_retry_after(headers)
+        retryable = status_is_retryable(status, headers)
+        spend_limit = "spend_limit" in (kind or "") or "spend limit" in message.lower()
+        if status == 429 and spend_limit and hint is None:
+            kind, retryable = "spend_limit_reached", False
+        return ErrorVerdict(
+            error_class=kind or f"http_{status}",
+            message=message or f"HTTP {status}",
+            retryable=retryable,
+            fatal_for_run=status in (401, 403),
+            retry_after_s=hint,
+        )
+
+
+def _error_fields(body: bytes) -> tuple[str | None, str]:
+    """(error type, message) of ``{"type":"error","error":{"type","message"}}``."""
+    try:
+        payload = json.loads(body)
+        error = payload["error"]
+        return str(error.get("type") or "") or None, str(error.get("message") or "")
+    except (ValueError, KeyError, TypeError, AttributeError):
+        return None, body[:200].decode("utf-8", "replace").strip()

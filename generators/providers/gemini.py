@@ -1,0 +1,154 @@
+"""Gemini API ``generateContent`` (``POST {base_url}/v1beta/models/{model}:generateContent``).
+
+``base_url`` is the bare host as in google-genai (``https://generativelanguage.googleapis.com``).
+Gemini sends no ``Retry-After``: the wait is ``RetryInfo.retryDelay`` in the error's
+``details``, and a ``QuotaFailure`` whose quota id says ``PerDay`` will not clear by retrying.
+A bad key is a 400 with reason ``API_KEY_INVALID``, not a 401.
+"""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+from distillery.config import TeacherConfig
+from distillery.generators.durations import parse_go_duration
+from distillery.generators.providers.base import (
+    Completion,
+    ErrorVerdict,
+    FinishReason,
+    HttpCall,
+    MalformedResponse,
+    Message,
+    Provider,
+)
+from distillery.generators.providers.registry import register
+from distillery.generators.retry import status_is_retryable
+
+_FILTERED = {"SAFETY", "RECITATION", "BLOCKLIST", "PROHIBITED_CONTENT", "SPII", "IMAGE_SAFETY"}
+_RETRY_INFO = "type.googleapis.com/google.rpc.RetryInfo"
+_QUOTA_FAILURE = "type.googleapis.com/google.rpc.QuotaFailure"
+_ERROR_INFO = "type.googleapis.com/google.rpc.ErrorInfo"
+
+
+def _finish(raw: str | None) -> FinishReason:
+    if raw == "STOP":
+        return "stop"
+    if raw == "MAX_TOKENS":
+        return "length"
+    if raw in _FILTERED:
+        return "content_filter"
+    return "other"
+
+
+@register("gemini")
+class GeminiProvider(Provider):
+    """generateContent over httpx, no SDK at run time."""
+
+    def build_call(
+        self, teacher: TeacherConfig, messages: list[Message], api_key: str | None
+    ) -> HttpCall:
+        params = teacher.params
+        system = [m["content"] for m in messages if m["role"] in ("system", "developer")]
+        contents = [
+            {
+                "role": "model" if m["role"] == "assistant" else "user",
+                "parts": [{"text": m["content"]}],
+            }
+            for m in messages
+            if m["role"] in ("user", "assistant")
+        ]
+        body: dict[str, Any] = {"contents": contents}
+        if system:
+            body["systemInstruction"] = {"parts": [{"text": "\n\n".join(system)}]}
+        config: dict[str, Any] = {}
+        if params.temperature is not None:
+            config["temperature"] = params.temperature
+        if params.top_p is not None:
+            config["topP"] = params.top_p
+        if params.max_tokens is not None:
+            config["maxOutputTokens"] = params.max_tokens
+        if params.seed is not None:
+            config["seed"] = params.seed
+        if params.stop:
+            config["stopSequences"] = params.stop
+        if config:
+            body["generationConfig"] = config
+        body.update(params.extra_body)
+        headers = {"content-type": "application/json"}
+        if api_key:
+            headers["x-goog-api-key"] = api_key
+        url = f"{teacher.base_url}/v1beta/models/{teacher.model}:generateContent"
+        return HttpCall(url=url, headers=headers, body=body)
+
+    def parse_success(self, payload: Any, headers: dict[str, str]) -> Completion:
+        try:
+            candidates = payload.get("candidates") or []
+            usage = payload.get("usageMetadata") or {}
+            if candidates:
+                candidate = candidates[0]
+                parts = (candidate.get("content") or {}).get("parts") or []
+                text = "".join(p.get("text", "") for p in parts if not p.get("thought"))
+                raw_finish = candidate.get("finishReason")
+                finish = _finish(raw_finish)
+            else:
+                # A blocked prompt: no candidates, the reason in promptFeedback.
+                block = (payload.get("promptFeedback") or {}).get("blockReason")
+                if block is None:
+                    raise MalformedResponse("no candidates and no promptFeedback.blockReason")
+                text, raw_finish, finish = "", f"prompt_blocked:{block}", "content_filter"
+        except (KeyError, TypeError, AttributeError) as exc:
+            raise MalformedResponse(f"unexpected generateContent shape: {exc}") from exc
+        return Completion(
+            text=text,
+            finish_reason=finish,
+            finish_reason_raw=raw_finish,
+            model_version=payload.get("modelVersion"),
+            response_id=payload.get("responseId"),
+            request_id=headers.get("x-request-id"),
+            prompt_tokens=usage.get("promptTokenCount"),
+            completion_tokens=_completion_tokens(usage),
+            cached_tokens=usage.get("cachedContentTokenCount"),
+            reasoning_tokens=usage.get("thoughtsTokenCount"),
+        )
+
+    def classify_error(self, status: int, headers: dict[str, str], body: bytes) -> ErrorVerdict:
+        code_name, message, details = _error_fields(body)
+        reasons = {str(d.get("reason")) for d in details if d.get("@type") == _ERROR_INFO}
+        retry_after: float | None = None
+        per_day = False
+        for detail in details:
+            if detail.get("@type") == _RETRY_INFO:
+                retry_after = parse_go_duration(str(detail.get("retryDelay", "")))
+            if detail.get("@type") == _QUOTA_FAILURE:
+                quota_ids = [str(v.get("quotaId", "")) for v in detail.get("violations") or []]
+                per_day = per_day or any("PerDay" in q for q in quota_ids)
+        fatal = status in (401, 403) or "API_KEY_INVALID" in reasons
+        retryable = status_is_retryable(status, headers) and not per_day and not fatal
+        error_class = "quota_per_day" if per_day else (code_name or f"http_{status}")
+        return ErrorVerdict(
+            error_class=error_class,
+            message=message or f"HTTP {status}",
+            retryable=retryable,
+            fatal_for_run=fatal,
+            retry_after_s=retry_after if retry_after and retry_after > 0 else None,
+        )
+
+
+def _completion_tokens(usage: dict[str, Any]) -> int | None:
+    """Output tokens as billed: candidates plus thoughts (``totalTokenCount`` includes both)."""
+    candidates = usage.get("candidatesTokenCount")
+    thoughts = usage.get("thoughtsTokenCount")
+    if candidates is None and thoughts is None:
+        return None
+    return int(candidates or 0) + int(thoughts or 0)
+
+
+def _error_fields(body: bytes) -> tuple[str | None, str, list[dict[str, Any]]]:
+    """(status name, message, details) of a google.rpc error body."""
+    try:
+        error = json.loads(body)["error"]
+        details = [d for d in error.get("details") or [] if isinstance(d, dict)]
+        return error.get("status"), str(error.get("message") or ""), details
+    except (ValueError, KeyError, TypeError, AttributeError):
+        return None, body[:200].decode("utf-8", "replace").strip(), []
