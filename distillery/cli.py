@@ -16,6 +16,7 @@ import json
 import os
 import re
 import secrets
+import signal
 import sys
 from collections.abc import Callable, Iterator
 from datetime import UTC, datetime
@@ -27,7 +28,7 @@ from rich.console import Console
 from rich.table import Table
 
 from distillery.config import JobConfig, TeacherConfig, load_config, require_api_keys
-from distillery.errors import DistilleryError, UserInputError
+from distillery.errors import DistilleryError, RunInterruptedError, UserInputError
 
 if TYPE_CHECKING:
     from distillery.flows.generate import RunSummary
@@ -144,20 +145,43 @@ def run(
         ui = _connect_prefect()
         summary = _run_with_progress(job, run_id, str(config), verbose)
     _print_summary(summary, ui)
+    if summary.status == "stopped":
+        raise RunInterruptedError(
+            f"stopped before the end; resume with: distillery run {config} --run-id {run_id}"
+        )
 
 
 def _run_with_progress(job: JobConfig, run_id: str, config_path: str, verbose: bool) -> RunSummary:
+    """Run the flow under a progress bar; Ctrl-C (or SIGTERM) stops it gracefully.
+
+    The first signal stops new requests and lets the answers in flight land, be spooled and
+    committed; a second one aborts at once (whatever arrived is in the spool, replayed on resume).
+    """
     _quiet_prefect_console(verbose)
     from distillery.flows.generate import generate
-    from distillery.flows.progress import set_listener
+    from distillery.flows.progress import STOP, set_listener
     from distillery.flows.terminal import ProgressBar
 
-    with ProgressBar(err) as bar:
-        set_listener(bar)
-        try:
+    def on_signal(signum: int, frame: object) -> None:
+        if STOP.requested:
+            raise KeyboardInterrupt
+        STOP.request()
+        err.print("stopping: waiting for the answers in flight (press Ctrl-C again to abort)")
+
+    resume = f"distillery run {config_path} --run-id {run_id}"
+    previous = {sig: signal.signal(sig, on_signal) for sig in (signal.SIGINT, signal.SIGTERM)}
+    try:
+        with ProgressBar(err) as bar:
+            set_listener(bar)
             return asyncio.run(generate(job=job, run_id=run_id, config_path=config_path))
-        finally:
-            set_listener(None)
+    except KeyboardInterrupt:
+        raise RunInterruptedError(
+            f"interrupted; answers received so far are kept; resume with: {resume}"
+        ) from None
+    finally:
+        set_listener(None)
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
 
 
 def _print_summary(summary: RunSummary, ui: str) -> None:

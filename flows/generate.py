@@ -24,11 +24,12 @@ from pydantic import BaseModel, Field
 from distillery import __version__
 from distillery.config import JobConfig
 from distillery.errors import FatalRunError
-from distillery.flows.progress import get_listener
+from distillery.flows.progress import STOP, get_listener
 from distillery.generators.batch import TeacherPool, WorkItem, plan_work, run_batch
 from distillery.generators.prompts import load_prompts, template_hash
 from distillery.generators.records import RunContext
 from distillery.storage.shards import next_part_number, partition_dir, read_column, write_shard
+from distillery.storage.spool import Spool, recover
 
 
 class BatchSummary(BaseModel):
@@ -84,11 +85,18 @@ async def generate_batch(
     ctx = replace(ctx, task_run_id=_current_ids()[1])
     started = time.perf_counter()
     listener = get_listener()
-    rows = await run_batch(items, pool, ctx, listener.outcome if listener else None)
+    spool = Spool(output, ctx.run_id)
+    try:
+        rows = await run_batch(
+            items, pool, ctx, listener.outcome if listener else None, sink=spool.append
+        )
+    finally:
+        spool.close()
     if rows.samples:
         write_shard(output, "samples", ctx.run_id, rows.samples, part)
     if rows.failures:
         write_shard(output, "failures", ctx.run_id, rows.failures, part)
+    spool.discard()
     elapsed = time.perf_counter() - started
     by_class = Counter(str(row["error_class"]) for row in rows.failures)
     logger.info(
@@ -128,6 +136,13 @@ async def generate(job: JobConfig, run_id: str, config_path: str | None = None) 
     flow_run_id, _ = _current_ids()
     output = Path(job.output)
     prompts = load_prompts(job.prompts)
+    recovered = recover(output, run_id)
+    if any(recovered.values()):
+        logger.warning(
+            "recovered %d samples and %d failures spooled by an earlier invocation",
+            recovered["samples"],
+            recovered["failures"],
+        )
     done = set(map(str, read_column(output, "samples", run_id, "sample_id")))
     plan = plan_work(prompts, job.teachers, done)
     planned = sum(len(items) for items in plan)
@@ -160,12 +175,12 @@ async def generate(job: JobConfig, run_id: str, config_path: str | None = None) 
     )
     results: list[BatchSummary] = []
     try:
-        async with TeacherPool(job) as pool:
+        async with TeacherPool(job, stop=lambda: STOP.requested) as pool:
             gate = asyncio.Semaphore(job.max_batches_in_flight)
 
             async def one(index: int, items: list[WorkItem]) -> None:
                 async with gate:
-                    if pool.fatal is None:
+                    if not pool.halted:
                         results.append(
                             await generate_batch(
                                 index, items, pool, ctx, output, first_part + index
@@ -175,7 +190,7 @@ async def generate(job: JobConfig, run_id: str, config_path: str | None = None) 
             await asyncio.gather(*(one(i, items) for i, items in enumerate(batches)))
             if pool.fatal is not None:
                 raise pool.fatal
-        summary.status = "completed"
+        summary.status = "stopped" if STOP.requested else "completed"
     except FatalRunError:
         summary.status = "failed"
         raise

@@ -31,3 +31,19 @@ def set_listener(listener: RunListener | None) -> None:
 
 def get_listener() -> RunListener | None:
     return _listener
+
+
+class StopSwitch:
+    """A graceful stop for runs in this process (the CLI flips it on the first Ctrl-C).
+
+    Flipping it stops new requests; answers in flight are awaited, spooled and committed.
+    """
+
+    def __init__(self) -> None:
+        self.requested = False
+
+    def request(self) -> None:
+        self.requested = True
+
+
+STOP = StopSwitch()

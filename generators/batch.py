@@ -60,11 +60,13 @@ class _Teacher:
 class TeacherPool:
     """The run's teacher clients in this process: pooled connections and concurrency caps.
 
-    ``fatal`` is set by the first request proving a teacher unusable; from then on no request
-    is sent anywhere (answers already in flight are still kept), and batches end early.
+    ``fatal`` is set by the first request proving a teacher unusable; ``stop`` answers True
+    after a graceful stop (Ctrl-C). From then on no request is sent anywhere, answers already
+    in flight are still kept, and batches end early.
     """
 
-    def __init__(self, job: JobConfig) -> None:
+    def __init__(self, job: JobConfig, stop: Callable[[], bool] = lambda: False) -> None:
+        self._stop = stop
         self._teachers: dict[str, _Teacher] = {}
         for teacher in job.teachers:
             http = make_http_client(job.http_transport, teacher.concurrency, teacher.timeout_s)
@@ -85,11 +87,16 @@ class TeacherPool:
     ) -> None:
         await asyncio.gather(*(t.http.aclose() for t in self._teachers.values()))
 
+    @property
+    def halted(self) -> bool:
+        """No more requests: a teacher proved unusable, or a stop was requested."""
+        return self.fatal is not None or self._stop()
+
     async def request(self, item: WorkItem) -> Outcome | None:
         """Send one request under its teacher's cap; None if the run was stopped before it."""
         teacher = self._teachers[item.teacher.name]
         async with teacher.slots:
-            if self.fatal is not None:
+            if self.halted:
                 return None
             try:
                 return await teacher.client.complete(item.prompt.messages)
@@ -108,6 +115,7 @@ class BatchRows:
 
 
 OutcomeListener = Callable[[WorkItem, Outcome | None], None]
+RowSink = Callable[[str, dict[str, Any]], None]
 
 
 async def run_batch(
@@ -115,22 +123,28 @@ async def run_batch(
     pool: TeacherPool,
     ctx: RunContext,
     listener: OutcomeListener | None = None,
+    sink: RowSink | None = None,
 ) -> BatchRows:
-    """Send every item concurrently and collect the rows; never raises for one request."""
+    """Send every item concurrently and collect the rows; never raises for one request.
+
+    ``sink`` receives each row the moment its answer arrives (the write-ahead spool), before
+    anything else can go wrong with it.
+    """
     rows = BatchRows()
 
     async def one(item: WorkItem) -> None:
         outcome = await pool.request(item)
         if outcome is None:
             rows.not_sent += 1
-        elif outcome.completion is not None:
-            rows.samples.append(
-                sample_row(ctx, item.prompt, item.teacher, item.sample_index, outcome)
-            )
         else:
-            rows.failures.append(
-                failure_row(ctx, item.prompt, item.teacher, item.sample_index, outcome)
-            )
+            if outcome.completion is not None:
+                table, build, bucket = "samples", sample_row, rows.samples
+            else:
+                table, build, bucket = "failures", failure_row, rows.failures
+            row = build(ctx, item.prompt, item.teacher, item.sample_index, outcome)
+            if sink is not None:
+                sink(table, row)
+            bucket.append(row)
         if listener is not None:
             listener(item, outcome)
 

@@ -18,13 +18,16 @@ import duckdb
 import pyarrow as pa
 
 from distillery.storage.schema import TABLES
+from distillery.storage.shards import committed_shards
 
 
 def _source(con: duckdb.DuckDBPyConnection, output: Path, table: str) -> str:
-    directory = output / table
-    if any(directory.glob("run_id=*/part-*.parquet")):
-        pattern = str(directory / "*" / "*.parquet").replace("'", "''")
-        return f"read_parquet('{pattern}', hive_partitioning = true, union_by_name = true)"
+    """A FROM clause over the committed shards of ``table`` (shards outside a manifest are not
+    read: they are leftovers of a crash, adopted or dropped when their run resumes)."""
+    files = committed_shards(output, table)
+    if files:
+        listed = ", ".join("'" + str(path).replace("'", "''") + "'" for path in files)
+        return f"read_parquet([{listed}], hive_partitioning = true, union_by_name = true)"
     empty = f"_empty_{table}"
     con.register(empty, pa.Table.from_pylist([], schema=TABLES[table]))
     return empty

@@ -1,17 +1,33 @@
-"""Parquet shards, written so that a reader never sees half a file.
+"""Parquet shards, committed so that a reader never sees half a file or a half-written run.
 
-Layout: ``DIR/<table>/run_id=<id>/part-NNNNN.parquet`` (hive partitioning by run). A shard is
-written under a hidden temporary name, fsynced, then *linked* to its final name — unlike a
-rename, a link never replaces an existing shard, so two writers can not clobber each other's
-work; the loser takes the next number. Readers glob ``*.parquet`` and never see the ``.tmp``.
+Layout: ``DIR/<table>/run_id=<id>/part-NNNNN.parquet`` (hive partitioning by run), plus a
+``_manifest.json`` per partition listing the committed shards.
+
+The commit protocol, in order:
+
+1. write the shard under a hidden temporary name and fsync it;
+2. *hard-link* it to its final name — unlike a rename, a link never replaces an existing shard,
+   so two writers can not clobber each other; the loser takes the next number;
+3. record it in the partition's manifest, itself written to a temporary file, fsynced and
+   renamed over the old one (a reader sees the old manifest or the new, never a mix).
+
+The catalog reads only shards in manifests. A crash between 2 and 3 leaves a complete shard
+outside the manifest, which :func:`reconcile` adopts when the run is resumed; a crash before 2
+leaves only a ``.tmp`` file, which it deletes (its rows are still in the spool).
 """
 
 from __future__ import annotations
 
+import contextlib
+import fcntl
+import json
 import os
 import re
 import uuid
+from collections.abc import Iterator
+from datetime import UTC, datetime
 from pathlib import Path
+from typing import Any
 
 import pyarrow as pa
 import pyarrow.parquet as pq
@@ -19,6 +35,7 @@ import pyarrow.parquet as pq
 from distillery.storage.schema import TABLES
 
 _PART = re.compile(r"^part-(\d+)\.parquet$")
+MANIFEST = "_manifest.json"
 ROW_GROUP_ROWS = 64_000
 
 
@@ -35,16 +52,16 @@ def next_part_number(directory: Path) -> int:
 
 
 def write_shard(
-    output: Path, table: str, run_id: str, rows: list[dict[str, object]], part: int
+    output: Path, table: str, run_id: str, rows: list[dict[str, Any]], part: int
 ) -> Path:
-    """Write ``rows`` as one shard of ``table``; returns its final path.
+    """Write and commit ``rows`` as one shard of ``table``; returns its final path.
 
     ``part`` is the preferred shard number; if taken, the next free one is used.
     """
     schema = TABLES[table]
+    arrow = pa.Table.from_pylist(rows, schema=schema)
     directory = partition_dir(output, table, run_id)
     directory.mkdir(parents=True, exist_ok=True)
-    arrow = pa.Table.from_pylist(rows, schema=schema)
     tmp = directory / f".part-{uuid.uuid4().hex}.parquet.tmp"
     try:
         with tmp.open("wb") as handle:
@@ -61,7 +78,19 @@ def write_shard(
     finally:
         tmp.unlink(missing_ok=True)
     _fsync_dir(directory)
+    with _manifest_lock(directory):
+        manifest = read_manifest(directory)
+        manifest[final.name] = _entry(arrow.num_rows, final)
+        _write_manifest(directory, manifest)
     return final
+
+
+def _entry(rows: int, path: Path) -> dict[str, Any]:
+    return {
+        "rows": rows,
+        "bytes": path.stat().st_size,
+        "committed_at": datetime.now(UTC).isoformat(),
+    }
 
 
 def _fsync_dir(directory: Path) -> None:
@@ -72,12 +101,74 @@ def _fsync_dir(directory: Path) -> None:
         os.close(fd)
 
 
-def read_column(output: Path, table: str, run_id: str, column: str) -> list[object]:
-    """All values of one column in a run's committed shards (empty if there are none)."""
+@contextlib.contextmanager
+def _manifest_lock(directory: Path) -> Iterator[None]:
+    with (directory / ".manifest.lock").open("w") as handle:
+        fcntl.flock(handle, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(handle, fcntl.LOCK_UN)
+
+
+def read_manifest(directory: Path) -> dict[str, dict[str, Any]]:
+    """Committed shards of a partition: file name -> {rows, bytes, committed_at}."""
+    try:
+        loaded = json.loads((directory / MANIFEST).read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        return {}
+    shards: dict[str, dict[str, Any]] = loaded["shards"]
+    return shards
+
+
+def _write_manifest(directory: Path, shards: dict[str, dict[str, Any]]) -> None:
+    tmp = directory / f".{MANIFEST}.{uuid.uuid4().hex}.tmp"
+    with tmp.open("w", encoding="utf-8") as handle:
+        json.dump({"version": 1, "shards": shards}, handle, indent=1, sort_keys=True)
+        handle.flush()
+        os.fsync(handle.fileno())
+    tmp.replace(directory / MANIFEST)
+    _fsync_dir(directory)
+
+
+def committed_shards(output: Path, table: str, run_id: str | None = None) -> list[Path]:
+    """Paths of committed shards of ``table`` (of one run, or of all runs)."""
+    root = output / table
+    if not root.is_dir():
+        return []
+    directories = (
+        [partition_dir(output, table, run_id)] if run_id else sorted(root.glob("run_id=*"))
+    )
+    paths: list[Path] = []
+    for directory in directories:
+        if directory.is_dir():
+            paths.extend(directory / name for name in sorted(read_manifest(directory)))
+    return paths
+
+
+def reconcile(output: Path, table: str, run_id: str) -> int:
+    """Adopt complete shards a crash left outside the manifest; delete torn temporaries.
+
+    Returns how many shards were adopted. Only safe while no other process writes this run.
+    """
     directory = partition_dir(output, table, run_id)
     if not directory.is_dir():
-        return []
-    values: list[object] = []
-    for path in sorted(directory.glob("part-*.parquet")):
+        return 0
+    for leftover in directory.glob(".part-*.parquet.tmp"):
+        leftover.unlink(missing_ok=True)
+    with _manifest_lock(directory):
+        manifest = read_manifest(directory)
+        orphans = [p for p in directory.glob("part-*.parquet") if p.name not in manifest]
+        for path in orphans:
+            manifest[path.name] = _entry(pq.ParquetFile(path).metadata.num_rows, path)
+        if orphans:
+            _write_manifest(directory, manifest)
+    return len(orphans)
+
+
+def read_column(output: Path, table: str, run_id: str, column: str) -> list[Any]:
+    """All values of one column in a run's committed shards (empty if there are none)."""
+    values: list[Any] = []
+    for path in committed_shards(output, table, run_id):
         values.extend(pq.read_table(path, columns=[column]).column(column).to_pylist())
     return values

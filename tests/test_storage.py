@@ -7,7 +7,15 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from distillery.storage.catalog import open_catalog
-from distillery.storage.shards import next_part_number, read_column, write_shard
+from distillery.storage.shards import (
+    committed_shards,
+    next_part_number,
+    read_column,
+    read_manifest,
+    reconcile,
+    write_shard,
+)
+from distillery.storage.spool import Spool, leftover_spools, recover
 
 
 def sample(sample_id: str, run_id: str = "r1", tokens: int = 3) -> dict[str, object]:
@@ -89,8 +97,43 @@ def test_every_write_lands_once(tmp_path_factory: pytest.TempPathFactory, parts:
     root = tmp_path_factory.mktemp("shards")
     for index, part in enumerate(parts):
         write_shard(root, "samples", "r", [sample(f"s{index}")], part)
-    names = [p.name for p in (root / "samples" / "run_id=r").iterdir()]
+    directory = root / "samples" / "run_id=r"
+    names = [p.name for p in directory.glob("part-*.parquet")]
     assert len(names) == len(parts) == len(set(names))
+    assert sorted(read_manifest(directory)) == sorted(names)
     assert sorted(map(str, read_column(root, "samples", "r", "sample_id"))) == sorted(
         f"s{i}" for i in range(len(parts))
     )
+
+
+def test_catalog_reads_only_committed_shards(tmp_path: Path) -> None:
+    committed = write_shard(tmp_path, "samples", "r1", [sample("a")], 0)
+    # A crash between link and manifest update leaves a complete shard the manifest lacks.
+    orphan = committed.with_name("part-00007.parquet")
+    orphan.write_bytes(committed.read_bytes())
+    torn = committed.with_name(".part-xyz.parquet.tmp")
+    torn.write_bytes(b"half a file")
+    assert open_catalog(tmp_path).execute("SELECT count(*) FROM samples").fetchall() == [(1,)]
+    assert reconcile(tmp_path, "samples", "r1") == 1
+    assert not torn.exists()
+    assert len(committed_shards(tmp_path, "samples", "r1")) == 2
+
+
+def test_spool_replay_recovers_rows_once(tmp_path: Path) -> None:
+    spool = Spool(tmp_path, "r1")
+    spool.append("samples", sample("a"))
+    spool.append("samples", sample("b"))
+    failure = {**sample("c"), "error_class": "timeout", "http_status": None, "message": "slow"}
+    spool.append("failures", failure)
+    spool.close()
+    # The process died after committing "a" but before discarding the spool,
+    # and in the middle of writing one more line.
+    write_shard(tmp_path, "samples", "r1", [sample("a")], 0)
+    with spool.path.open("a") as handle:
+        handle.write('{"table": "samples", "row": {"sample_')
+    assert recover(tmp_path, "r1") == {"samples": 1, "failures": 1}
+    assert not leftover_spools(tmp_path, "r1")
+    ids = sorted(map(str, read_column(tmp_path, "samples", "r1", "sample_id")))
+    assert ids == ["a", "b"]
+    assert read_column(tmp_path, "failures", "r1", "error_class") == ["timeout"]
+    assert recover(tmp_path, "r1") == {"samples": 0, "failures": 0}
