@@ -126,6 +126,7 @@ def run(
 ) -> None:
     """Generate a dataset: every prompt to every teacher, into Parquet shards."""
     from distillery.generators.prompts import load_prompts
+    from distillery.generators.records import teacher_facts
 
     job = load_config(config)
     if output is not None:
@@ -138,6 +139,7 @@ def run(
             job = stack.enter_context(_emulated(job))
         require_api_keys(job)
         load_prompts(job.prompts)
+        teacher_facts(job)
         try:
             Path(job.output).mkdir(parents=True, exist_ok=True)
         except OSError as exc:
@@ -245,7 +247,7 @@ def _print_rows(columns: list[str], rows: list[tuple[Any, ...]], fmt: str) -> No
         sys.stdout.write(json.dumps(records, default=str, ensure_ascii=False, indent=1) + "\n")
     elif fmt == "csv":
         buffer = io.StringIO()
-        writer = csv.writer(buffer)
+        writer = csv.writer(buffer, lineterminator="\n")
         writer.writerow(columns)
         writer.writerows(rows)
         sys.stdout.write(buffer.getvalue())
@@ -259,6 +261,65 @@ def _print_rows(columns: list[str], rows: list[tuple[Any, ...]], fmt: str) -> No
         out.print(f"{len(rows)} row{'s' if len(rows) != 1 else ''}", style="dim")
 
 
+@app.command()
+@_reports_errors
+def lineage(
+    sample_id: Annotated[str, typer.Argument(help="A sample_id (or a failure's).")],
+    data: Annotated[Path, typer.Option("--data", "-d", help="Dataset directory.")] = Path("out"),
+) -> None:
+    """Everything known about one sample: teacher, terms, parameters, usage, cost, run."""
+    from distillery.generators.terms import load_terms
+    from distillery.storage.catalog import open_catalog
+
+    if not data.is_dir():
+        raise UserInputError(f"--data {data}: no such directory")
+    con = open_catalog(data)
+    for view in ("samples", "rejected", "failures"):
+        cursor = con.execute(f"SELECT * FROM {view} WHERE sample_id = ?", [sample_id])
+        row = cursor.fetchall()
+        if row:
+            columns = [d[0] for d in cursor.description or []]
+            record = dict(zip(columns, row[0], strict=True))
+            break
+    else:
+        raise UserInputError(f"sample {sample_id!r}: not found in {data}")
+    table = Table(title=f"{sample_id} ({view})", show_header=False, box=None)
+    table.add_column(style="bold", no_wrap=True)
+    table.add_column(overflow="fold")
+    for column, value in record.items():
+        table.add_row(column, "" if value is None else str(value))
+    terms = {entry.tag: entry for entry in load_terms()}.get(str(record.get("usage_terms")))
+    if terms is not None:
+        table.add_row("terms summary", terms.summary)
+        table.add_row("terms url", terms.url or "-")
+        table.add_row("terms reviewed", str(terms.reviewed))
+    run = con.execute(
+        "SELECT dataset, config_hash, status, started_at, ended_at, invocations FROM runs "
+        "WHERE run_id = ?",
+        [record["run_id"]],
+    ).fetchall()
+    if run:
+        table.add_row("run", ", ".join(str(v) for v in run[0]))
+    out.print(table)
+
+
+@app.command()
+@_reports_errors
+def catalog(
+    db: Annotated[Path, typer.Option("--db", help="DuckDB database file to write.")],
+    data: Annotated[Path, typer.Option("--data", "-d", help="Dataset directory.")] = Path("out"),
+) -> None:
+    """Write a DuckDB database with views over the dataset, for the DuckDB CLI or any client."""
+    from distillery.storage.catalog import write_catalog
+
+    if not data.is_dir():
+        raise UserInputError(f"--data {data}: no such directory")
+    write_catalog(data, db)
+    out.print(
+        f"wrote {db}: views samples, rejected, failures, runs, teachers over {data.resolve()}"
+    )
+
+
 @app.command("emulator")
 @_reports_errors
 def emulator_command(
@@ -269,11 +330,39 @@ def emulator_command(
     require_key: Annotated[
         str | None, typer.Option(help="Answer 401 to any other API key.")
     ] = None,
+    fault_rate: Annotated[
+        float, typer.Option(help="Share of requests (0..1) answered with an injected fault.")
+    ] = 0.0,
+    faults: Annotated[
+        str | None,
+        typer.Option(help="Comma-separated faults to draw from (default: all), e.g. 429,reset."),
+    ] = None,
+    hang_s: Annotated[
+        float, typer.Option(help="Seconds the 'timeout' fault holds a request before closing it.")
+    ] = 600.0,
 ) -> None:
     """Serve a local emulator of the teachers' HTTP APIs (for tests and dry runs)."""
+    from pydantic import ValidationError
+
     from distillery.emulator import EmulatorOptions, serve
 
-    serve(EmulatorOptions(seed=seed, latency_ms=latency_ms, require_key=require_key), host, port)
+    settings: dict[str, Any] = {
+        "seed": seed,
+        "latency_ms": latency_ms,
+        "require_key": require_key,
+        "fault_rate": fault_rate,
+        "hang_s": hang_s,
+    }
+    if faults is not None:
+        settings["faults"] = faults
+    try:
+        options = EmulatorOptions(**settings)
+    except ValidationError as exc:
+        first = exc.errors()[0]
+        field = ".".join(str(part) for part in first["loc"])
+        message = first["msg"].removeprefix("Value error, ")
+        raise UserInputError(f"--{field.replace('_', '-')}: {message}") from None
+    serve(options, host, port)
 
 
 @server_app.command("status")

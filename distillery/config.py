@@ -105,6 +105,12 @@ class JobConfig(_Strict):
         default=4, ge=1, le=256, description="Batch tasks running at once."
     )
     output: Path = Field(default=Path("out"), description="Dataset directory.")
+    terms_file: Path | None = Field(
+        default=None, description="Extra terms entries (YAML), tried before the shipped ones."
+    )
+    prices_file: Path | None = Field(
+        default=None, description="Extra price entries (YAML), tried before the shipped ones."
+    )
     http_transport: Literal["aiohttp", "httpx"] = Field(
         default="aiohttp",
         description="aiohttp: httpx API on aiohttp's transport (fast); httpx: httpx's own.",
@@ -187,6 +193,8 @@ def load_config(path: Path) -> JobConfig:
         update={
             "prompts": job.prompts.model_copy(update={"path": base / job.prompts.path}),
             "output": base / job.output,
+            "terms_file": base / job.terms_file if job.terms_file else None,
+            "prices_file": base / job.prices_file if job.prices_file else None,
         }
     )
 

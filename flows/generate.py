@@ -27,7 +27,7 @@ from distillery.errors import FatalRunError
 from distillery.flows.progress import STOP, get_listener
 from distillery.generators.batch import TeacherPool, WorkItem, plan_work, run_batch
 from distillery.generators.prompts import load_prompts, template_hash
-from distillery.generators.records import RunContext
+from distillery.generators.records import RunContext, teacher_facts
 from distillery.storage.shards import next_part_number, partition_dir, read_column, write_shard
 from distillery.storage.spool import Spool, recover
 
@@ -158,7 +158,13 @@ async def generate(job: JobConfig, run_id: str, config_path: str | None = None) 
         planned,
         skipped,
     )
-    ctx = RunContext(run_id, job.config_hash(), template_hash(job.prompts), flow_run_id)
+    ctx = RunContext(
+        run_id,
+        job.config_hash(),
+        template_hash(job.prompts),
+        flow_run_id,
+        teachers=teacher_facts(job),
+    )
     batches = _batches(plan, job.batch_size)
     first_part = max(
         next_part_number(partition_dir(output, table, run_id)) for table in ("samples", "failures")

@@ -10,14 +10,24 @@ import hashlib
 import json
 import re
 import unicodedata
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
-from distillery.config import TeacherConfig
+from distillery.config import JobConfig, TeacherConfig
 from distillery.generators.client import Outcome
+from distillery.generators.pricing import PriceEntry, cost_usd, load_prices, price_for
 from distillery.generators.prompts import Prompt
+from distillery.generators.terms import UNKNOWN_TAG, load_terms, terms_for
 
 _SPACE = re.compile(r"\s+")
+
+
+@dataclass(frozen=True)
+class TeacherFacts:
+    """What lineage needs to know about a teacher beyond its config: terms and price."""
+
+    usage_terms: str
+    price: PriceEntry | None
 
 
 @dataclass(frozen=True)
@@ -29,6 +39,21 @@ class RunContext:
     template_hash: str | None
     flow_run_id: str | None = None
     task_run_id: str | None = None
+    teachers: dict[str, TeacherFacts] = field(default_factory=dict)
+
+    def facts(self, teacher: TeacherConfig) -> TeacherFacts:
+        return self.teachers.get(teacher.name) or TeacherFacts(UNKNOWN_TAG, None)
+
+
+def teacher_facts(job: JobConfig) -> dict[str, TeacherFacts]:
+    """Terms tag and price of every teacher of ``job``, resolved once per run."""
+    terms, prices = load_terms(job.terms_file), load_prices(job.prices_file)
+    return {
+        t.name: TeacherFacts(
+            terms_for(terms, t.provider, t.model).tag, price_for(prices, t.provider, t.model)
+        )
+        for t in job.teachers
+    }
 
 
 def sample_id_for(prompt_id: str, teacher: TeacherConfig, sample_index: int) -> str:
@@ -72,6 +97,7 @@ def _common(
         "teacher_model": teacher.model,
         "teacher_base_url": teacher.base_url,
         "params": _json(teacher.params.recorded()) or "{}",
+        "usage_terms": ctx.facts(teacher).usage_terms,
         "attempts": outcome.attempts,
         "attempt_statuses": outcome.attempt_statuses,
         "maybe_billed_twice": outcome.maybe_billed_twice,
@@ -102,6 +128,12 @@ def sample_row(
         "completion_tokens": completion.completion_tokens,
         "cached_tokens": completion.cached_tokens,
         "reasoning_tokens": completion.reasoning_tokens,
+        "cost_usd": cost_usd(
+            ctx.facts(teacher).price,
+            completion.prompt_tokens,
+            completion.completion_tokens,
+            completion.cached_tokens,
+        ),
         "rate_limits": _json(completion.rate_limits),
         "content_hash": content_hash(completion.text),
     }

@@ -1,13 +1,19 @@
-"""DuckDB views over a dataset directory: ``samples``, ``failures`` and ``runs``.
+"""DuckDB views over a dataset directory.
 
 The views are plain ``read_parquet`` over the hive-partitioned shards, so what ``distillery
 query`` shows is exactly what any DuckDB user gets from the same files. A table with no shards
 yet is an empty view of the right columns rather than an error.
 
-- ``samples``: every committed sample.
+- ``samples``: every committed sample. ``rejected``: samples set aside by a filter or dedup,
+  with ``filter``, ``reason`` and ``duplicate_of``.
 - ``failures``: requests that failed for good and have no sample since (a re-run that succeeded
-  retires the failure; the shard history stays on disk as ``failures_log``).
+  retires the failure; the shard history stays queryable as ``failures_log``).
 - ``runs``: one row per run id, all invocations of it folded together.
+- ``teachers``: per teacher: samples, tokens, cost, returned model versions, terms tag.
+
+:func:`open_catalog` reads exactly the shards in the manifests (the committed ones).
+:func:`write_catalog` writes a DuckDB database file for other clients (the DuckDB CLI, a
+notebook); its views glob the directories, so shards written later show up without rewriting it.
 """
 
 from __future__ import annotations
@@ -20,28 +26,52 @@ import pyarrow as pa
 from distillery.storage.schema import TABLES
 from distillery.storage.shards import committed_shards
 
+def _source(con: duckdb.DuckDBPyConnection, output: Path, table: str, live: bool) -> str:
+    """A FROM clause over ``table``'s shards: the committed ones, or (``live``) a glob.
 
-def _source(con: duckdb.DuckDBPyConnection, output: Path, table: str) -> str:
-    """A FROM clause over the committed shards of ``table`` (shards outside a manifest are not
-    read: they are leftovers of a crash, adopted or dropped when their run resumes)."""
+    Shards outside a manifest are leftovers of a crash, adopted or dropped when their run
+    resumes; only the static list excludes them.
+    """
     files = committed_shards(output, table)
+    if files and live:
+        pattern = str(output.resolve() / table / "run_id=*" / "part-*.parquet").replace("'", "''")
+        return f"read_parquet('{pattern}', hive_partitioning = true, union_by_name = true)"
     if files:
         listed = ", ".join("'" + str(path).replace("'", "''") + "'" for path in files)
         return f"read_parquet([{listed}], hive_partitioning = true, union_by_name = true)"
-    empty = f"_empty_{table}"
-    con.register(empty, pa.Table.from_pylist([], schema=TABLES[table]))
-    return empty
+    empty = pa.Table.from_pylist([], schema=TABLES[table])
+    con.execute(f"CREATE OR REPLACE TABLE _empty_{table} AS SELECT * FROM empty")
+    return f"_empty_{table}"
 
 
 def open_catalog(output: Path) -> duckdb.DuckDBPyConnection:
-    """An in-memory DuckDB connection with the dataset's views defined."""
+    """An in-memory DuckDB connection with the dataset's views over its committed shards."""
     con = duckdb.connect()
-    con.execute(f"CREATE VIEW samples AS SELECT * FROM {_source(con, output, 'samples')}")
-    con.execute(f"CREATE VIEW failures_log AS SELECT * FROM {_source(con, output, 'failures')}")
-    con.execute(f"CREATE VIEW run_log AS SELECT * FROM {_source(con, output, 'runs')}")
+    define_views(con, output, live=False)
+    return con
+
+
+def write_catalog(output: Path, database: Path) -> None:
+    """Create (or refresh) a DuckDB database file with the dataset's views."""
+    con = duckdb.connect(str(database))
+    try:
+        define_views(con, output, live=True)
+    finally:
+        con.close()
+
+
+def define_views(con: duckdb.DuckDBPyConnection, output: Path, live: bool) -> None:
+    for view, table in (
+        ("samples", "samples"),
+        ("rejected", "rejected"),
+        ("failures_log", "failures"),
+        ("run_log", "runs"),
+    ):
+        source = _source(con, output, table, live)
+        con.execute(f"CREATE OR REPLACE VIEW {view} AS SELECT * FROM {source}")
     con.execute(
         """
-        CREATE VIEW failures AS
+        CREATE OR REPLACE VIEW failures AS
         SELECT * FROM failures_log f
         WHERE NOT EXISTS (
             SELECT 1 FROM samples s WHERE s.run_id = f.run_id AND s.sample_id = f.sample_id
@@ -51,7 +81,7 @@ def open_catalog(output: Path) -> duckdb.DuckDBPyConnection:
     )
     con.execute(
         """
-        CREATE VIEW runs AS
+        CREATE OR REPLACE VIEW runs AS
         WITH log AS (
             SELECT run_id,
                    arg_max(dataset, ended_at) AS dataset,
@@ -78,4 +108,30 @@ def open_catalog(output: Path) -> duckdb.DuckDBPyConnection:
         ORDER BY log.started_at
         """
     )
-    return con
+    con.execute(
+        """
+        CREATE OR REPLACE VIEW teachers AS
+        WITH kept AS (
+            SELECT teacher_name, teacher_provider, teacher_model,
+                   list(DISTINCT teacher_model_version ORDER BY teacher_model_version)
+                       AS model_versions,
+                   list(DISTINCT usage_terms ORDER BY usage_terms) AS usage_terms,
+                   count(*) AS samples,
+                   sum(prompt_tokens) AS prompt_tokens,
+                   sum(completion_tokens) AS completion_tokens,
+                   sum(cost_usd) AS cost_usd,
+                   min(created_at) AS first_sample_at,
+                   max(created_at) AS last_sample_at
+            FROM samples GROUP BY ALL
+        ),
+        dropped AS (
+            SELECT teacher_name, count(*) AS rejected, sum(cost_usd) AS rejected_cost_usd
+            FROM rejected GROUP BY ALL
+        ),
+        failed AS (SELECT teacher_name, count(*) AS failures FROM failures GROUP BY ALL)
+        SELECT kept.*, coalesce(dropped.rejected, 0) AS rejected,
+               dropped.rejected_cost_usd, coalesce(failed.failures, 0) AS failures
+        FROM kept LEFT JOIN dropped USING (teacher_name) LEFT JOIN failed USING (teacher_name)
+        ORDER BY teacher_name
+        """
+    )

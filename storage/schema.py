@@ -29,6 +29,7 @@ _REQUEST_COLUMNS: list[pa.Field[Any]] = [
     pa.field("teacher_model", pa.string(), nullable=False),
     pa.field("teacher_base_url", pa.string()),
     pa.field("params", JSON),
+    pa.field("usage_terms", pa.string()),
     pa.field("attempts", pa.int16()),
     pa.field("attempt_statuses", pa.list_(pa.string())),
     pa.field("maybe_billed_twice", pa.int16()),
@@ -54,8 +55,18 @@ SAMPLE_SCHEMA = pa.schema(
         pa.field("completion_tokens", pa.int32()),
         pa.field("cached_tokens", pa.int32()),
         pa.field("reasoning_tokens", pa.int32()),
+        pa.field("cost_usd", pa.float64()),
         pa.field("rate_limits", JSON),
         pa.field("content_hash", pa.string()),
+    ]
+)
+
+REJECTED_SCHEMA = pa.schema(
+    [
+        *SAMPLE_SCHEMA,
+        pa.field("filter", pa.string(), nullable=False),
+        pa.field("reason", pa.string(), nullable=False),
+        pa.field("duplicate_of", pa.string()),
     ]
 )
 
@@ -92,6 +103,7 @@ RUN_SCHEMA = pa.schema(
 
 TABLES: dict[str, pa.Schema] = {
     "samples": SAMPLE_SCHEMA,
+    "rejected": REJECTED_SCHEMA,
     "failures": FAILURE_SCHEMA,
     "runs": RUN_SCHEMA,
 }

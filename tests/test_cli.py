@@ -137,3 +137,35 @@ def test_wrong_key_exits_1_without_leaking_it(prefect_api: str, tmp_path: Path) 
     assert secret not in result.stderr + result.stdout
     for path in (tmp_path / "out").rglob("*.parquet"):
         assert secret.encode() not in path.read_bytes()
+
+
+@pytest.mark.slow
+def test_lineage_and_catalog_commands(
+    prefect_api: str, emulator: RunningEmulator, tmp_path: Path
+) -> None:
+    config = write_job(tmp_path, emulator.url, prompts=3)
+    env = {"EMULATOR_API_KEY": "k", "PREFECT_API_URL": prefect_api}
+    assert cli("run", str(config), "--run-id", "lin", env=env).returncode == 0
+    out = str(tmp_path / "out")
+    ids = cli("query", "-d", out, "-f", "json", "SELECT sample_id FROM samples ORDER BY 1")
+    sample_id = json.loads(ids.stdout)[0]["sample_id"]
+    shown = cli("lineage", "-d", out, sample_id)
+    assert shown.returncode == 0, shown.stderr
+    for expected in (
+        "teacher_model_version",
+        "gpt-4o-mini-",
+        "openai-no-competing-models",
+        "https://openai.com/policies/terms-of-use/",
+        "cost_usd",
+    ):
+        assert expected in shown.stdout
+    missing = cli("lineage", "-d", out, "no-such-id")
+    assert missing.returncode == 2 and "not found" in one_error_line(missing)
+
+    database = tmp_path / "catalog.duckdb"
+    assert cli("catalog", "--db", str(database), "-d", out).returncode == 0
+    import duckdb
+
+    con = duckdb.connect(str(database), read_only=True)
+    teachers = con.execute("SELECT teacher_name, samples, cost_usd > 0 FROM teachers").fetchall()
+    assert teachers == [("t0", 3, True)]
