@@ -26,6 +26,7 @@ import pyarrow as pa
 from distillery.storage.schema import TABLES
 from distillery.storage.shards import committed_shards
 
+
 def _source(con: duckdb.DuckDBPyConnection, output: Path, table: str, live: bool) -> str:
     """A FROM clause over ``table``'s shards: the committed ones, or (``live``) a glob.
 
@@ -39,8 +40,9 @@ def _source(con: duckdb.DuckDBPyConnection, output: Path, table: str, live: bool
     if files:
         listed = ", ".join("'" + str(path).replace("'", "''") + "'" for path in files)
         return f"read_parquet([{listed}], hive_partitioning = true, union_by_name = true)"
-    empty = pa.Table.from_pylist([], schema=TABLES[table])
-    con.execute(f"CREATE OR REPLACE TABLE _empty_{table} AS SELECT * FROM empty")
+    con.register("_empty_arrow", pa.Table.from_pylist([], schema=TABLES[table]))
+    con.execute(f"CREATE OR REPLACE TABLE _empty_{table} AS SELECT * FROM _empty_arrow")
+    con.unregister("_empty_arrow")
     return f"_empty_{table}"
 
 

@@ -58,14 +58,23 @@ def write_shard(
 
     ``part`` is the preferred shard number; if taken, the next free one is used.
     """
-    schema = TABLES[table]
-    arrow = pa.Table.from_pylist(rows, schema=schema)
+    arrow = pa.Table.from_pylist(rows, schema=TABLES[table])
     directory = partition_dir(output, table, run_id)
     directory.mkdir(parents=True, exist_ok=True)
+    final = _publish(directory, arrow, part)
+    with _manifest_lock(directory):
+        manifest, retired = _read_full_manifest(directory)
+        manifest[final.name] = _entry(arrow.num_rows, final)
+        _write_manifest(directory, manifest, retired)
+    return final
+
+
+def _publish(directory: Path, table: pa.Table, part: int) -> Path:
+    """Steps 1-2 of the protocol: a complete, fsynced file under a fresh ``part-NNNNN`` name."""
     tmp = directory / f".part-{uuid.uuid4().hex}.parquet.tmp"
     try:
         with tmp.open("wb") as handle:
-            pq.write_table(arrow, handle, compression="zstd", row_group_size=ROW_GROUP_ROWS)
+            pq.write_table(table, handle, compression="zstd", row_group_size=ROW_GROUP_ROWS)
             handle.flush()
             os.fsync(handle.fileno())
         while True:
@@ -78,10 +87,6 @@ def write_shard(
     finally:
         tmp.unlink(missing_ok=True)
     _fsync_dir(directory)
-    with _manifest_lock(directory):
-        manifest = read_manifest(directory)
-        manifest[final.name] = _entry(arrow.num_rows, final)
-        _write_manifest(directory, manifest)
     return final
 
 
@@ -113,18 +118,25 @@ def _manifest_lock(directory: Path) -> Iterator[None]:
 
 def read_manifest(directory: Path) -> dict[str, dict[str, Any]]:
     """Committed shards of a partition: file name -> {rows, bytes, committed_at}."""
+    return _read_full_manifest(directory)[0]
+
+
+def _read_full_manifest(directory: Path) -> tuple[dict[str, dict[str, Any]], list[str]]:
+    """(committed shards, retired shard names still to delete)."""
     try:
         loaded = json.loads((directory / MANIFEST).read_text(encoding="utf-8"))
     except FileNotFoundError:
-        return {}
-    shards: dict[str, dict[str, Any]] = loaded["shards"]
-    return shards
+        return {}, []
+    return loaded["shards"], list(loaded.get("retired", []))
 
 
-def _write_manifest(directory: Path, shards: dict[str, dict[str, Any]]) -> None:
+def _write_manifest(
+    directory: Path, shards: dict[str, dict[str, Any]], retired: list[str] | None = None
+) -> None:
     tmp = directory / f".{MANIFEST}.{uuid.uuid4().hex}.tmp"
+    content = {"version": 1, "shards": shards, "retired": sorted(retired or [])}
     with tmp.open("w", encoding="utf-8") as handle:
-        json.dump({"version": 1, "shards": shards}, handle, indent=1, sort_keys=True)
+        json.dump(content, handle, indent=1, sort_keys=True)
         handle.flush()
         os.fsync(handle.fileno())
     tmp.replace(directory / MANIFEST)
@@ -157,13 +169,41 @@ def reconcile(output: Path, table: str, run_id: str) -> int:
     for leftover in directory.glob(".part-*.parquet.tmp"):
         leftover.unlink(missing_ok=True)
     with _manifest_lock(directory):
-        manifest = read_manifest(directory)
-        orphans = [p for p in directory.glob("part-*.parquet") if p.name not in manifest]
+        manifest, retired = _read_full_manifest(directory)
+        for name in retired:
+            (directory / name).unlink(missing_ok=True)
+        orphans = [
+            p
+            for p in directory.glob("part-*.parquet")
+            if p.name not in manifest and p.name not in retired
+        ]
         for path in orphans:
             manifest[path.name] = _entry(pq.ParquetFile(path).metadata.num_rows, path)
-        if orphans:
+        if orphans or retired:
             _write_manifest(directory, manifest)
     return len(orphans)
+
+
+def replace_shards(directory: Path, old: list[str], table: pa.Table, part: int) -> Path | None:
+    """Atomically swap the shards ``old`` of a partition for one shard holding ``table``.
+
+    The new shard is committed and the old ones retired in the same manifest write; the old
+    files are deleted afterwards (a crash in between leaves them listed as retired, and
+    :func:`reconcile` deletes them instead of adopting them). Returns the new shard's path, or
+    None when ``table`` is empty (the old shards are then just retired).
+    """
+    final = _publish(directory, table, part) if table.num_rows else None
+    with _manifest_lock(directory):
+        manifest, retired = _read_full_manifest(directory)
+        for name in old:
+            manifest.pop(name, None)
+        if final is not None:
+            manifest[final.name] = _entry(table.num_rows, final)
+        _write_manifest(directory, manifest, [*retired, *old])
+        for name in old:
+            (directory / name).unlink(missing_ok=True)
+        _write_manifest(directory, manifest, retired)
+    return final
 
 
 def read_column(output: Path, table: str, run_id: str, column: str) -> list[Any]:

@@ -1,3 +1,4 @@
+import json
 from datetime import UTC, datetime
 from pathlib import Path
 
@@ -7,6 +8,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from distillery.storage.catalog import open_catalog
+from distillery.storage.compact import compact
 from distillery.storage.shards import (
     committed_shards,
     next_part_number,
@@ -137,3 +139,35 @@ def test_spool_replay_recovers_rows_once(tmp_path: Path) -> None:
     assert ids == ["a", "b"]
     assert read_column(tmp_path, "failures", "r1", "error_class") == ["timeout"]
     assert recover(tmp_path, "r1") == {"samples": 0, "failures": 0}
+
+
+def test_compact_merges_and_swaps_atomically(tmp_path: Path) -> None:
+    for index in range(7):
+        write_shard(tmp_path, "samples", "r1", [sample(f"s{index}"), sample(f"t{index}")], 0)
+    before = open_catalog(tmp_path).execute("SELECT list_sort(list(sample_id)) FROM samples").fetchall()
+    results = compact(tmp_path, target_rows=6)
+    directory = tmp_path / "samples" / "run_id=r1"
+    assert [(r.shards_before, r.shards_after, r.rows) for r in results] == [(7, 3, 12)]
+    after = open_catalog(tmp_path).execute("SELECT list_sort(list(sample_id)) FROM samples").fetchall()
+    assert after == before
+    assert len(list(directory.glob("part-*.parquet"))) == 3  # old files deleted
+    assert compact(tmp_path, target_rows=6) == []  # nothing left to merge
+
+
+def test_crash_after_swap_leaves_retired_files_that_are_deleted_not_adopted(
+    tmp_path: Path,
+) -> None:
+    first = write_shard(tmp_path, "samples", "r1", [sample("a")], 0)
+    second = write_shard(tmp_path, "samples", "r1", [sample("b")], 0)
+    kept = {first.name: first.read_bytes(), second.name: second.read_bytes()}
+    compact(tmp_path, target_rows=10)
+    # Simulate a crash after the manifest swap but before the old files were deleted.
+    for name, content in kept.items():
+        (first.parent / name).write_bytes(content)
+    manifest = json.loads((first.parent / "_manifest.json").read_text())
+    manifest["retired"] = sorted(kept)
+    (first.parent / "_manifest.json").write_text(json.dumps(manifest))
+    assert reconcile(tmp_path, "samples", "r1") == 0
+    ids = sorted(map(str, read_column(tmp_path, "samples", "r1", "sample_id")))
+    assert ids == ["a", "b"]
+    assert not first.exists() and not second.exists()

@@ -1,0 +1,84 @@
+"""Merge a partition's small shards into larger ones.
+
+Every batch commits its own shard, so a long run leaves many small files; DuckDB scans fewer,
+larger files faster (BENCHMARKS.md, shard sizing). Compaction rewrites each run partition's
+shards into shards of about ``target_rows`` and swaps them in with one manifest write, so a
+reader sees either the old shards or the new ones, never both or neither. Only shards listed in
+the manifest are touched, so compacting while a run still writes is safe.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+from distillery.storage.schema import TABLES
+from distillery.storage.shards import (
+    next_part_number,
+    read_manifest,
+    replace_shards,
+)
+
+DEFAULT_TARGET_ROWS = 100_000
+
+
+@dataclass(frozen=True)
+class CompactionResult:
+    table: str
+    run_id: str
+    shards_before: int
+    shards_after: int
+    rows: int
+
+
+def compact_partition(
+    directory: Path, table: str, target_rows: int = DEFAULT_TARGET_ROWS
+) -> CompactionResult | None:
+    """Merge the small shards of one ``DIR/<table>/run_id=R`` partition; None if nothing to do."""
+    run_id = directory.name.removeprefix("run_id=")
+    manifest = read_manifest(directory)
+    small = sorted(name for name, entry in manifest.items() if entry["rows"] < target_rows)
+    if len(small) < 2:
+        return None
+    groups: list[list[str]] = [[]]
+    rows_in_group = 0
+    for name in small:
+        rows = int(manifest[name]["rows"])
+        if groups[-1] and rows_in_group + rows > target_rows:
+            groups.append([])
+            rows_in_group = 0
+        groups[-1].append(name)
+        rows_in_group += rows
+    schema = TABLES[table]
+    written = 0
+    total = 0
+    for group in groups:
+        if len(group) < 2:
+            continue
+        merged = pa.concat_tables(
+            [pq.read_table(directory / name, schema=schema) for name in group]
+        )
+        replace_shards(directory, group, merged, next_part_number(directory))
+        written += 1
+        total += merged.num_rows
+    if not written:
+        return None
+    after = len(read_manifest(directory))
+    return CompactionResult(table, run_id, len(manifest), after, total)
+
+
+def compact(output: Path, target_rows: int = DEFAULT_TARGET_ROWS) -> list[CompactionResult]:
+    """Compact every run partition of every table under ``output``."""
+    results: list[CompactionResult] = []
+    for table in TABLES:
+        root = output / table
+        if not root.is_dir():
+            continue
+        for directory in sorted(root.glob("run_id=*")):
+            result = compact_partition(directory, table, target_rows)
+            if result is not None:
+                results.append(result)
+    return results
