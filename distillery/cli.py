@@ -320,6 +320,29 @@ def catalog(
     )
 
 
+@app.command()
+@_reports_errors
+def compact(
+    data: Annotated[Path, typer.Option("--data", "-d", help="Dataset directory.")] = Path("out"),
+    target_rows: Annotated[
+        int, typer.Option(min=1, help="Rows per merged shard (BENCHMARKS.md: shard sizing).")
+    ] = 100_000,
+) -> None:
+    """Merge small shards of every run into larger ones, atomically."""
+    from distillery.storage.compact import compact as compact_output
+
+    if not data.is_dir():
+        raise UserInputError(f"--data {data}: no such directory")
+    results = compact_output(data, target_rows)
+    for result in results:
+        out.print(
+            f"{result.table}/run_id={result.run_id}: {result.shards_before} -> "
+            f"{result.shards_after} shards ({result.rows} rows merged)"
+        )
+    if not results:
+        out.print("nothing to compact")
+
+
 @app.command("emulator")
 @_reports_errors
 def emulator_command(
