@@ -144,11 +144,15 @@ def test_spool_replay_recovers_rows_once(tmp_path: Path) -> None:
 def test_compact_merges_and_swaps_atomically(tmp_path: Path) -> None:
     for index in range(7):
         write_shard(tmp_path, "samples", "r1", [sample(f"s{index}"), sample(f"t{index}")], 0)
-    before = open_catalog(tmp_path).execute("SELECT list_sort(list(sample_id)) FROM samples").fetchall()
+    before = (
+        open_catalog(tmp_path).execute("SELECT list_sort(list(sample_id)) FROM samples").fetchall()
+    )
     results = compact(tmp_path, target_rows=6)
     directory = tmp_path / "samples" / "run_id=r1"
     assert [(r.shards_before, r.shards_after, r.rows) for r in results] == [(7, 3, 12)]
-    after = open_catalog(tmp_path).execute("SELECT list_sort(list(sample_id)) FROM samples").fetchall()
+    after = (
+        open_catalog(tmp_path).execute("SELECT list_sort(list(sample_id)) FROM samples").fetchall()
+    )
     assert after == before
     assert len(list(directory.glob("part-*.parquet"))) == 3  # old files deleted
     assert compact(tmp_path, target_rows=6) == []  # nothing left to merge

@@ -3,7 +3,10 @@
 Tests and benchmarks point clients at it instead of a paid API. Answers are a pure function of
 (seed, model, messages), token usage is counted with tiktoken exactly as the provider bills,
 and ``GET /_emulator/stats`` reports what the server actually saw, the ground truth for a
-client's accounting. Formats live in :mod:`.formats`; today OpenAI Chat Completions.
+client's accounting. Formats live in :mod:`.formats`: OpenAI Chat Completions, Anthropic
+Messages and Gemini generateContent, all on one port. With ``fault_rate`` > 0 a share of the
+requests gets a fault real APIs send (:mod:`.faults`): rate limits, 5xx, hangs, resets,
+truncated or malformed bodies, flagged answers.
 """
 
 from distillery.emulator.options import EmulatorOptions

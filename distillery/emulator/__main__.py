@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import argparse
 
+from pydantic import ValidationError
+
 from distillery.emulator.options import EmulatorOptions
 from distillery.emulator.runner import serve
 
@@ -16,10 +18,22 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--latency-ms", type=float, default=0.0, help="mean added latency")
     parser.add_argument("--require-key", default=None, help="answer 401 to any other key")
+    parser.add_argument("--fault-rate", type=float, default=0.0, help="share of faulted requests")
+    parser.add_argument("--faults", default=None, help="comma-separated names (default: all)")
+    parser.add_argument("--hang-s", type=float, default=600.0, help="hang of the timeout fault")
     args = parser.parse_args(argv)
-    options = EmulatorOptions(
-        seed=args.seed, latency_ms=args.latency_ms, require_key=args.require_key
-    )
+    extra = {} if args.faults is None else {"faults": args.faults}
+    try:
+        options = EmulatorOptions(
+            seed=args.seed,
+            latency_ms=args.latency_ms,
+            require_key=args.require_key,
+            fault_rate=args.fault_rate,
+            hang_s=args.hang_s,
+            **extra,
+        )
+    except ValidationError as exc:
+        parser.error(str(exc))
     serve(options, host=args.host, port=args.port)
 
 

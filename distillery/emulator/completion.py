@@ -21,10 +21,15 @@ from distillery.generators.tokens import (
 
 
 class Finish(Enum):
-    """Why generation ended, in neutral terms; each format names it its own way."""
+    """Why generation ended, in neutral terms; each format names it its own way.
+
+    ``CONTENT_FILTER`` and ``REFUSAL`` only come from injected faults (:mod:`.faults`).
+    """
 
     STOP = "stop"
     LENGTH = "length"
+    CONTENT_FILTER = "content_filter"
+    REFUSAL = "refusal"
 
 
 @dataclass(frozen=True, slots=True)
@@ -70,18 +75,28 @@ def complete(chat: ChatRequest, seed: int) -> Answer:
     """Answer ``chat`` under the emulator-wide ``seed``, cut to ``max_tokens`` if it is set."""
     prompt = "\n".join(m.get("content", "") for m in chat.messages if m.get("role") != "assistant")
     text = answer_text.generate(request_key(chat, seed), prompt)
-    finish = Finish.STOP
-    tokenizer = encoding_for_model(chat.model)
-    tokens = tokenizer.encode(text, disallowed_special=())
-    completion_tokens = len(tokens)
-    if chat.max_tokens is not None and completion_tokens > chat.max_tokens:
-        text = tokenizer.decode(tokens[: chat.max_tokens])
-        finish = Finish.LENGTH
-        # Re-count: decoding a prefix and encoding it again need not give the same tokens.
-        completion_tokens = count_tokens(text, chat.model)
+    answer = Answer(
+        text=text,
+        finish=Finish.STOP,
+        prompt_tokens=count_message_tokens(chat.messages, chat.model),
+        completion_tokens=count_tokens(text, chat.model),
+    )
+    if chat.max_tokens is not None and answer.completion_tokens > chat.max_tokens:
+        return cut(answer, chat.max_tokens, chat.model)
+    return answer
+
+
+def cut(answer: Answer, max_tokens: int, model: str) -> Answer:
+    """``answer`` stopped after ``max_tokens`` tokens, as a model hitting its limit would be."""
+    tokenizer = encoding_for_model(model)
+    tokens = tokenizer.encode(answer.text, disallowed_special=())
+    if len(tokens) <= max_tokens:
+        return answer
+    text = tokenizer.decode(tokens[:max_tokens])
     return Answer(
         text=text,
-        finish=finish,
-        prompt_tokens=count_message_tokens(chat.messages, chat.model),
-        completion_tokens=completion_tokens,
+        finish=Finish.LENGTH,
+        prompt_tokens=answer.prompt_tokens,
+        # Re-count: decoding a prefix and encoding it again need not give the same tokens.
+        completion_tokens=count_tokens(text, model),
     )

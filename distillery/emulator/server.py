@@ -3,6 +3,11 @@
 Per request the server checks the key, reads the body, waits the configured latency, answers
 and counts. Everything else is the wire format's business (:mod:`.formats`). No middleware and
 no access log: at thousands of requests a second each is a measurable share of the CPU.
+
+With ``fault_rate`` > 0, a valid request may instead get a fault (:mod:`.faults`): the format
+renders HTTP errors and flagged answers, :mod:`.transport` the rest. Invalid requests (bad key,
+bad body) are refused as usual first, as a real API does before its rate limiter or model.
+With ``fault_rate`` 0 no fault code runs at all.
 """
 
 from __future__ import annotations
@@ -14,8 +19,12 @@ from collections.abc import Awaitable, Callable
 
 from aiohttp import web
 
-from distillery.emulator.completion import complete
+from distillery.emulator import transport
+from distillery.emulator.completion import Answer, ChatRequest, complete
+from distillery.emulator.faults import FLAGGED, HTTP_ERRORS, RATE_LIMITS, Fault, FaultPicker, flag
+from distillery.emulator.formats.anthropic import AnthropicFormat
 from distillery.emulator.formats.base import ApiError, Problem, Served, WireFormat
+from distillery.emulator.formats.gemini import GeminiFormat
 from distillery.emulator.formats.openai import OpenAIFormat
 from distillery.emulator.options import EmulatorOptions
 from distillery.emulator.stats import Stats
@@ -37,6 +46,12 @@ class EmulatorState:
         self.window = UsageWindow()
         # Jitter only; seeded so a single-client run has reproducible timings too.
         self._jitter = random.Random(options.seed)
+        # One stream of fault draws for all formats; None keeps the fault-free path free of it.
+        self.picker = (
+            FaultPicker(options.fault_rate, options.faults, options.seed)
+            if options.fault_rate > 0
+            else None
+        )
 
     async def delay(self) -> None:
         """Sleep around ``latency_ms`` (uniform 0.5x..1.5x), without blocking the loop."""
@@ -51,14 +66,64 @@ class EmulatorState:
 
 
 STATE = web.AppKey("distillery_emulator_state", EmulatorState)
-FORMATS: tuple[WireFormat, ...] = (OpenAIFormat(),)
-# Unknown paths are answered in this format's error shape.
-FALLBACK_FORMAT: WireFormat = FORMATS[0]
+OPENAI, ANTHROPIC, GEMINI = OpenAIFormat(), AnthropicFormat(), GeminiFormat()
+FORMATS: tuple[WireFormat, ...] = (OPENAI, ANTHROPIC, GEMINI)
+
+
+def fallback_format(path: str) -> WireFormat:
+    """The format whose error shape answers an unknown ``path`` (by its API's prefix)."""
+    if path.startswith("/v1beta/"):
+        return GEMINI
+    if path.startswith("/v1/messages"):
+        return ANTHROPIC
+    return OPENAI
 
 
 def _api_handler(state: EmulatorState, fmt: WireFormat) -> Handler:
     stats, window, options = state.stats, state.window, state.options
     required = options.require_key
+    picker = state.picker
+
+    async def produce(
+        chat: ChatRequest, started: float, fault: Fault | None = None
+    ) -> tuple[web.Response, Answer]:
+        """Generate, count in the usage window and render an answer (flagged by ``fault``)."""
+        await state.delay()
+        answer = complete(chat, options.seed)
+        if fault is not None:
+            answer = flag(answer, fault, chat)
+        now = time.monotonic()
+        window.add(now, answer.prompt_tokens + answer.completion_tokens)
+        served = Served(window.quota(now), int((now - started) * 1000))
+        return fmt.render(chat, answer, served), answer
+
+    async def inject(
+        fault: Fault, request: web.Request, chat: ChatRequest, started: float
+    ) -> web.StreamResponse:
+        """Answer with ``fault`` and count it; see :mod:`.stats` for what lands where."""
+        stats.injected(fault.value)
+        if fault in HTTP_ERRORS:
+            if fault not in RATE_LIMITS:  # a rate limiter refuses before any work is done
+                await state.delay()
+            response = fmt.fault(fault, chat)
+        elif fault in FLAGGED:
+            response, answer = await produce(chat, started, fault)
+            stats.flagged(answer.prompt_tokens, answer.completion_tokens)
+        elif fault is Fault.TIMEOUT:
+            stats.answered(fault.value)
+            return await transport.hang(request, options.hang_s)
+        elif fault is Fault.RESET:
+            await state.delay()
+            stats.answered(fault.value)
+            return transport.reset(request)
+        else:
+            response, _ = await produce(chat, started)
+            if fault is Fault.TRUNCATE:
+                stats.answered(fault.value)
+                return await transport.truncate(request, response)
+            response = transport.malformed(response)
+        stats.answered(response.status)
+        return response
 
     async def handle(request: web.Request) -> web.StreamResponse:
         started = time.monotonic()
@@ -76,12 +141,9 @@ def _api_handler(state: EmulatorState, fmt: WireFormat) -> Handler:
                     413, Problem.BODY_TOO_LARGE, f"Request body over {MAX_BODY_BYTES} bytes."
                 ) from None
             chat = fmt.parse(request, body)
-            await state.delay()
-            answer = complete(chat, options.seed)
-            now = time.monotonic()
-            window.add(now, answer.prompt_tokens + answer.completion_tokens)
-            served = Served(window.quota(now), int((now - started) * 1000))
-            response = fmt.render(chat, answer, served)
+            if picker is not None and (fault := picker.pick()) is not None:
+                return await inject(fault, request, chat, started)
+            response, answer = await produce(chat, started)
             stats.served(answer.prompt_tokens, answer.completion_tokens)
         except ApiError as err:
             response = fmt.error(err, request)
@@ -93,7 +155,8 @@ def _api_handler(state: EmulatorState, fmt: WireFormat) -> Handler:
 
 def _not_found_handler(state: EmulatorState) -> Handler:
     async def handle(request: web.Request) -> web.StreamResponse:
-        response = FALLBACK_FORMAT.error(ApiError(404, Problem.UNKNOWN_PATH), request)
+        error = ApiError(404, Problem.UNKNOWN_PATH)
+        response = fallback_format(request.path).error(error, request)
         if not request.path.startswith(CONTROL_PREFIX):
             state.stats.received(time.time())
             state.stats.answered(response.status)

@@ -3,6 +3,15 @@
 A client's own numbers can be wrong in exactly the way under test (a retry counted twice, a
 lost answer billed once); the server's view is the ground truth. Updated only from the event
 loop thread, so plain attributes need no lock.
+
+Every API request is counted once in ``requests`` and once in ``by_status``: under its HTTP
+status, or, when no complete HTTP response reached the client, under the name of the transport
+fault (``"timeout"``, ``"reset"``, ``"truncate"``), so ``requests == sum(by_status.values())``.
+A ``malformed-json`` answer is a 200. ``served_ok`` counts clean answers only, ``served_flagged``
+successes flagged by a fault (length, content-filter, empty, refusal); ``prompt_tokens`` and
+``completion_tokens`` sum the usage those two reported, i.e. what the client can reconcile.
+Answers lost to ``truncate`` or ``malformed-json`` were generated (a real provider bills them)
+but are not in the token totals; ``faults`` counts every injection by name.
 """
 
 from __future__ import annotations
@@ -12,8 +21,10 @@ class Stats:
     """Totals since start or the last reset."""
 
     requests: int
-    by_status: dict[int, int]
+    by_status: dict[int | str, int]
     served_ok: int
+    served_flagged: int
+    faults: dict[str, int]
     prompt_tokens: int
     completion_tokens: int
     first_request_at: float | None
@@ -27,6 +38,8 @@ class Stats:
         self.requests = 0
         self.by_status = {}
         self.served_ok = 0
+        self.served_flagged = 0
+        self.faults = {}
         self.prompt_tokens = 0
         self.completion_tokens = 0
         self.first_request_at = None
@@ -39,9 +52,13 @@ class Stats:
             self.first_request_at = now
         self.last_request_at = now
 
-    def answered(self, status: int) -> None:
-        """The response status sent for an API request."""
+    def answered(self, status: int | str) -> None:
+        """The response status sent for an API request, or the transport fault that ate it."""
         self.by_status[status] = self.by_status.get(status, 0) + 1
+
+    def injected(self, fault: str) -> None:
+        """A fault replaced the normal answer to a request."""
+        self.faults[fault] = self.faults.get(fault, 0) + 1
 
     def served(self, prompt_tokens: int, completion_tokens: int) -> None:
         """A clean answer was sent: these are the tokens a real provider would bill."""
@@ -49,14 +66,29 @@ class Stats:
         self.prompt_tokens += prompt_tokens
         self.completion_tokens += completion_tokens
 
+    def flagged(self, prompt_tokens: int, completion_tokens: int) -> None:
+        """A flagged success was sent; its usage is billed like a clean answer's."""
+        self.served_flagged += 1
+        self.prompt_tokens += prompt_tokens
+        self.completion_tokens += completion_tokens
+
     def snapshot(self) -> dict[str, object]:
-        """A JSON-ready copy (status codes as strings, as JSON object keys must be)."""
+        """A JSON-ready copy (status codes as strings, as JSON object keys must be).
+
+        Keys sort as strings: three-digit statuses first, in numeric order, then fault names.
+        """
         return {
             "requests": self.requests,
-            "by_status": {str(code): n for code, n in sorted(self.by_status.items())},
+            "by_status": {str(code): n for code, n in sorted(self.by_status.items(), key=_text)},
             "served_ok": self.served_ok,
+            "served_flagged": self.served_flagged,
+            "faults": dict(sorted(self.faults.items())),
             "prompt_tokens": self.prompt_tokens,
             "completion_tokens": self.completion_tokens,
             "first_request_at": self.first_request_at,
             "last_request_at": self.last_request_at,
         }
+
+
+def _text(item: tuple[int | str, int]) -> str:
+    return str(item[0])

@@ -1,20 +1,27 @@
 """What a wire format must provide, so the server can stay format-agnostic.
 
-The server owns everything common to every provider (auth check, latency, stats, the usage
-window); a format owns only its request and response shapes. Adding Anthropic or Gemini is a
-new module implementing :class:`WireFormat` plus one line in the server's format list.
+The server owns everything common to every provider (auth check, latency, faults, stats, the
+usage window); a format owns only its request and response shapes, including how it words an
+injected fault. Adding a provider is a new module implementing :class:`WireFormat` plus one
+line in the server's format list.
 """
 
 from __future__ import annotations
 
+import json
 from dataclasses import dataclass
 from enum import Enum
-from typing import Protocol
+from typing import Any, Protocol
 
 from aiohttp import web
 
 from distillery.emulator.completion import Answer, ChatRequest
+from distillery.emulator.faults import Fault
 from distillery.emulator.window import Quota
+
+# llama.cpp's answer while its model loads, whatever the endpoint: the OpenAI- and
+# Anthropic-compatible routes of a local server share it, so every format sends it verbatim.
+LOADING_BODY = {"error": {"code": 503, "message": "Loading model", "type": "unavailable_error"}}
 
 
 class Problem(Enum):
@@ -83,9 +90,28 @@ class WireFormat(Protocol):
         ...
 
     def render(self, chat: ChatRequest, answer: Answer, served: Served) -> web.Response:
-        """The success response answering ``chat`` with ``answer``."""
+        """The success response answering ``chat`` with ``answer``.
+
+        Reports exactly ``answer``'s text and usage, whatever its finish (flagged answers of
+        :func:`.faults.flag` included): the stats count those tokens as billed.
+        """
         ...
 
     def error(self, error: ApiError, request: web.Request) -> web.Response:
         """The error response for ``error``."""
         ...
+
+    def fault(self, fault: Fault, chat: ChatRequest) -> web.Response:
+        """The error response of an HTTP-level injected fault (one of ``faults.HTTP_ERRORS``),
+        with the status, headers and body this provider sends for it."""
+        ...
+
+
+def json_response(status: int, payload: Any, headers: dict[str, str]) -> web.Response:
+    """A compact JSON response (no spaces: less to send and to parse at high rates)."""
+    return web.Response(
+        status=status,
+        body=json.dumps(payload, separators=(",", ":")).encode(),
+        headers=headers,
+        content_type="application/json",
+    )

@@ -16,9 +16,12 @@ from typing import Any
 
 from aiohttp import web
 
+from distillery.emulator import faults
 from distillery.emulator.completion import Answer, ChatRequest, Finish
-from distillery.emulator.formats.base import ApiError, Problem, Served
+from distillery.emulator.faults import Fault
+from distillery.emulator.formats.base import LOADING_BODY, ApiError, Problem, Served, json_response
 from distillery.emulator.snapshots import is_dated, snapshot_date
+from distillery.generators.tokens import count_message_tokens
 
 OPENAI_VERSION = "2020-10-01"
 _ROLES = ("system", "assistant", "user", "function", "tool", "developer")
@@ -57,6 +60,29 @@ _MISSING_KEY = (
 )
 # The real message shows a masked key; we show none, so logs of tests never hold one.
 _BAD_KEY = f"Incorrect API key provided. You can find your API key at {_KEY_URL}."
+_FINISH_REASONS = {
+    Finish.STOP: "stop",
+    Finish.LENGTH: "length",
+    Finish.CONTENT_FILTER: "content_filter",
+    Finish.REFUSAL: "stop",  # a refusal is a normal stop whose message carries `refusal`
+}
+_QUOTA = (
+    "You exceeded your current quota, please check your plan and billing details. For more "
+    "information on this error, read the docs: "
+    "https://platform.openai.com/docs/guides/error-codes/api-errors."
+)
+_SERVER_ERROR = "The server had an error while processing your request. Sorry about that!"
+_OVERLOADED = "The server is overloaded or not ready yet."
+# (status, message, type, code) of the 5xx faults. 502 and 504 come from Cloudflare in front of
+# the API, with its own types and a numeric code. OpenAI never sends 529: it gets the 503 body.
+_SERVER_FAULTS: dict[Fault, tuple[int, str, str, int | None]] = {
+    Fault.INTERNAL: (500, _SERVER_ERROR, "server_error", None),
+    Fault.NO_RETRY_5XX: (500, _SERVER_ERROR, "server_error", None),
+    Fault.BAD_GATEWAY: (502, "Bad gateway.", "cf_bad_gateway", 502),
+    Fault.UNAVAILABLE: (503, _OVERLOADED, "server_error", None),
+    Fault.GATEWAY_TIMEOUT: (504, "Gateway timeout.", "cf_gateway_timeout", 504),
+    Fault.OVERLOADED: (529, _OVERLOADED, "server_error", None),
+}
 
 
 @lru_cache(maxsize=1024)
@@ -186,15 +212,6 @@ def _optional_int(data: dict[str, Any], param: str, minimum: int | None) -> int 
     return value
 
 
-def _json_response(status: int, payload: dict[str, Any], headers: dict[str, str]) -> web.Response:
-    return web.Response(
-        status=status,
-        body=json.dumps(payload, separators=(",", ":")).encode(),
-        headers=headers,
-        content_type="application/json",
-    )
-
-
 def _request_id() -> str:
     return f"req_{_ids.getrandbits(128):032x}"
 
@@ -251,6 +268,12 @@ class OpenAIFormat:
 
     def render(self, chat: ChatRequest, answer: Answer, served: Served) -> web.Response:
         version = returned_model(chat.model)
+        finish = answer.finish
+        message: dict[str, Any] = {"role": "assistant", "content": answer.text, "refusal": None}
+        if finish is Finish.REFUSAL:
+            message["content"], message["refusal"] = None, answer.text
+        elif finish is Finish.CONTENT_FILTER:
+            message["content"] = None
         payload = {
             "id": "chatcmpl-" + "".join(_ids.choices(_ALNUM, k=24)),
             "object": "chat.completion",
@@ -259,9 +282,9 @@ class OpenAIFormat:
             "choices": [
                 {
                     "index": 0,
-                    "message": {"role": "assistant", "content": answer.text, "refusal": None},
+                    "message": message,
                     "logprobs": None,
-                    "finish_reason": "length" if answer.finish is Finish.LENGTH else "stop",
+                    "finish_reason": _FINISH_REASONS[finish],
                 }
             ],
             "usage": {
@@ -283,7 +306,7 @@ class OpenAIFormat:
             "x-ratelimit-reset-requests": go_duration(quota.reset_requests_s),
             "x-ratelimit-reset-tokens": go_duration(quota.reset_tokens_s),
         }
-        return _json_response(200, payload, headers)
+        return json_response(200, payload, headers)
 
     def error(self, error: ApiError, request: web.Request) -> web.Response:
         message, code = error.message, error.code
@@ -302,4 +325,34 @@ class OpenAIFormat:
             }
         }
         headers = {"x-request-id": _request_id(), "openai-version": OPENAI_VERSION}
-        return _json_response(error.status, payload, headers)
+        return json_response(error.status, payload, headers)
+
+    def fault(self, fault: Fault, chat: ChatRequest) -> web.Response:
+        fault = faults.without_gemini_details(fault)
+        if fault is Fault.LOADING:
+            return json_response(503, LOADING_BODY, {})  # llama.cpp: no OpenAI headers
+        headers = {"x-request-id": _request_id(), "openai-version": OPENAI_VERSION}
+        if fault is Fault.SPEND_LIMIT:
+            error = _error_body(_QUOTA, "insufficient_quota", "insufficient_quota")
+            return json_response(429, error, headers)
+        if fault in faults.RATE_LIMITS:
+            headers.update(faults.retry_after_headers(fault))
+            wait = faults.RETRY_WAIT_S[fault] or faults.RETRY_AFTER_S
+            requested = count_message_tokens(chat.messages, chat.model)
+            message = (
+                f"Rate limit reached for {chat.model} in organization org-emulator on tokens per "
+                f"min (TPM): Limit 30000000, Used 30000000, Requested {requested}. Please try "
+                f"again in {go_duration(wait)}. Visit "
+                "https://platform.openai.com/account/rate-limits to learn more."
+            )
+            return json_response(
+                429, _error_body(message, "tokens", "rate_limit_exceeded"), headers
+            )
+        status, message, kind, code = _SERVER_FAULTS[fault]
+        if fault is Fault.NO_RETRY_5XX:
+            headers["x-should-retry"] = "false"
+        return json_response(status, _error_body(message, kind, code), headers)
+
+
+def _error_body(message: str, kind: str, code: str | int | None) -> dict[str, Any]:
+    return {"error": {"message": message, "type": kind, "param": None, "code": code}}
