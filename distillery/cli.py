@@ -202,6 +202,12 @@ def _print_summary(summary: RunSummary, ui: str) -> None:
     if summary.not_sent:
         table.add_row("not sent", f"{summary.not_sent} (re-run with --run-id to finish)")
     table.add_row("tokens", f"{summary.prompt_tokens} in, {summary.completion_tokens} out")
+    table.add_row("cost", f"${summary.cost_usd:.4f} (models without a price count as $0)")
+    if summary.maybe_billed_twice:
+        table.add_row(
+            "maybe billed twice",
+            f"{summary.maybe_billed_twice} retries after an answer may have been produced",
+        )
     table.add_row("time", f"{summary.elapsed_s:.1f}s ({rate:.1f} requests/s)")
     table.add_row("output", summary.output)
     if summary.flow_run_id:

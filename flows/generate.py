@@ -40,6 +40,8 @@ class BatchSummary(BaseModel):
     failures_by_class: dict[str, int]
     prompt_tokens: int
     completion_tokens: int
+    maybe_billed_twice: int = 0
+    cost_usd: float = 0.0
 
 
 class RunSummary(BaseModel):
@@ -58,6 +60,10 @@ class RunSummary(BaseModel):
     failures_by_class: dict[str, int] = Field(default_factory=dict)
     prompt_tokens: int = 0
     completion_tokens: int = 0
+    maybe_billed_twice: int = Field(
+        default=0, description="Retries after an answer may have been produced and billed."
+    )
+    cost_usd: float = 0.0
     elapsed_s: float = 0.0
     flow_run_id: str | None = None
 
@@ -116,6 +122,10 @@ async def generate_batch(
         failures_by_class=dict(by_class),
         prompt_tokens=sum(int(r["prompt_tokens"] or 0) for r in rows.samples),
         completion_tokens=sum(int(r["completion_tokens"] or 0) for r in rows.samples),
+        maybe_billed_twice=sum(
+            int(r["maybe_billed_twice"] or 0) for r in (*rows.samples, *rows.failures)
+        ),
+        cost_usd=sum(float(r["cost_usd"] or 0.0) for r in rows.samples),
     )
 
 
@@ -218,6 +228,8 @@ def _fold(summary: RunSummary, results: list[BatchSummary]) -> None:
         summary.not_sent += result.not_sent
         summary.prompt_tokens += result.prompt_tokens
         summary.completion_tokens += result.completion_tokens
+        summary.maybe_billed_twice += result.maybe_billed_twice
+        summary.cost_usd += result.cost_usd
         by_class.update(result.failures_by_class)
     summary.failures_by_class = dict(by_class)
 

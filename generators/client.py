@@ -139,6 +139,9 @@ class TeacherClient:
             try:
                 return self.provider.parse_success(json.loads(response.content), lowered)
             except (ValueError, MalformedResponse) as exc:
+                # A 2xx was billed even if its body is unusable; retrying buys it again.
+                if outcome.attempts < self.teacher.max_attempts:
+                    outcome.maybe_billed_twice += 1
                 raise _AttemptFailed(
                     "malformed_response", _describe(exc), retryable=True, status=status
                 ) from exc

@@ -87,7 +87,7 @@ def test_parse_success_each_format() -> None:
         {"x-request-id": "req_1", "x-ratelimit-remaining-requests": "9"},
     )
     assert (openai.text, openai.finish_reason, openai.reasoning_tokens) == ("ok", "length", 7)
-    assert openai.rate_limits == {"x-ratelimit-remaining-requests": "9"}
+    assert openai.rate_limits == {"requests_remaining": 9.0}
     anthropic = get_provider("anthropic").parse_success(
         {
             "id": "msg_1",
@@ -311,3 +311,33 @@ def test_error_bodies_that_are_not_json() -> None:
     for name in provider_names():
         verdict = get_provider(name).classify_error(502, {}, b"<html>Bad Gateway</html>")
         assert verdict.retryable and "Bad Gateway" in verdict.message
+
+
+def test_rate_limit_headers_are_normalised() -> None:
+    from datetime import UTC, datetime
+
+    from distillery.generators.ratelimit_headers import anthropic_rate_limits, openai_rate_limits
+
+    assert openai_rate_limits(
+        {
+            "x-ratelimit-limit-requests": "10000",
+            "x-ratelimit-remaining-tokens": "149984",
+            "x-ratelimit-reset-requests": "6m0s",
+            "x-ratelimit-reset-tokens": "12ms",
+            "x-ratelimit-remaining-requests": "lots",  # unparsable: left out
+        }
+    ) == {
+        "requests_limit": 10000.0,
+        "tokens_remaining": 149984.0,
+        "requests_reset_s": 360.0,
+        "tokens_reset_s": pytest.approx(0.012),
+    }
+    now = datetime(2026, 1, 1, tzinfo=UTC).timestamp()
+    assert anthropic_rate_limits(
+        {
+            "anthropic-ratelimit-input-tokens-remaining": "39000",
+            "anthropic-ratelimit-input-tokens-reset": "2026-01-01T00:00:30Z",
+            "anthropic-ratelimit-requests-reset": "garbage",
+        },
+        now=now,
+    ) == {"input_tokens_remaining": 39000.0, "input_tokens_reset_s": 30.0}

@@ -21,6 +21,7 @@ from distillery.generators.providers.base import (
     Provider,
 )
 from distillery.generators.providers.registry import register
+from distillery.generators.ratelimit_headers import anthropic_rate_limits
 from distillery.generators.retry import parse_retry_after, status_is_retryable
 
 API_VERSION = "2023-06-01"
@@ -87,12 +88,11 @@ class AnthropicProvider(Provider):
             prompt_tokens=usage.get("input_tokens"),
             completion_tokens=usage.get("output_tokens"),
             cached_tokens=usage.get("cache_read_input_tokens"),
-            rate_limits={
-                k: v
-                for k, v in headers.items()
-                if k.startswith("anthropic-ratelimit-") or k == "retry-after"
-            },
+            rate_limits=self.parse_rate_limits(headers),
         )
+
+    def parse_rate_limits(self, headers: dict[str, str]) -> dict[str, float]:
+        return anthropic_rate_limits(headers)
 
     def classify_error(self, status: int, headers: dict[str, str], body: bytes) -> ErrorVerdict:
         kind, message = _error_fields(body)

@@ -42,7 +42,7 @@ class Completion:
     completion_tokens: int | None = None
     cached_tokens: int | None = None
     reasoning_tokens: int | None = None
-    rate_limits: dict[str, str] = field(default_factory=dict)
+    rate_limits: dict[str, float] = field(default_factory=dict)
 
 
 @dataclass(frozen=True)
@@ -80,6 +80,11 @@ class Provider(ABC):
     @abstractmethod
     def parse_success(self, payload: Any, headers: dict[str, str]) -> Completion:
         """Read a 2xx JSON body; raise :class:`MalformedResponse` if it is not well-formed."""
+
+    def parse_rate_limits(self, headers: dict[str, str]) -> dict[str, float]:
+        """Rate-limit state from a response's headers, in normalised keys (see
+        :mod:`distillery.generators.ratelimit_headers`); empty when the provider sends none."""
+        return {}
 
     @abstractmethod
     def classify_error(self, status: int, headers: dict[str, str], body: bytes) -> ErrorVerdict:

@@ -19,6 +19,7 @@ from distillery.generators.providers.base import (
     Provider,
 )
 from distillery.generators.providers.registry import register
+from distillery.generators.ratelimit_headers import openai_rate_limits
 from distillery.generators.retry import parse_retry_after, status_is_retryable
 
 _FINISH: dict[str, FinishReason] = {
@@ -26,7 +27,6 @@ _FINISH: dict[str, FinishReason] = {
     "length": "length",
     "content_filter": "content_filter",
 }
-_RATE_LIMIT_PREFIX = "x-ratelimit-"
 
 
 @register("openai")
@@ -85,8 +85,11 @@ class OpenAIProvider(Provider):
             completion_tokens=usage.get("completion_tokens"),
             cached_tokens=prompt_details.get("cached_tokens"),
             reasoning_tokens=completion_details.get("reasoning_tokens"),
-            rate_limits={k: v for k, v in headers.items() if k.startswith(_RATE_LIMIT_PREFIX)},
+            rate_limits=self.parse_rate_limits(headers),
         )
+
+    def parse_rate_limits(self, headers: dict[str, str]) -> dict[str, float]:
+        return openai_rate_limits(headers)
 
     def classify_error(self, status: int, headers: dict[str, str], body: bytes) -> ErrorVerdict:
         message, code, kind = _error_fields(body)
