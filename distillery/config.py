@@ -49,6 +49,19 @@ class GenerationParams(_Strict):
         return self.model_dump(exclude_none=True, exclude_defaults=True)
 
 
+class LimitsConfig(_Strict):
+    """A teacher's rate limits, as the provider states them (per minute).
+
+    Unset limits are discovered from the first responses' rate-limit headers.
+    """
+
+    rpm: float | None = Field(default=None, gt=0, description="Requests per minute.")
+    tpm: float | None = Field(default=None, gt=0, description="Tokens per minute.")
+    window_s: float = Field(
+        default=60.0, gt=0, description="The provider's window; only emulators compress it."
+    )
+
+
 class TeacherConfig(_Strict):
     """One teacher: a model behind an HTTP API."""
 
@@ -63,6 +76,7 @@ class TeacherConfig(_Strict):
     )
     params: GenerationParams = Field(default_factory=GenerationParams)
     concurrency: int = Field(default=16, ge=1, le=4096, description="Requests in flight at most.")
+    limits: LimitsConfig = Field(default_factory=LimitsConfig)
     max_attempts: int = Field(default=5, ge=1, le=20, description="Tries per request.")
     timeout_s: float = Field(default=600.0, gt=0, description="Read timeout per attempt.")
 

@@ -21,6 +21,7 @@ from distillery.generators.client import Outcome, TeacherClient, TeacherUnusable
 from distillery.generators.http import make_http_client
 from distillery.generators.prompts import Prompt
 from distillery.generators.providers.registry import get_provider
+from distillery.generators.ratelimit import Limiter, Limits
 from distillery.generators.records import RunContext, failure_row, sample_id_for, sample_row
 
 
@@ -70,7 +71,12 @@ class TeacherPool:
         self._teachers: dict[str, _Teacher] = {}
         for teacher in job.teachers:
             http = make_http_client(job.http_transport, teacher.concurrency, teacher.timeout_s)
-            client = TeacherClient(teacher, get_provider(teacher.provider), http)
+            limiter = Limiter(
+                Limits(teacher.limits.rpm, teacher.limits.tpm, teacher.limits.window_s),
+                teacher.concurrency,
+                teacher.params.max_tokens,
+            )
+            client = TeacherClient(teacher, get_provider(teacher.provider), http, limiter)
             self._teachers[teacher.name] = _Teacher(
                 client, http, asyncio.Semaphore(teacher.concurrency)
             )

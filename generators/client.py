@@ -34,7 +34,9 @@ from distillery.generators.providers.base import (
     Message,
     Provider,
 )
+from distillery.generators.ratelimit import Limiter
 from distillery.generators.retry import MAX_HINT_S, wait_s
+from distillery.generators.tokens import count_message_tokens
 
 
 class TeacherUnusable(FatalRunError):
@@ -50,7 +52,7 @@ class _AttemptFailed(Exception):
     retryable: bool
     status: int | None = None
     retry_after_s: float | None = None
-    maybe_billed: bool = False
+    rate_limits: dict[str, float] | None = None
 
 
 @dataclass(frozen=True)
@@ -78,10 +80,17 @@ class Outcome:
 class TeacherClient:
     """One teacher's requests over a shared pooled ``httpx.AsyncClient``."""
 
-    def __init__(self, teacher: TeacherConfig, provider: Provider, http: httpx.AsyncClient) -> None:
+    def __init__(
+        self,
+        teacher: TeacherConfig,
+        provider: Provider,
+        http: httpx.AsyncClient,
+        limiter: Limiter | None = None,
+    ) -> None:
         self.teacher = teacher
         self.provider = provider
         self.http = http
+        self.limiter = limiter
 
     def _api_key(self) -> str | None:
         if self.teacher.api_key_env is None:
@@ -99,6 +108,9 @@ class TeacherClient:
         key = self._api_key()
         call = self.provider.build_call(self.teacher, messages, key)
         outcome = Outcome(completion=None, failure=None, attempts=0)
+        prompt_tokens = (
+            count_message_tokens(messages, self.teacher.model) if self.limiter is not None else 0
+        )
         clock = time.perf_counter()
         retrying = AsyncRetrying(
             stop=stop_after_attempt(self.teacher.max_attempts),
@@ -111,7 +123,7 @@ class TeacherClient:
                 with attempt:
                     outcome.attempts += 1
                     outcome.completion = await self._attempt(
-                        call.url, call.headers, call.body, outcome
+                        call.url, call.headers, call.body, outcome, prompt_tokens
                     )
         except _AttemptFailed as exc:
             outcome.failure = Failure(exc.error_class, _scrub(exc.message, key), exc.status)
@@ -121,6 +133,38 @@ class TeacherClient:
         return outcome
 
     async def _attempt(
+        self,
+        url: str,
+        headers: dict[str, str],
+        body: dict[str, object],
+        outcome: Outcome,
+        prompt_tokens: int,
+    ) -> Completion:
+        """One attempt, admitted by the teacher's limiter and settled with what it learned."""
+        limiter = self.limiter
+        if limiter is None:
+            return await self._send(url, headers, body, outcome)
+        ticket = await limiter.acquire(prompt_tokens)
+        try:
+            completion = await self._send(url, headers, body, outcome)
+        except _AttemptFailed as exc:
+            limiter.release(ticket, rate_limited=exc.status == 429, headers=exc.rate_limits)
+            raise
+        except BaseException:
+            limiter.release(ticket)
+            raise
+        used = None
+        if completion.prompt_tokens is not None and completion.completion_tokens is not None:
+            used = completion.prompt_tokens + completion.completion_tokens
+        limiter.release(
+            ticket,
+            usage_tokens=used,
+            completion_tokens=completion.completion_tokens,
+            headers=completion.rate_limits,
+        )
+        return completion
+
+    async def _send(
         self, url: str, headers: dict[str, str], body: dict[str, object], outcome: Outcome
     ) -> Completion:
         try:
@@ -161,6 +205,7 @@ class TeacherClient:
             retryable=retryable,
             status=status,
             retry_after_s=verdict.retry_after_s,
+            rate_limits=self.provider.parse_rate_limits(lowered),
         )
 
 

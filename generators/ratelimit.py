@@ -1,0 +1,239 @@
+"""Admission control: keep each teacher just under its rate limits, and adapt live.
+
+Per teacher (provider + model + key) a :class:`Limiter` admits every *attempt* (retries count
+against a provider's limits too) when three gates agree:
+
+- requests per window and tokens per window, as sliding windows over the attempts sent
+  (:class:`SlidingWindow`): a request reserves its estimated tokens when it is admitted — the
+  prompt counted with tiktoken plus the expected completion (``max_tokens`` or, without one, a
+  running average of real completions) — and the reservation is corrected to the usage the API
+  reports, so the window holds what was really spent;
+- in-flight requests (:class:`AdaptiveConcurrency`): starts at the configured ``concurrency``,
+  is cut multiplicatively on every 429 and grows back additively on successes (AIMD), instead
+  of pausing everything for a fixed time;
+- what the server says: every response's rate-limit headers (normalised by
+  :mod:`.ratelimit_headers`) that show a window exhausted hold new attempts until its reset, and
+  a 429's hint holds them for the hint.
+
+Limits come from the job file or, where it gives none, from the first responses' headers. The
+pure parts take the clock as an argument, so their invariants are property-tested without
+sleeping.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import math
+import time
+from collections import deque
+from collections.abc import Callable
+from dataclasses import dataclass
+
+
+class SlidingWindow:
+    """At most ``limit`` units in any ``window_s`` interval of admissions.
+
+    Entries are (admission time, amount); amounts can be corrected afterwards (token
+    reservations reconciled with real usage) without moving the entry in time.
+    """
+
+    def __init__(self, limit: float, window_s: float) -> None:
+        if limit <= 0 or window_s <= 0:
+            raise ValueError("limit and window_s must be positive")
+        self.limit = limit
+        self.window_s = window_s
+        self._entries: deque[list[float]] = deque()
+        self._total = 0.0
+
+    def _expire(self, now: float) -> None:
+        horizon = now - self.window_s
+        while self._entries and self._entries[0][0] <= horizon:
+            self._total -= self._entries.popleft()[1]
+        if not self._entries:
+            self._total = 0.0
+
+    def used(self, now: float) -> float:
+        self._expire(now)
+        return self._total
+
+    def wait_s(self, amount: float, now: float) -> float:
+        """0 if ``amount`` fits now, else how long until enough expires for it to fit.
+
+        An amount larger than the whole limit is admitted once the window is empty, or it
+        could never be sent.
+        """
+        self._expire(now)
+        need = min(amount, self.limit)
+        if self._total + need <= self.limit + 1e-9:
+            return 0.0
+        running = self._total
+        for at, size in self._entries:
+            running -= size
+            if running + need <= self.limit + 1e-9:
+                return max(0.0, at + self.window_s - now)
+        return self.window_s
+
+    def admit(self, amount: float, now: float) -> list[float]:
+        """Record an admission (call only after :meth:`wait_s` returned 0); returns its entry."""
+        entry = [now, float(amount)]
+        self._entries.append(entry)
+        self._total += amount
+        return entry
+
+    def correct(self, entry: list[float], amount: float, now: float) -> None:
+        """Replace an admission's amount (a reservation settled to real usage)."""
+        self._expire(now)
+        if self._entries and entry[0] > now - self.window_s:
+            self._total += amount - entry[1]
+        entry[1] = float(amount)
+
+
+class AdaptiveConcurrency:
+    """In-flight cap that halves-ish on rate limiting and creeps back up on success (AIMD)."""
+
+    def __init__(self, ceiling: int, decrease: float = 0.7, floor: int = 1) -> None:
+        self.ceiling = ceiling
+        self.floor = floor
+        self.decrease = decrease
+        self.limit = float(ceiling)
+        self.in_flight = 0
+
+    def can_start(self) -> bool:
+        return self.in_flight < max(self.floor, math.floor(self.limit))
+
+    def on_success(self) -> None:
+        self.limit = min(float(self.ceiling), self.limit + 1.0 / max(1.0, self.limit))
+
+    def on_rate_limited(self) -> None:
+        self.limit = max(float(self.floor), self.limit * self.decrease)
+
+
+@dataclass
+class Ticket:
+    """One admitted attempt: what it reserved, to settle afterwards."""
+
+    tokens_entry: list[float] | None
+    reserved_tokens: float
+    settled: bool = False
+
+
+@dataclass(frozen=True)
+class Limits:
+    """Configured or discovered limits of one teacher (per minute, like the providers')."""
+
+    rpm: float | None = None
+    tpm: float | None = None
+    window_s: float = 60.0
+
+
+class Limiter:
+    """The three gates of one teacher, shared by every batch of a run in this process."""
+
+    def __init__(
+        self,
+        limits: Limits,
+        concurrency: int,
+        expected_completion_tokens: int | None = None,
+        clock: Callable[[], float] | None = None,
+    ) -> None:
+        self.limits = limits
+        self._clock = clock or time.monotonic
+        self.requests = self._window(limits.rpm)
+        self.tokens = self._window(limits.tpm)
+        self.concurrency = AdaptiveConcurrency(concurrency)
+        self.blocked_until = 0.0
+        self.rate_limited = 0
+        self._expected = expected_completion_tokens
+        self._completion_avg: float | None = None
+        # Admission is FIFO through one lock: only the head of the queue computes delays and
+        # sleeps, so a thousand waiting requests cost one timer, not a thousand.
+        self._gate = asyncio.Lock()
+        self._slot_freed = asyncio.Event()
+
+    def _window(self, per_minute: float | None) -> SlidingWindow | None:
+        if per_minute is None:
+            return None
+        return SlidingWindow(per_minute * self.limits.window_s / 60.0, self.limits.window_s)
+
+    def estimate_completion(self) -> float:
+        """Tokens to reserve for an answer: max_tokens, else the running average (else 256)."""
+        if self._expected is not None:
+            return float(self._expected)
+        return self._completion_avg if self._completion_avg is not None else 256.0
+
+    def _delay(self, tokens: float, now: float) -> float:
+        waits = [self.blocked_until - now]
+        if self.requests is not None:
+            waits.append(self.requests.wait_s(1, now))
+        if self.tokens is not None:
+            waits.append(self.tokens.wait_s(tokens, now))
+        return max(0.0, *waits)
+
+    async def acquire(self, prompt_tokens: int) -> Ticket:
+        """Wait until an attempt with ``prompt_tokens`` may be sent; reserve its share."""
+        tokens = prompt_tokens + self.estimate_completion()
+        async with self._gate:
+            while True:
+                now = self._clock()
+                delay = self._delay(tokens, now)
+                if delay > 0:
+                    await asyncio.sleep(delay)
+                elif not self.concurrency.can_start():
+                    self._slot_freed.clear()
+                    await self._slot_freed.wait()
+                else:
+                    break
+            if self.requests is not None:
+                self.requests.admit(1, now)
+            entry = self.tokens.admit(tokens, now) if self.tokens is not None else None
+            self.concurrency.in_flight += 1
+        return Ticket(entry, tokens)
+
+    def release(
+        self,
+        ticket: Ticket,
+        *,
+        usage_tokens: int | None = None,
+        completion_tokens: int | None = None,
+        rate_limited: bool = False,
+        headers: dict[str, float] | None = None,
+    ) -> None:
+        """Settle an attempt: real usage, whether it was rate limited, the server's view.
+
+        A 429 cuts concurrency; it does not pause the teacher — the rate-limited request itself
+        waits for the server's hint in the retry layer, the others go on.
+        """
+        if ticket.settled:
+            return
+        ticket.settled = True
+        now = self._clock()
+        self.concurrency.in_flight -= 1
+        if ticket.tokens_entry is not None and self.tokens is not None and usage_tokens is not None:
+            self.tokens.correct(ticket.tokens_entry, usage_tokens, now)
+        if completion_tokens is not None:
+            previous = self._completion_avg
+            self._completion_avg = (
+                float(completion_tokens)
+                if previous is None
+                else 0.9 * previous + 0.1 * completion_tokens
+            )
+        if rate_limited:
+            self.rate_limited += 1
+            self.concurrency.on_rate_limited()
+        elif usage_tokens is not None:
+            self.concurrency.on_success()
+        if headers:
+            self._learn(headers, now)
+        self._slot_freed.set()
+
+    def _learn(self, headers: dict[str, float], now: float) -> None:
+        """Adopt limits the server announces; hold off when it says a window is exhausted."""
+        if self.requests is None and headers.get("requests_limit"):
+            self.requests = self._window(headers["requests_limit"])
+        if self.tokens is None and headers.get("tokens_limit"):
+            self.tokens = self._window(headers["tokens_limit"])
+        for kind in ("requests", "tokens", "input_tokens", "output_tokens"):
+            remaining = headers.get(f"{kind}_remaining")
+            reset = headers.get(f"{kind}_reset_s")
+            if remaining is not None and remaining <= 0 and reset is not None:
+                self.blocked_until = max(self.blocked_until, now + min(reset, 60.0))

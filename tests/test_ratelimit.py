@@ -1,0 +1,136 @@
+"""The limiter's invariants, property-tested with a fake clock (no sleeping, no timing)."""
+
+import asyncio
+
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from distillery.generators.ratelimit import AdaptiveConcurrency, Limiter, Limits, SlidingWindow
+
+# Amounts stay within the smallest limit drawn: a request larger than the whole limit is
+# admitted alone into an empty window by design (or it could never be sent).
+events = st.lists(
+    st.tuples(st.floats(0, 3, allow_nan=False), st.integers(1, 20)), min_size=1, max_size=120
+)
+
+
+@given(events, st.integers(20, 200), st.floats(0.5, 10, allow_nan=False))
+def test_never_more_than_the_limit_in_any_window(
+    steps: list[tuple[float, int]], limit: int, window: float
+) -> None:
+    sliding = SlidingWindow(limit, window)
+    now, admitted = 0.0, []
+    for dt, amount in steps:
+        now += dt
+        if sliding.wait_s(amount, now) == 0:
+            sliding.admit(amount, now)
+            admitted.append((now, amount))
+    for start, _ in admitted:
+        inside = sum(a for t, a in admitted if start - window < t <= start)
+        assert inside <= limit + 1e-6
+
+
+@given(events, st.integers(50, 200))
+def test_waiting_the_answer_always_admits(steps: list[tuple[float, int]], limit: int) -> None:
+    sliding = SlidingWindow(limit, 1.0)
+    now = 0.0
+    for dt, amount in steps:
+        now += dt
+        wait = sliding.wait_s(amount, now)
+        now += wait
+        assert sliding.wait_s(amount, now) == 0
+        sliding.admit(amount, now)
+
+
+@given(st.lists(st.tuples(st.integers(1, 50), st.integers(0, 80)), min_size=1, max_size=50))
+def test_refunds_are_exact(reservations: list[tuple[int, int]]) -> None:
+    sliding = SlidingWindow(10_000, 60)
+    entries = [(sliding.admit(reserved, 1.0), actual) for reserved, actual in reservations]
+    for entry, actual in entries:
+        sliding.correct(entry, actual, 2.0)
+    assert sliding.used(2.0) == sum(actual for _, actual in reservations)
+    assert sliding.used(61.5) == 0  # everything expired
+
+
+def test_oversized_request_waits_for_an_empty_window() -> None:
+    sliding = SlidingWindow(100, 10)
+    sliding.admit(30, 0.0)
+    assert sliding.wait_s(500, 1.0) == pytest.approx(9.0)
+    assert sliding.wait_s(500, 10.0) == 0
+
+
+def test_aimd() -> None:
+    aimd = AdaptiveConcurrency(ceiling=20)
+    aimd.on_rate_limited()
+    assert aimd.limit == pytest.approx(14.0)
+    for _ in range(200):
+        aimd.on_success()
+    assert aimd.limit == 20.0
+    for _ in range(50):
+        aimd.on_rate_limited()
+    assert aimd.limit == 1.0  # never below one request in flight
+
+
+class FakeClock:
+    def __init__(self) -> None:
+        self.now = 100.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+def test_limiter_reserves_then_settles_to_real_usage() -> None:
+    clock = FakeClock()
+    limiter = Limiter(
+        Limits(rpm=600, tpm=6000, window_s=60), 8, expected_completion_tokens=100, clock=clock
+    )
+
+    async def scenario() -> None:
+        ticket = await limiter.acquire(prompt_tokens=50)
+        assert limiter.tokens is not None and limiter.tokens.used(clock.now) == 150
+        limiter.release(ticket, usage_tokens=70, completion_tokens=20)
+        assert limiter.tokens.used(clock.now) == 70
+        assert limiter.concurrency.in_flight == 0
+        limiter.release(ticket, usage_tokens=999)  # settling twice changes nothing
+        assert limiter.tokens.used(clock.now) == 70
+
+    asyncio.run(scenario())
+
+
+def test_limiter_learns_limits_and_exhaustion_from_headers() -> None:
+    clock = FakeClock()
+    limiter = Limiter(Limits(), 4, clock=clock)
+
+    async def scenario() -> None:
+        ticket = await limiter.acquire(prompt_tokens=10)
+        limiter.release(
+            ticket,
+            usage_tokens=20,
+            headers={"requests_limit": 120, "requests_remaining": 0, "requests_reset_s": 2.5},
+        )
+        assert limiter.requests is not None and limiter.requests.limit == 120
+        assert limiter.blocked_until == pytest.approx(102.5)
+
+    asyncio.run(scenario())
+
+
+@settings(deadline=None, max_examples=10)
+@given(st.integers(1, 6), st.integers(5, 40))
+def test_concurrency_cap_holds_under_load(cap: int, requests: int) -> None:
+    limiter = Limiter(Limits(), cap)
+    peak = 0
+
+    async def one() -> None:
+        nonlocal peak
+        ticket = await limiter.acquire(1)
+        peak = max(peak, limiter.concurrency.in_flight)
+        await asyncio.sleep(0)
+        limiter.release(ticket, usage_tokens=1)
+
+    async def scenario() -> None:
+        await asyncio.gather(*(one() for _ in range(requests)))
+
+    asyncio.run(scenario())
+    assert 1 <= peak <= cap
+    assert limiter.concurrency.in_flight == 0
