@@ -199,8 +199,12 @@ def _print_summary(summary: RunSummary, ui: str) -> None:
     table.add_row("samples", f"{summary.samples}")
     failures = ", ".join(f"{k} {v}" for k, v in sorted(summary.failures_by_class.items()))
     table.add_row("failures", f"{summary.failures}" + (f" ({failures})" if failures else ""))
-    if summary.not_sent:
-        table.add_row("not sent", f"{summary.not_sent} (re-run with --run-id to finish)")
+    unsent = summary.requests_planned - summary.samples - summary.failures
+    if unsent > 0:
+        why = "budget reached; raise budget_usd and " if summary.status == "budget_reached" else ""
+        table.add_row(
+            "not sent", f"{unsent} ({why}re-run with --run-id {summary.run_id} to finish)"
+        )
     table.add_row("tokens", f"{summary.prompt_tokens} in, {summary.completion_tokens} out")
     table.add_row("cost", f"${summary.cost_usd:.4f} (models without a price count as $0)")
     if summary.maybe_billed_twice:
@@ -219,6 +223,59 @@ def _print_summary(summary: RunSummary, ui: str) -> None:
         'GROUP BY ALL"',
     )
     out.print(table)
+
+
+@app.command()
+@_reports_errors
+def plan(config: Annotated[Path, typer.Argument(help="Job file (YAML).")]) -> None:
+    """Before sending anything: prompts, estimated tokens and cost, minimum wall time."""
+    from distillery.generators.plan import ASSUMED_COMPLETION_TOKENS, plan_job
+    from distillery.generators.prompts import load_prompts
+
+    job = load_config(config)
+    plans = plan_job(job, load_prompts(job.prompts))
+    table = Table(title=f"plan for {job.name}")
+    for column in (
+        "teacher",
+        "requests",
+        "prompt tokens",
+        "completion tokens",
+        "cost (USD)",
+        "min. time",
+        "bound by",
+    ):
+        table.add_column(column, justify="left" if column == "teacher" else "right")
+    for item in plans:
+        completion = f"{item.completion_tokens:,}" + ("" if item.completion_is_bound else " *")
+        table.add_row(
+            item.teacher,
+            f"{item.requests:,}",
+            f"{item.prompt_tokens:,}",
+            completion,
+            "no price" if item.cost_usd is None else f"{item.cost_usd:,.4f}",
+            "-" if item.min_minutes is None else _minutes(item.min_minutes),
+            item.binding_limit or "no limits set",
+        )
+    out.print(table)
+    known = [p.cost_usd for p in plans if p.cost_usd is not None]
+    slowest = max((p.min_minutes for p in plans if p.min_minutes is not None), default=None)
+    out.print(
+        f"total: ${sum(known):,.4f}"
+        + (
+            f" (+ {len(plans) - len(known)} teacher(s) without a price)"
+            if len(known) < len(plans)
+            else ""
+        )
+        + (f"; at least {_minutes(slowest)} at full use of the limits" if slowest else "")
+    )
+    if any(not p.completion_is_bound for p in plans):
+        out.print(f"* no max_tokens: assumed {ASSUMED_COMPLETION_TOKENS} tokens per answer")
+    if job.budget_usd is not None:
+        out.print(f"budget_usd: {job.budget_usd} (the run stops sending before exceeding it)")
+
+
+def _minutes(value: float) -> str:
+    return f"{value * 60:.0f}s" if value < 1 else f"{value:.1f} min"
 
 
 @app.command()
@@ -369,6 +426,24 @@ def emulator_command(
     hang_s: Annotated[
         float, typer.Option(help="Seconds the 'timeout' fault holds a request before closing it.")
     ] = 600.0,
+    rpm: Annotated[
+        int | None,
+        typer.Option(help="Enforce requests per minute (429 over it; scales with --window-s)."),
+    ] = None,
+    tpm: Annotated[
+        int | None,
+        typer.Option(help="Enforce tokens per minute: prompt + max tokens, charged at admission."),
+    ] = None,
+    max_concurrency: Annotated[
+        int | None, typer.Option(help="Enforce at most this many requests in flight (429 over it).")
+    ] = None,
+    window_s: Annotated[
+        float,
+        typer.Option(
+            help="Sliding window of --rpm/--tpm in seconds; under 60 compresses the minute "
+            "(--rpm 1200 --window-s 6 admits 120 requests per 6 s)."
+        ),
+    ] = 60.0,
 ) -> None:
     """Serve a local emulator of the teachers' HTTP APIs (for tests and dry runs)."""
     from pydantic import ValidationError
@@ -381,6 +456,10 @@ def emulator_command(
         "require_key": require_key,
         "fault_rate": fault_rate,
         "hang_s": hang_s,
+        "rpm": rpm,
+        "tpm": tpm,
+        "max_concurrency": max_concurrency,
+        "window_s": window_s,
     }
     if faults is not None:
         settings["faults"] = faults

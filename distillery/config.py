@@ -119,6 +119,11 @@ class JobConfig(_Strict):
         default=4, ge=1, le=256, description="Batch tasks running at once."
     )
     output: Path = Field(default=Path("out"), description="Dataset directory.")
+    budget_usd: float | None = Field(
+        default=None,
+        gt=0,
+        description="Stop sending once spent + reserved would exceed this (priced models only).",
+    )
     terms_file: Path | None = Field(
         default=None, description="Extra terms entries (YAML), tried before the shipped ones."
     )

@@ -26,6 +26,7 @@ from distillery.config import JobConfig
 from distillery.errors import FatalRunError
 from distillery.flows.progress import STOP, get_listener
 from distillery.generators.batch import TeacherPool, WorkItem, plan_work, run_batch
+from distillery.generators.budget import Budget
 from distillery.generators.prompts import load_prompts, template_hash
 from distillery.generators.records import RunContext, teacher_facts
 from distillery.storage.shards import next_part_number, partition_dir, read_column, write_shard
@@ -191,7 +192,14 @@ async def generate(job: JobConfig, run_id: str, config_path: str | None = None) 
     )
     results: list[BatchSummary] = []
     try:
-        async with TeacherPool(job, stop=lambda: STOP.requested) as pool:
+        budget = None
+        if job.budget_usd is not None:
+            spent = sum(float(c or 0.0) for c in read_column(output, "samples", run_id, "cost_usd"))
+            budget = Budget(job.budget_usd, spent)
+        prices = {name: facts.price for name, facts in ctx.teachers.items()}
+        async with TeacherPool(
+            job, stop=lambda: STOP.requested, prices=prices, budget=budget
+        ) as pool:
             gate = asyncio.Semaphore(job.max_batches_in_flight)
 
             async def one(index: int, items: list[WorkItem]) -> None:
@@ -206,7 +214,17 @@ async def generate(job: JobConfig, run_id: str, config_path: str | None = None) 
             await asyncio.gather(*(one(i, items) for i, items in enumerate(batches)))
             if pool.fatal is not None:
                 raise pool.fatal
-        summary.status = "stopped" if STOP.requested else "completed"
+        if STOP.requested:
+            summary.status = "stopped"
+        elif budget is not None and budget.exhausted:
+            summary.status = "budget_reached"
+            logger.warning(
+                "budget of $%.2f reached: spent $%.4f; requests left unsent",
+                budget.limit_usd,
+                budget.spent_usd,
+            )
+        else:
+            summary.status = "completed"
     except FatalRunError:
         summary.status = "failed"
         raise

@@ -17,12 +17,15 @@ from typing import Any
 import httpx
 
 from distillery.config import JobConfig, TeacherConfig
+from distillery.generators.budget import Budget
 from distillery.generators.client import Outcome, TeacherClient, TeacherUnusable
 from distillery.generators.http import make_http_client
+from distillery.generators.pricing import PriceEntry, cost_usd
 from distillery.generators.prompts import Prompt
 from distillery.generators.providers.registry import get_provider
 from distillery.generators.ratelimit import Limiter, Limits
 from distillery.generators.records import RunContext, failure_row, sample_id_for, sample_row
+from distillery.generators.tokens import count_message_tokens
 
 
 @dataclass(frozen=True)
@@ -66,8 +69,16 @@ class TeacherPool:
     in flight are still kept, and batches end early.
     """
 
-    def __init__(self, job: JobConfig, stop: Callable[[], bool] = lambda: False) -> None:
+    def __init__(
+        self,
+        job: JobConfig,
+        stop: Callable[[], bool] = lambda: False,
+        prices: dict[str, PriceEntry | None] | None = None,
+        budget: Budget | None = None,
+    ) -> None:
         self._stop = stop
+        self._prices = prices or {}
+        self.budget = budget
         self._teachers: dict[str, _Teacher] = {}
         for teacher in job.teachers:
             http = make_http_client(job.http_transport, teacher.concurrency, teacher.timeout_s)
@@ -95,8 +106,10 @@ class TeacherPool:
 
     @property
     def halted(self) -> bool:
-        """No more requests: a teacher proved unusable, or a stop was requested."""
-        return self.fatal is not None or self._stop()
+        """No more requests: a teacher proved unusable, a stop was requested, or the budget
+        is spent."""
+        exhausted = self.budget is not None and self.budget.exhausted
+        return self.fatal is not None or exhausted or self._stop()
 
     async def request(self, item: WorkItem) -> Outcome | None:
         """Send one request under its teacher's cap; None if the run was stopped before it."""
@@ -104,11 +117,31 @@ class TeacherPool:
         async with teacher.slots:
             if self.halted:
                 return None
+            price = self._prices.get(item.teacher.name)
+            estimate = 0.0
+            if self.budget is not None and price is not None:
+                limiter = teacher.client.limiter
+                expected = limiter.estimate_completion() if limiter else 256.0
+                prompt = count_message_tokens(item.prompt.messages, item.teacher.model)
+                estimate = cost_usd(price, prompt, int(expected)) or 0.0
+                if not await self.budget.reserve(estimate):
+                    return None
             try:
-                return await teacher.client.complete(item.prompt.messages)
+                outcome = await teacher.client.complete(item.prompt.messages)
             except TeacherUnusable as exc:
                 self.fatal = self.fatal or exc
+                if self.budget is not None:
+                    self.budget.settle(estimate, 0.0)
                 return None
+            if self.budget is not None:
+                done = outcome.completion
+                actual = (
+                    cost_usd(price, done.prompt_tokens, done.completion_tokens, done.cached_tokens)
+                    if done is not None
+                    else None
+                )
+                self.budget.settle(estimate, actual or 0.0)
+            return outcome
 
 
 @dataclass

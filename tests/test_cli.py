@@ -169,3 +169,18 @@ def test_lineage_and_catalog_commands(
     con = duckdb.connect(str(database), read_only=True)
     teachers = con.execute("SELECT teacher_name, samples, cost_usd > 0 FROM teachers").fetchall()
     assert teachers == [("t0", 3, True)]
+
+
+def test_plan_estimates_tokens_cost_and_time(tmp_path: Path) -> None:
+    config = write_job(tmp_path, "http://127.0.0.1:9", prompts=30)
+    text = config.read_text().replace(
+        "    max_attempts: 2", "    max_attempts: 2\n    limits: {rpm: 60, tpm: 1000000}"
+    )
+    config.write_text(text + "budget_usd: 5\n")
+    result = cli("plan", str(config))
+    assert result.returncode == 0, result.stderr
+    # 30 requests at 60 rpm bind before 1M tpm: 30 s at full use.
+    assert "30s" in result.stdout and "rpm" in result.stdout
+    assert "9,000" in result.stdout  # 30 x max_tokens 300
+    assert "total: $0.00" in result.stdout and "budget_usd: 5" in result.stdout
+    assert not (tmp_path / "out").exists()  # a plan writes nothing

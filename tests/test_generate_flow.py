@@ -87,3 +87,20 @@ def test_failed_requests_become_failure_rows(prefect_api: str, tmp_path: Path) -
         .fetchall()
     )
     assert rows == [("connection_error", 2, f"p{i}") for i in range(3)]
+
+
+def test_budget_stops_sending_before_overshooting(
+    prefect_api: str, emulator: RunningEmulator, tmp_path: Path
+) -> None:
+    # gpt-4o-mini: ~$0.0002 per answer here; $0.002 buys about ten of 40 prompts.
+    job = load_config(write_job(tmp_path, emulator.url, prompts=40, extra="budget_usd: 0.002"))
+    summary = asyncio.run(generate(job=job, run_id="budget"))
+    assert summary.status == "budget_reached"
+    assert 0 < summary.samples < 40
+    # Overshoot bounded by what was in flight (concurrency 8) times one answer's cost.
+    per_answer = summary.cost_usd / summary.samples
+    assert summary.cost_usd <= 0.002 + 8 * per_answer
+    assert emulator.stats()["served_ok"] == summary.samples
+    # Resuming with the same budget sends nothing more: the earlier spend counts.
+    again = asyncio.run(generate(job=job, run_id="budget"))
+    assert again.samples == 0 and again.status == "budget_reached"

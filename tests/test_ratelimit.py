@@ -134,3 +134,23 @@ def test_concurrency_cap_holds_under_load(cap: int, requests: int) -> None:
     asyncio.run(scenario())
     assert 1 <= peak <= cap
     assert limiter.concurrency.in_flight == 0
+
+
+def test_budget_waits_for_reservations_then_stops() -> None:
+    from distillery.generators.budget import Budget
+
+    async def scenario() -> None:
+        budget = Budget(1.0)
+        assert await budget.reserve(0.4) and await budget.reserve(0.4)
+        waiting = asyncio.create_task(budget.reserve(0.4))
+        await asyncio.sleep(0)
+        assert not waiting.done()  # only the reservations stand in the way: wait
+        budget.settle(0.4, 0.1)  # an answer came in cheaper than estimated
+        assert await waiting
+        budget.settle(0.4, 0.4)
+        budget.settle(0.4, 0.4)
+        assert budget.spent_usd == pytest.approx(0.9)
+        assert not await budget.reserve(0.2)  # spent + estimate over the cap: done
+        assert budget.exhausted and not await budget.reserve(0.01)
+
+    asyncio.run(scenario())
