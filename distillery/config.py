@@ -60,6 +60,17 @@ class LimitsConfig(_Strict):
     window_s: float = Field(
         default=60.0, gt=0, description="The provider's window; only emulators compress it."
     )
+    shared: bool = Field(
+        default=False,
+        description="Share these limits across every worker process of the run (through the "
+        "Prefect server), for runs spread over several processes or machines.",
+    )
+
+    @model_validator(mode="after")
+    def _shared_needs_limits(self) -> LimitsConfig:
+        if self.shared and self.rpm is None and self.tpm is None:
+            raise ValueError("shared limits need rpm and/or tpm (they cannot be discovered)")
+        return self
 
 
 class TeacherConfig(_Strict):

@@ -25,6 +25,7 @@ from distillery import __version__
 from distillery.config import JobConfig
 from distillery.errors import FatalRunError
 from distillery.flows.progress import STOP, get_listener
+from distillery.flows.shared_limits import shared_limits_for
 from distillery.generators.batch import TeacherPool, WorkItem, plan_work, run_batch
 from distillery.generators.budget import Budget
 from distillery.generators.prompts import load_prompts, template_hash
@@ -197,8 +198,9 @@ async def generate(job: JobConfig, run_id: str, config_path: str | None = None) 
             spent = sum(float(c or 0.0) for c in read_column(output, "samples", run_id, "cost_usd"))
             budget = Budget(job.budget_usd, spent)
         prices = {name: facts.price for name, facts in ctx.teachers.items()}
+        shared = {t.name: await shared_limits_for(t) for t in job.teachers if t.limits.shared}
         async with TeacherPool(
-            job, stop=lambda: STOP.requested, prices=prices, budget=budget
+            job, stop=lambda: STOP.requested, prices=prices, budget=budget, shared=shared
         ) as pool:
             gate = asyncio.Semaphore(job.max_batches_in_flight)
 

@@ -23,7 +23,7 @@ from distillery.generators.http import make_http_client
 from distillery.generators.pricing import PriceEntry, cost_usd
 from distillery.generators.prompts import Prompt
 from distillery.generators.providers.registry import get_provider
-from distillery.generators.ratelimit import Limiter, Limits
+from distillery.generators.ratelimit import Limiter, Limits, SharedLimits
 from distillery.generators.records import RunContext, failure_row, sample_id_for, sample_row
 from distillery.generators.tokens import count_message_tokens
 
@@ -75,6 +75,7 @@ class TeacherPool:
         stop: Callable[[], bool] = lambda: False,
         prices: dict[str, PriceEntry | None] | None = None,
         budget: Budget | None = None,
+        shared: dict[str, SharedLimits] | None = None,
     ) -> None:
         self._stop = stop
         self._prices = prices or {}
@@ -86,6 +87,7 @@ class TeacherPool:
                 Limits(teacher.limits.rpm, teacher.limits.tpm, teacher.limits.window_s),
                 teacher.concurrency,
                 teacher.params.max_tokens,
+                shared=(shared or {}).get(teacher.name),
             )
             client = TeacherClient(teacher, get_provider(teacher.provider), http, limiter)
             self._teachers[teacher.name] = _Teacher(

@@ -26,7 +26,7 @@ import asyncio
 import math
 import time
 from collections import deque
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 
 
@@ -108,6 +108,44 @@ class AdaptiveConcurrency:
         self.limit = max(float(self.floor), self.limit * self.decrease)
 
 
+LeaseSource = Callable[[str, int], Awaitable[None]]
+
+
+class LeaseGate:
+    """Local credit drawn in blocks from a limit shared by every worker of a run.
+
+    A shared limit that holds across processes and machines (Prefect's global rate limits) costs
+    a server round trip per acquisition, so workers lease a *block* at a time and spend it
+    locally. Credit is corrected when a reservation settles (negative when an answer used more
+    tokens than reserved), so over time a worker spends exactly what it leased.
+    """
+
+    def __init__(self, name: str, block: int, source: LeaseSource) -> None:
+        self.name = name
+        self.block = max(1, block)
+        self.credit = 0.0
+        self._source = source
+        self.leases = 0
+
+    async def take(self, amount: float) -> None:
+        while self.credit < amount:
+            await self._source(self.name, self.block)
+            self.credit += self.block
+            self.leases += 1
+        self.credit -= amount
+
+    def refund(self, amount: float) -> None:
+        self.credit += amount
+
+
+@dataclass(frozen=True)
+class SharedLimits:
+    """The lease gates of one teacher's shared limits (either may be absent)."""
+
+    requests: LeaseGate | None = None
+    tokens: LeaseGate | None = None
+
+
 @dataclass
 class Ticket:
     """One admitted attempt: what it reserved, to settle afterwards."""
@@ -135,8 +173,10 @@ class Limiter:
         concurrency: int,
         expected_completion_tokens: int | None = None,
         clock: Callable[[], float] | None = None,
+        shared: SharedLimits | None = None,
     ) -> None:
         self.limits = limits
+        self.shared = shared or SharedLimits()
         self._clock = clock or time.monotonic
         self.requests = self._window(limits.rpm)
         self.tokens = self._window(limits.tpm)
@@ -183,6 +223,11 @@ class Limiter:
                     await self._slot_freed.wait()
                 else:
                     break
+            if self.shared.requests is not None:
+                await self.shared.requests.take(1)
+            if self.shared.tokens is not None:
+                await self.shared.tokens.take(tokens)
+            now = self._clock()
             if self.requests is not None:
                 self.requests.admit(1, now)
             entry = self.tokens.admit(tokens, now) if self.tokens is not None else None
@@ -210,6 +255,8 @@ class Limiter:
         self.concurrency.in_flight -= 1
         if ticket.tokens_entry is not None and self.tokens is not None and usage_tokens is not None:
             self.tokens.correct(ticket.tokens_entry, usage_tokens, now)
+        if self.shared.tokens is not None and usage_tokens is not None:
+            self.shared.tokens.refund(ticket.reserved_tokens - usage_tokens)
         if completion_tokens is not None:
             previous = self._completion_avg
             self._completion_avg = (

@@ -154,3 +154,39 @@ def test_budget_waits_for_reservations_then_stops() -> None:
         assert budget.exhausted and not await budget.reserve(0.01)
 
     asyncio.run(scenario())
+
+
+def test_lease_gate_leases_blocks_and_settles_credit() -> None:
+    from distillery.generators.ratelimit import LeaseGate
+
+    leased: list[tuple[str, int]] = []
+
+    async def source(name: str, slots: int) -> None:
+        leased.append((name, slots))
+
+    async def scenario() -> None:
+        gate = LeaseGate("shared-tokens", 100, source)
+        await gate.take(30)
+        await gate.take(30)
+        assert leased == [("shared-tokens", 100)] and gate.credit == 40
+        await gate.take(150)  # needs two more blocks
+        assert len(leased) == 3 and gate.credit == pytest.approx(90)
+        gate.refund(-120)  # an answer used 120 more tokens than reserved
+        await gate.take(1)
+        assert len(leased) == 4 and gate.credit == pytest.approx(69)
+
+    asyncio.run(scenario())
+
+
+def test_shared_limit_sizing_never_exceeds_the_allowance() -> None:
+    from distillery.flows.shared_limits import _sizing
+
+    for per_minute, window in [(60, 60), (1200, 6), (30_000, 60), (2_000_000, 60), (5, 60)]:
+        block, capacity, decay = _sizing(per_minute, window)
+        allowance = per_minute * window / 60
+        assert 1 <= block <= capacity
+        if allowance > capacity + 1:
+            # The most a decaying bucket lets through in one window stays within it ...
+            assert capacity + decay * window <= allowance + 1e-6
+            # ... while using most of it.
+            assert capacity + decay * window >= 0.95 * allowance
