@@ -24,6 +24,7 @@ from pydantic import BaseModel, Field
 from distillery import __version__
 from distillery.config import JobConfig
 from distillery.errors import FatalRunError
+from distillery.flows.artifacts import Progress, publish_run_artifacts
 from distillery.flows.progress import STOP, get_listener
 from distillery.flows.shared_limits import shared_limits_for
 from distillery.generators.batch import TeacherPool, WorkItem, plan_work, run_batch
@@ -107,12 +108,16 @@ async def generate_batch(
     spool.discard()
     elapsed = time.perf_counter() - started
     by_class = Counter(str(row["error_class"]) for row in rows.failures)
+    rate_limited = sum(
+        list(row["attempt_statuses"]).count("429") for row in (*rows.samples, *rows.failures)
+    )
     logger.info(
-        "batch %d: %d samples, %d failures, %d not sent in %.1fs (%.1f req/s)",
+        "batch %d: %d samples, %d failures, %d not sent, %d answered 429 in %.1fs (%.1f req/s)",
         index,
         len(rows.samples),
         len(rows.failures),
         rows.not_sent,
+        rate_limited,
         elapsed,
         (len(rows.samples) + len(rows.failures)) / elapsed if elapsed > 0 else 0.0,
     )
@@ -178,6 +183,8 @@ async def generate(job: JobConfig, run_id: str, config_path: str | None = None) 
         teachers=teacher_facts(job),
     )
     batches = _batches(plan, job.batch_size)
+    progress = Progress(job.name, planned)
+    await progress.start()
     first_part = max(
         next_part_number(partition_dir(output, table, run_id)) for table in ("samples", "failures")
     )
@@ -207,11 +214,11 @@ async def generate(job: JobConfig, run_id: str, config_path: str | None = None) 
             async def one(index: int, items: list[WorkItem]) -> None:
                 async with gate:
                     if not pool.halted:
-                        results.append(
-                            await generate_batch(
-                                index, items, pool, ctx, output, first_part + index
-                            )
+                        result = await generate_batch(
+                            index, items, pool, ctx, output, first_part + index
                         )
+                        results.append(result)
+                        await progress.advance(len(items))
 
             await asyncio.gather(*(one(i, items) for i, items in enumerate(batches)))
             if pool.fatal is not None:
@@ -237,6 +244,7 @@ async def generate(job: JobConfig, run_id: str, config_path: str | None = None) 
         _fold(summary, results)
         summary.elapsed_s = time.perf_counter() - clock
         _write_run_record(output, summary, job, config_path, started_at)
+    await publish_run_artifacts(output, job.name, run_id)
     return summary
 
 

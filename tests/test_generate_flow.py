@@ -1,7 +1,9 @@
 """The generate flow for real: a Prefect server, the emulator over loopback, Parquet, DuckDB."""
 
 import asyncio
+import json
 from pathlib import Path
+from uuid import UUID
 
 import pytest
 
@@ -59,6 +61,26 @@ def test_flow_end_to_end_then_rerun_adds_nothing(
     ]
     runs = con.execute("SELECT run_id, invocations, samples, status FROM runs").fetchall()
     assert runs == [("r1", 2, 24, "completed")]
+    artifacts = asyncio.run(_artifacts(summary.flow_run_id))
+    table = json.loads(str(artifacts["test-job-teachers"]))
+    assert [(row["teacher"], row["samples"]) for row in table] == [("t0", 12), ("t1", 12)]
+    card = str(artifacts["test-job-card"])
+    assert "gpt-4o-mini-" in card and "openai-no-competing-models" in card
+    assert float(str(artifacts["test-job-progress"])) == 100.0
+
+
+async def _artifacts(flow_run_id: str | None) -> dict[str, object]:
+    """The latest artifact of each key the first invocation's flow run created."""
+    from prefect import get_client
+    from prefect.client.schemas.filters import ArtifactFilter, ArtifactFilterFlowRunId
+
+    async with get_client() as client:
+        found = await client.read_artifacts(
+            artifact_filter=ArtifactFilter(
+                flow_run_id=ArtifactFilterFlowRunId(any_=[UUID(str(flow_run_id))])
+            )
+        )
+    return {str(a.key): a.data for a in found}
 
 
 def test_wrong_key_stops_the_run_naming_the_variable(prefect_api: str, tmp_path: Path) -> None:
