@@ -389,7 +389,7 @@ def compact(
     data: Annotated[Path, typer.Option("--data", "-d", help="Dataset directory.")] = Path("out"),
     target_rows: Annotated[
         int, typer.Option(min=1, help="Rows per merged shard (BENCHMARKS.md: shard sizing).")
-    ] = 100_000,
+    ] = 50_000,
 ) -> None:
     """Merge small shards of every run into larger ones, atomically."""
     from distillery.storage.compact import compact as compact_output

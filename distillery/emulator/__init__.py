@@ -6,7 +6,9 @@ and ``GET /_emulator/stats`` reports what the server actually saw, the ground tr
 client's accounting. Formats live in :mod:`.formats`: OpenAI Chat Completions, Anthropic
 Messages and Gemini generateContent, all on one port. With ``fault_rate`` > 0 a share of the
 requests gets a fault real APIs send (:mod:`.faults`): rate limits, 5xx, hangs, resets,
-truncated or malformed bodies, flagged answers.
+truncated or malformed bodies, flagged answers. With ``rpm``, ``tpm`` or ``max_concurrency`` set,
+the server enforces them over a sliding window (:mod:`.limits`) and refuses what exceeds them
+with each provider's own 429, headers and retry hint.
 """
 
 from distillery.emulator.options import EmulatorOptions

@@ -21,6 +21,12 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--fault-rate", type=float, default=0.0, help="share of faulted requests")
     parser.add_argument("--faults", default=None, help="comma-separated names (default: all)")
     parser.add_argument("--hang-s", type=float, default=600.0, help="hang of the timeout fault")
+    parser.add_argument("--rpm", type=int, default=None, help="enforced requests per minute")
+    parser.add_argument("--tpm", type=int, default=None, help="enforced tokens per minute")
+    parser.add_argument("--max-concurrency", type=int, default=None, help="enforced in flight")
+    parser.add_argument(
+        "--window-s", type=float, default=60.0, help="sliding window of --rpm/--tpm (seconds)"
+    )
     args = parser.parse_args(argv)
     extra = {} if args.faults is None else {"faults": args.faults}
     try:
@@ -30,6 +36,10 @@ def main(argv: list[str] | None = None) -> None:
             require_key=args.require_key,
             fault_rate=args.fault_rate,
             hang_s=args.hang_s,
+            rpm=args.rpm,
+            tpm=args.tpm,
+            max_concurrency=args.max_concurrency,
+            window_s=args.window_s,
             **extra,
         )
     except ValidationError as exc:

@@ -71,14 +71,20 @@ def request_key(chat: ChatRequest, seed: int) -> bytes:
     return f"{seed}\x00{chat.seed}\x00{chat.model}\x00{messages}".encode()
 
 
-def complete(chat: ChatRequest, seed: int) -> Answer:
-    """Answer ``chat`` under the emulator-wide ``seed``, cut to ``max_tokens`` if it is set."""
+def complete(chat: ChatRequest, seed: int, prompt_tokens: int | None = None) -> Answer:
+    """Answer ``chat`` under the emulator-wide ``seed``, cut to ``max_tokens`` if it is set.
+
+    ``prompt_tokens``, if the caller counted them already (the rate limiter does), saves
+    counting them again.
+    """
     prompt = "\n".join(m.get("content", "") for m in chat.messages if m.get("role") != "assistant")
     text = answer_text.generate(request_key(chat, seed), prompt)
+    if prompt_tokens is None:
+        prompt_tokens = count_message_tokens(chat.messages, chat.model)
     answer = Answer(
         text=text,
         finish=Finish.STOP,
-        prompt_tokens=count_message_tokens(chat.messages, chat.model),
+        prompt_tokens=prompt_tokens,
         completion_tokens=count_tokens(text, chat.model),
     )
     if chat.max_tokens is not None and answer.completion_tokens > chat.max_tokens:

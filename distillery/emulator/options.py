@@ -2,9 +2,10 @@
 
 from __future__ import annotations
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationInfo, field_validator
 
 from distillery.emulator.faults import FAULT_NAMES, unknown_faults
+from distillery.emulator.limits import SECONDS_PER_MINUTE, token_allowance
 
 
 class EmulatorOptions(BaseModel):
@@ -27,6 +28,19 @@ class EmulatorOptions(BaseModel):
     faults: list[str] = Field(default_factory=lambda: list(FAULT_NAMES), min_length=1)
     #: How long the ``timeout`` fault holds a request before closing the connection unanswered.
     hang_s: float = Field(default=600.0, ge=0.0)
+    #: Enforced limits (:mod:`.limits`); None: unlimited. Requests and tokens per minute, over a
+    #: sliding window of ``window_s`` seconds that they scale with (``rpm=1200, window_s=6``
+    #: admits 120 requests in any 6 s), and requests in flight at once.
+    rpm: int | None = Field(default=None, ge=1)
+    tpm: int | None = Field(default=None, ge=1)
+    max_concurrency: int | None = Field(default=None, ge=1)
+    #: Length of the sliding window; shorter than a minute compresses it for tests and benches.
+    window_s: float = Field(default=SECONDS_PER_MINUTE, gt=0.0)
+
+    @property
+    def limited(self) -> bool:
+        """Whether any limit is enforced (without one, the server does no limit work at all)."""
+        return self.rpm is not None or self.tpm is not None or self.max_concurrency is not None
 
     @field_validator("faults", mode="before")
     @classmethod
@@ -43,4 +57,16 @@ class EmulatorOptions(BaseModel):
         if unknown:
             names = ", ".join(repr(name) for name in unknown)
             raise ValueError(f"unknown fault {names}; valid faults: {', '.join(FAULT_NAMES)}")
+        return value
+
+    @field_validator("window_s")
+    @classmethod
+    def _window_fits_a_token(cls, value: float, info: ValidationInfo) -> float:
+        """A token allowance under one token per window would refuse every request."""
+        tpm = info.data.get("tpm")
+        if isinstance(tpm, int) and token_allowance(tpm, value) < 1:
+            raise ValueError(
+                f"tpm {tpm} over a {value:g} s window allows less than one token; "
+                "use a longer window or a higher tpm"
+            )
         return value

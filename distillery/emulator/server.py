@@ -4,10 +4,14 @@ Per request the server checks the key, reads the body, waits the configured late
 and counts. Everything else is the wire format's business (:mod:`.formats`). No middleware and
 no access log: at thousands of requests a second each is a measurable share of the CPU.
 
-With ``fault_rate`` > 0, a valid request may instead get a fault (:mod:`.faults`): the format
-renders HTTP errors and flagged answers, :mod:`.transport` the rest. Invalid requests (bad key,
-bad body) are refused as usual first, as a real API does before its rate limiter or model.
-With ``fault_rate`` 0 no fault code runs at all.
+The order is: key → body → limits → faults → answer. Invalid requests (bad key, bad body) are
+refused first, as a real API does before its rate limiter or model. With ``rpm``, ``tpm`` or
+``max_concurrency`` set, a valid request then goes through the limits (:mod:`.limits`): a
+refused one gets its format's 429 at once (no latency) and is counted in ``rate_limited``; an
+admitted one counts against the window and in flight, whatever follows. With ``fault_rate`` > 0,
+an admitted request may instead get a fault (:mod:`.faults`): the format renders HTTP errors and
+flagged answers, :mod:`.transport` the rest. Without limits no limit code runs, and with
+``fault_rate`` 0 no fault code runs at all.
 """
 
 from __future__ import annotations
@@ -16,6 +20,7 @@ import asyncio
 import random
 import time
 from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
 
 from aiohttp import web
 
@@ -26,9 +31,11 @@ from distillery.emulator.formats.anthropic import AnthropicFormat
 from distillery.emulator.formats.base import ApiError, Problem, Served, WireFormat
 from distillery.emulator.formats.gemini import GeminiFormat
 from distillery.emulator.formats.openai import OpenAIFormat
+from distillery.emulator.limits import Limiter
 from distillery.emulator.options import EmulatorOptions
 from distillery.emulator.stats import Stats
 from distillery.emulator.window import UsageWindow
+from distillery.generators.tokens import count_message_tokens
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
@@ -42,8 +49,20 @@ class EmulatorState:
 
     def __init__(self, options: EmulatorOptions) -> None:
         self.options = options
-        self.stats = Stats()
+        self.stats = Stats(track_in_flight=options.limited)
         self.window = UsageWindow()
+        # None without limits: the request path then does no limit work at all.
+        self.limiter = (
+            Limiter(
+                rpm=options.rpm,
+                tpm=options.tpm,
+                max_concurrency=options.max_concurrency,
+                window_s=options.window_s,
+                latency_ms=options.latency_ms,
+            )
+            if options.limited
+            else None
+        )
         # Jitter only; seeded so a single-client run has reproducible timings too.
         self._jitter = random.Random(options.seed)
         # One stream of fault draws for all formats; None keeps the fault-free path free of it.
@@ -60,9 +79,43 @@ class EmulatorState:
             await asyncio.sleep(mean * (0.5 + self._jitter.random()) / 1000)
 
     def reset(self) -> None:
-        """Zero the stats and the usage window."""
+        """Zero the stats and the usage window, and empty the limits' window.
+
+        Requests still in flight stay counted in flight (they still hold their slots).
+        """
         self.stats.reset()
         self.window.clear()
+        limiter = self.limiter
+        if limiter is not None:
+            if limiter.window is not None:
+                limiter.window.clear()
+            self.stats.max_in_flight = limiter.in_flight
+
+
+@dataclass(frozen=True, slots=True)
+class Charge:
+    """What the limits charged an admitted request, and the work done to know it.
+
+    ``tokens`` is the charge (0 without a token limit); ``prompt_tokens`` or the whole ``answer``
+    were computed for it and are reused to answer.
+    """
+
+    tokens: int = 0
+    prompt_tokens: int | None = None
+    answer: Answer | None = None
+
+
+NO_CHARGE = Charge()
+
+
+def charge(chat: ChatRequest, seed: int) -> Charge:
+    """The tokens a request counts against a token limit: prompt plus ``max_tokens``, or, with
+    no ``max_tokens``, prompt plus the completion it will get (see :mod:`.limits`)."""
+    if chat.max_tokens is not None:
+        prompt_tokens = count_message_tokens(chat.messages, chat.model)
+        return Charge(prompt_tokens + chat.max_tokens, prompt_tokens)
+    answer = complete(chat, seed)
+    return Charge(answer.prompt_tokens + answer.completion_tokens, answer=answer)
 
 
 STATE = web.AppKey("distillery_emulator_state", EmulatorState)
@@ -83,22 +136,28 @@ def _api_handler(state: EmulatorState, fmt: WireFormat) -> Handler:
     stats, window, options = state.stats, state.window, state.options
     required = options.require_key
     picker = state.picker
+    limiter = state.limiter
 
     async def produce(
-        chat: ChatRequest, started: float, fault: Fault | None = None
+        chat: ChatRequest, started: float, fault: Fault | None = None, paid: Charge = NO_CHARGE
     ) -> tuple[web.Response, Answer]:
         """Generate, count in the usage window and render an answer (flagged by ``fault``)."""
         await state.delay()
-        answer = complete(chat, options.seed)
+        answer = paid.answer or complete(chat, options.seed, paid.prompt_tokens)
         if fault is not None:
             answer = flag(answer, fault, chat)
         now = time.monotonic()
         window.add(now, answer.prompt_tokens + answer.completion_tokens)
-        served = Served(window.quota(now), int((now - started) * 1000))
+        quota = window.quota(now) if limiter is None else limiter.quota(now, paid.tokens, window)
+        served = Served(quota, int((now - started) * 1000))
         return fmt.render(chat, answer, served), answer
 
     async def inject(
-        fault: Fault, request: web.Request, chat: ChatRequest, started: float
+        fault: Fault,
+        request: web.Request,
+        chat: ChatRequest,
+        started: float,
+        paid: Charge = NO_CHARGE,
     ) -> web.StreamResponse:
         """Answer with ``fault`` and count it; see :mod:`.stats` for what lands where."""
         stats.injected(fault.value)
@@ -107,7 +166,7 @@ def _api_handler(state: EmulatorState, fmt: WireFormat) -> Handler:
                 await state.delay()
             response = fmt.fault(fault, chat)
         elif fault in FLAGGED:
-            response, answer = await produce(chat, started, fault)
+            response, answer = await produce(chat, started, fault, paid)
             stats.flagged(answer.prompt_tokens, answer.completion_tokens)
         elif fault is Fault.TIMEOUT:
             stats.answered(fault.value)
@@ -117,13 +176,40 @@ def _api_handler(state: EmulatorState, fmt: WireFormat) -> Handler:
             stats.answered(fault.value)
             return transport.reset(request)
         else:
-            response, _ = await produce(chat, started)
+            response, _ = await produce(chat, started, paid=paid)
             if fault is Fault.TRUNCATE:
                 stats.answered(fault.value)
                 return await transport.truncate(request, response)
             response = transport.malformed(response)
         stats.answered(response.status)
         return response
+
+    async def limited(
+        request: web.Request, chat: ChatRequest, started: float, limiter: Limiter
+    ) -> web.StreamResponse:
+        """Admit ``chat`` through the limits, then fault or answer it; or send the 429."""
+        now = time.monotonic()
+        paid = NO_CHARGE
+        refusal = limiter.crowded(now, window)
+        if refusal is None:
+            paid = charge(chat, options.seed) if limiter.counts_tokens else NO_CHARGE
+            refusal = limiter.admit(now, paid.tokens, window)
+        if refusal is not None:
+            stats.refused()
+            response = fmt.limited(refusal, chat)
+            stats.answered(response.status)
+            return response
+        if stats.max_in_flight is not None and limiter.in_flight > stats.max_in_flight:
+            stats.max_in_flight = limiter.in_flight
+        try:
+            if picker is not None and (fault := picker.pick()) is not None:
+                return await inject(fault, request, chat, started, paid)
+            response, answer = await produce(chat, started, paid=paid)
+            stats.served(answer.prompt_tokens, answer.completion_tokens)
+            stats.answered(response.status)
+            return response
+        finally:
+            limiter.release()
 
     async def handle(request: web.Request) -> web.StreamResponse:
         started = time.monotonic()
@@ -141,6 +227,8 @@ def _api_handler(state: EmulatorState, fmt: WireFormat) -> Handler:
                     413, Problem.BODY_TOO_LARGE, f"Request body over {MAX_BODY_BYTES} bytes."
                 ) from None
             chat = fmt.parse(request, body)
+            if limiter is not None:
+                return await limited(request, chat, started, limiter)
             if picker is not None and (fault := picker.pick()) is not None:
                 return await inject(fault, request, chat, started)
             response, answer = await produce(chat, started)

@@ -12,6 +12,11 @@ successes flagged by a fault (length, content-filter, empty, refusal); ``prompt_
 ``completion_tokens`` sum the usage those two reported, i.e. what the client can reconcile.
 Answers lost to ``truncate`` or ``malformed-json`` were generated (a real provider bills them)
 but are not in the token totals; ``faults`` counts every injection by name.
+
+With limits configured (:mod:`.limits`), ``rate_limited`` counts the requests they refused
+(429s, also in ``by_status``; never in ``faults``, which are injected) and ``max_in_flight`` is
+the most requests in flight at once, admitted and not yet answered. Without limits the server
+does no limit work, so ``rate_limited`` stays 0 and ``max_in_flight`` is None (not tracked).
 """
 
 from __future__ import annotations
@@ -29,8 +34,11 @@ class Stats:
     completion_tokens: int
     first_request_at: float | None
     last_request_at: float | None
+    rate_limited: int
+    max_in_flight: int | None
 
-    def __init__(self) -> None:
+    def __init__(self, track_in_flight: bool = False) -> None:
+        self._track_in_flight = track_in_flight
         self.reset()
 
     def reset(self) -> None:
@@ -44,6 +52,8 @@ class Stats:
         self.completion_tokens = 0
         self.first_request_at = None
         self.last_request_at = None
+        self.rate_limited = 0
+        self.max_in_flight = 0 if self._track_in_flight else None
 
     def received(self, now: float) -> None:
         """An API request arrived at ``now`` (unix seconds), whatever becomes of it."""
@@ -72,6 +82,10 @@ class Stats:
         self.prompt_tokens += prompt_tokens
         self.completion_tokens += completion_tokens
 
+    def refused(self) -> None:
+        """The configured limits refused a request (its status is counted by :meth:`answered`)."""
+        self.rate_limited += 1
+
     def snapshot(self) -> dict[str, object]:
         """A JSON-ready copy (status codes as strings, as JSON object keys must be).
 
@@ -87,6 +101,8 @@ class Stats:
             "completion_tokens": self.completion_tokens,
             "first_request_at": self.first_request_at,
             "last_request_at": self.last_request_at,
+            "rate_limited": self.rate_limited,
+            "max_in_flight": self.max_in_flight,
         }
 
 

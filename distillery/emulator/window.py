@@ -1,5 +1,8 @@
 """What was served in the last minute, for the rate-limit headers every success carries.
 
+Without configured limits these headers report nominal, generous limits; with them, the
+limited dimensions are reported by :mod:`.limits`, which also enforces them.
+
 Per-second buckets in a ring keep each update O(1) and allocation-free, which matters at
 thousands of requests a second; the window is therefore exact to the second, which is finer
 than any client's use of these headers.
@@ -9,9 +12,11 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-# Reported when no limit is configured: generous, like a high usage tier.
-NOMINAL_REQUESTS_PER_MINUTE = 10_000
-NOMINAL_TOKENS_PER_MINUTE = 30_000_000
+# Reported when no limit is configured. Clients pace by these headers, so they must be far
+# above anything the emulator can serve (~1,500 req/s per process), or an unlimited emulator
+# would announce limits it never enforces and throttle every client that believes it.
+NOMINAL_REQUESTS_PER_MINUTE = 10_000_000
+NOMINAL_TOKENS_PER_MINUTE = 10_000_000_000
 WINDOW_SECONDS = 60
 
 

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import datetime as dt
 import json
+import math
 import random
 import string
 import time
@@ -23,7 +24,9 @@ from distillery.emulator import faults
 from distillery.emulator.completion import Answer, ChatRequest, Finish
 from distillery.emulator.faults import Fault
 from distillery.emulator.formats.base import LOADING_BODY, ApiError, Problem, Served, json_response
+from distillery.emulator.limits import Refusal, Refused
 from distillery.emulator.snapshots import is_dated, snapshot_date
+from distillery.emulator.window import Quota
 
 _ALNUM = string.ascii_letters + string.digits
 _ids = random.Random()  # ids need uniqueness, not secrecy
@@ -69,6 +72,12 @@ _RATE_LIMITED = (
     "per minute. For details, refer to: https://docs.claude.com/en/api/rate-limits. You can "
     "see the response headers for current usage. Please reduce the prompt length or the "
     "maximum tokens requested, or try again later."
+)
+_RATE_LIMITS_URL = "https://docs.claude.com/en/api/rate-limits"
+_CONCURRENCY = (
+    "Number of concurrent connections has exceeded your rate limit. Please try again later or "
+    "contact sales at https://www.anthropic.com/contact-sales to discuss your options for a "
+    "rate limit increase."
 )
 _SPEND_LIMIT_CODE = "enforced_spend_limit_reached"
 # (status, error type, message) of the 5xx faults.
@@ -197,22 +206,7 @@ class AnthropicFormat:
                 "output_tokens": answer.completion_tokens,
             },
         }
-        quota, now = served.quota, time.time()
-        requests_reset = rfc3339(now + quota.reset_requests_s)
-        tokens_reset = rfc3339(now + quota.reset_tokens_s)
-        # Token budgets are reported rounded down to thousands, as the real headers are. The
-        # emulator keeps one token budget, so input, output and total report the same numbers.
-        tokens_left = str(quota.remaining_tokens // 1000 * 1000)
-        headers = {
-            "request-id": _request_id(),
-            "anthropic-ratelimit-requests-limit": str(quota.limit_requests),
-            "anthropic-ratelimit-requests-remaining": str(quota.remaining_requests),
-            "anthropic-ratelimit-requests-reset": requests_reset,
-        }
-        for kind in ("tokens", "input-tokens", "output-tokens"):
-            headers[f"anthropic-ratelimit-{kind}-limit"] = str(quota.limit_tokens)
-            headers[f"anthropic-ratelimit-{kind}-remaining"] = tokens_left
-            headers[f"anthropic-ratelimit-{kind}-reset"] = tokens_reset
+        headers = {"request-id": _request_id(), **_rate_limit_headers(served.quota)}
         return json_response(200, payload, headers)
 
     def error(self, error: ApiError, request: web.Request) -> web.Response:
@@ -241,6 +235,62 @@ class AnthropicFormat:
         if fault is Fault.NO_RETRY_5XX:
             response.headers["x-should-retry"] = "false"
         return response
+
+    def limited(self, refusal: Refusal, chat: ChatRequest) -> web.Response:
+        reason = refusal.reason
+        if reason is Refused.CONCURRENCY:
+            message = _CONCURRENCY
+        elif reason is Refused.REQUESTS:
+            message = (
+                "This request would exceed the rate limit for your organization of "
+                f"{refusal.limit:,} requests per minute. For details, refer to: "
+                f"{_RATE_LIMITS_URL}. You can see the response headers for current usage. "
+                "Please try again later."
+            )
+        else:
+            message = (
+                "This request would exceed the rate limit for your organization of "
+                f"{refusal.limit:,} tokens per minute. For details, refer to: {_RATE_LIMITS_URL}. "
+                "You can see the response headers for current usage. Please reduce the prompt "
+                "length or the maximum tokens requested, or try again later."
+            )
+        response = _error(429, "rate_limit_error", message)
+        if refusal.quota is not None:
+            response.headers.update(_rate_limit_headers(refusal.quota))
+        if refusal.retryable:
+            # Whole seconds, rounded up: a client waiting for it is never early.
+            response.headers["retry-after"] = str(refusal.wait_whole_s)
+        else:
+            # More tokens than a whole window allows: waiting cannot help (the SDKs obey this).
+            response.headers["x-should-retry"] = "false"
+        return response
+
+
+def _rate_limit_headers(quota: Quota) -> dict[str, str]:
+    """The ``anthropic-ratelimit-*`` headers of ``quota``.
+
+    Token budgets are reported rounded down to thousands, as the real headers are. The emulator
+    keeps one token budget, so input, output and total report the same numbers. Resets are
+    instants in whole seconds, rounded up so that waiting until one is never early.
+    """
+    now = time.time()
+    requests_reset = _reset_instant(now, quota.reset_requests_s)
+    tokens_reset = _reset_instant(now, quota.reset_tokens_s)
+    tokens_left = str(quota.remaining_tokens // 1000 * 1000)
+    headers = {
+        "anthropic-ratelimit-requests-limit": str(quota.limit_requests),
+        "anthropic-ratelimit-requests-remaining": str(quota.remaining_requests),
+        "anthropic-ratelimit-requests-reset": requests_reset,
+    }
+    for kind in ("tokens", "input-tokens", "output-tokens"):
+        headers[f"anthropic-ratelimit-{kind}-limit"] = str(quota.limit_tokens)
+        headers[f"anthropic-ratelimit-{kind}-remaining"] = tokens_left
+        headers[f"anthropic-ratelimit-{kind}-reset"] = tokens_reset
+    return headers
+
+
+def _reset_instant(now: float, reset_s: float) -> str:
+    return rfc3339(math.ceil(now + reset_s) if reset_s > 0 else now)
 
 
 def _next_month() -> dt.date:

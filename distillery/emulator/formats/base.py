@@ -1,9 +1,9 @@
 """What a wire format must provide, so the server can stay format-agnostic.
 
-The server owns everything common to every provider (auth check, latency, faults, stats, the
-usage window); a format owns only its request and response shapes, including how it words an
-injected fault. Adding a provider is a new module implementing :class:`WireFormat` plus one
-line in the server's format list.
+The server owns everything common to every provider (auth check, latency, limits, faults,
+stats, the usage window); a format owns only its request and response shapes, including how
+it words an injected fault or a refusal of the limits. Adding a provider is a new module
+implementing :class:`WireFormat` plus one line in the server's format list.
 """
 
 from __future__ import annotations
@@ -17,6 +17,7 @@ from aiohttp import web
 
 from distillery.emulator.completion import Answer, ChatRequest
 from distillery.emulator.faults import Fault
+from distillery.emulator.limits import Refusal
 from distillery.emulator.window import Quota
 
 # llama.cpp's answer while its model loads, whatever the endpoint: the OpenAI- and
@@ -104,6 +105,11 @@ class WireFormat(Protocol):
     def fault(self, fault: Fault, chat: ChatRequest) -> web.Response:
         """The error response of an HTTP-level injected fault (one of ``faults.HTTP_ERRORS``),
         with the status, headers and body this provider sends for it."""
+        ...
+
+    def limited(self, refusal: Refusal, chat: ChatRequest) -> web.Response:
+        """The 429 of a request the configured limits refused (:mod:`..limits`), with the
+        provider's own retry hint (exactly ``refusal``'s wait, rounded up) and headers."""
         ...
 
 

@@ -23,6 +23,7 @@ from distillery.emulator import faults
 from distillery.emulator.completion import Answer, ChatRequest, Finish
 from distillery.emulator.faults import Fault, proto_duration
 from distillery.emulator.formats.base import LOADING_BODY, ApiError, Problem, Served, json_response
+from distillery.emulator.limits import Refusal, Refused
 from distillery.emulator.snapshots import snapshot_date
 
 _ID_CHARS = string.ascii_letters + string.digits + "-_"
@@ -38,6 +39,11 @@ _QUOTA_MESSAGE = (
 )
 _PER_MINUTE = "GenerateRequestsPerMinutePerProjectPerModel"
 _PER_DAY = "GenerateRequestsPerDayPerProjectPerModel"
+_REQUESTS_METRIC = f"{_SERVICE}/generate_content_requests"
+_TOKENS_PER_MINUTE = "GenerateContentInputTokensPerModelPerMinute"
+_TOKENS_METRIC = f"{_SERVICE}/generate_content_input_token_count"
+# What the API says on a 429 that is not about a named quota (here: too many in flight).
+_EXHAUSTED = "Resource has been exhausted (e.g. check quota)."
 # Versions the real API reports for its aliases; 2.5 models report their own name.
 _VERSIONS = {
     "gemini-1.5-flash": "gemini-1.5-flash-002",
@@ -122,16 +128,22 @@ def _int_field(config: dict[str, Any], camel: str, snake: str) -> int | None:
     return value
 
 
-def _retry_details(quota_id: str, model: str, delay_s: float | None) -> list[dict[str, Any]]:
+def _retry_details(
+    quota_id: str,
+    model: str,
+    delay_s: float | None,
+    metric: str = _REQUESTS_METRIC,
+    value: int = 1000,
+) -> list[dict[str, Any]]:
     details: list[dict[str, Any]] = [
         {
             "@type": _TYPE + "QuotaFailure",
             "violations": [
                 {
-                    "quotaMetric": f"{_SERVICE}/generate_content_requests",
+                    "quotaMetric": metric,
                     "quotaId": quota_id,
                     "quotaDimensions": {"location": "global", "model": model},
-                    "quotaValue": "1000",
+                    "quotaValue": str(value),
                 }
             ],
         },
@@ -277,3 +289,33 @@ class GeminiFormat:
         if fault is Fault.NO_RETRY_5XX:
             response.headers["x-should-retry"] = "false"
         return response
+
+    def limited(self, refusal: Refusal, chat: ChatRequest) -> web.Response:
+        # No rate-limit headers and no Retry-After in this API: the wait is in RetryInfo.
+        reason = refusal.reason
+        delay = refusal.wait_ms / 1000 if refusal.retryable else None
+        if reason is Refused.CONCURRENCY:
+            assert delay is not None
+            retry = [{"@type": _TYPE + "RetryInfo", "retryDelay": proto_duration(delay)}]
+            return _error(429, "RESOURCE_EXHAUSTED", _EXHAUSTED, retry)
+        if reason is Refused.REQUESTS:
+            metric, quota_id = _REQUESTS_METRIC, _PER_MINUTE
+        else:
+            metric, quota_id = _TOKENS_METRIC, _TOKENS_PER_MINUTE
+        details = _retry_details(quota_id, chat.model, delay, metric, refusal.limit)
+        message = (
+            f"{_QUOTA_MESSAGE}\n* Quota exceeded for metric: {metric}, limit: {refusal.limit}, "
+            f"model: {chat.model}\n"
+        )
+        if delay is None:
+            # More tokens than a whole window allows: no RetryInfo, and a header the clients
+            # honour (as for the no-retry 5xx fault), since a per-minute quota reads retryable.
+            message += (
+                f"The request's {refusal.requested} tokens exceed the {refusal.allowance} a "
+                f"{refusal.window_s:g}s window admits; reduce the prompt or maxOutputTokens."
+            )
+            response = _error(429, "RESOURCE_EXHAUSTED", message, details)
+            response.headers["x-should-retry"] = "false"
+            return response
+        message += f"Please retry in {proto_duration(delay)}."
+        return _error(429, "RESOURCE_EXHAUSTED", message, details)

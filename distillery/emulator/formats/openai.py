@@ -20,7 +20,9 @@ from distillery.emulator import faults
 from distillery.emulator.completion import Answer, ChatRequest, Finish
 from distillery.emulator.faults import Fault
 from distillery.emulator.formats.base import LOADING_BODY, ApiError, Problem, Served, json_response
+from distillery.emulator.limits import Refusal, Refused
 from distillery.emulator.snapshots import is_dated, snapshot_date
+from distillery.emulator.window import Quota
 from distillery.generators.tokens import count_message_tokens
 
 OPENAI_VERSION = "2020-10-01"
@@ -71,6 +73,8 @@ _QUOTA = (
     "information on this error, read the docs: "
     "https://platform.openai.com/docs/guides/error-codes/api-errors."
 )
+_ORGANIZATION = "org-emulator"
+_RATE_LIMITS_URL = "https://platform.openai.com/account/rate-limits"
 _SERVER_ERROR = "The server had an error while processing your request. Sorry about that!"
 _OVERLOADED = "The server is overloaded or not ready yet."
 # (status, message, type, code) of the 5xx faults. 502 and 504 come from Cloudflare in front of
@@ -294,17 +298,11 @@ class OpenAIFormat:
             },
             "system_fingerprint": system_fingerprint(version),
         }
-        quota = served.quota
         headers = {
             "x-request-id": _request_id(),
             "openai-processing-ms": str(served.processing_ms),
             "openai-version": OPENAI_VERSION,
-            "x-ratelimit-limit-requests": str(quota.limit_requests),
-            "x-ratelimit-limit-tokens": str(quota.limit_tokens),
-            "x-ratelimit-remaining-requests": str(quota.remaining_requests),
-            "x-ratelimit-remaining-tokens": str(quota.remaining_tokens),
-            "x-ratelimit-reset-requests": go_duration(quota.reset_requests_s),
-            "x-ratelimit-reset-tokens": go_duration(quota.reset_tokens_s),
+            **_rate_limit_headers(served.quota),
         }
         return json_response(200, payload, headers)
 
@@ -340,10 +338,9 @@ class OpenAIFormat:
             wait = faults.RETRY_WAIT_S[fault] or faults.RETRY_AFTER_S
             requested = count_message_tokens(chat.messages, chat.model)
             message = (
-                f"Rate limit reached for {chat.model} in organization org-emulator on tokens per "
-                f"min (TPM): Limit 30000000, Used 30000000, Requested {requested}. Please try "
-                f"again in {go_duration(wait)}. Visit "
-                "https://platform.openai.com/account/rate-limits to learn more."
+                f"Rate limit reached for {chat.model} in organization {_ORGANIZATION} on tokens "
+                f"per min (TPM): Limit 30000000, Used 30000000, Requested {requested}. Please "
+                f"try again in {go_duration(wait)}. Visit {_RATE_LIMITS_URL} to learn more."
             )
             return json_response(
                 429, _error_body(message, "tokens", "rate_limit_exceeded"), headers
@@ -352,6 +349,55 @@ class OpenAIFormat:
         if fault is Fault.NO_RETRY_5XX:
             headers["x-should-retry"] = "false"
         return json_response(status, _error_body(message, kind, code), headers)
+
+    def limited(self, refusal: Refusal, chat: ChatRequest) -> web.Response:
+        headers = {"x-request-id": _request_id(), "openai-version": OPENAI_VERSION}
+        if refusal.quota is not None:
+            headers.update(_rate_limit_headers(refusal.quota))
+        reason = refusal.reason
+        where = f"for {chat.model} in organization {_ORGANIZATION}"
+        if reason is Refused.TOO_LARGE:
+            # Can never succeed: the provider's wording (clients fail it) and no hint.
+            message = (
+                f"Request too large {where} on tokens per {refusal.per} (TPM): Limit "
+                f"{refusal.allowance}, Requested {refusal.requested}. The input or output tokens "
+                f"must be reduced in order to run successfully. Visit {_RATE_LIMITS_URL} to "
+                "learn more."
+            )
+            headers["x-should-retry"] = "false"
+            return json_response(
+                429, _error_body(message, "tokens", "rate_limit_exceeded"), headers
+            )
+        wait = go_duration(refusal.wait_ms / 1000)
+        headers["retry-after-ms"] = str(refusal.wait_ms)
+        headers["retry-after"] = str(refusal.wait_whole_s)
+        if reason is Refused.CONCURRENCY:
+            kind = "requests"
+            message = (
+                f"Too many concurrent requests {where}: Limit {refusal.limit}, In flight "
+                f"{refusal.used}. Please try again in {wait}. Visit {_RATE_LIMITS_URL} to "
+                "learn more."
+            )
+        else:
+            kind = reason.value
+            short = "RPM" if reason is Refused.REQUESTS else "TPM"
+            message = (
+                f"Rate limit reached {where} on {kind} per {refusal.per} ({short}): Limit "
+                f"{refusal.allowance}, Used {refusal.used}, Requested {refusal.requested}. "
+                f"Please try again in {wait}. Visit {_RATE_LIMITS_URL} to learn more."
+            )
+        return json_response(429, _error_body(message, kind, "rate_limit_exceeded"), headers)
+
+
+def _rate_limit_headers(quota: Quota) -> dict[str, str]:
+    return {
+        "x-ratelimit-limit-requests": str(quota.limit_requests),
+        "x-ratelimit-limit-tokens": str(quota.limit_tokens),
+        "x-ratelimit-remaining-requests": str(quota.remaining_requests),
+        "x-ratelimit-remaining-tokens": str(quota.remaining_tokens),
+        "x-ratelimit-reset-requests": go_duration(quota.reset_requests_s),
+        "x-ratelimit-reset-tokens": go_duration(quota.reset_tokens_s),
+    }
 
 
 def _error_body(message: str, kind: str, code: str | int | None) -> dict[str, Any]:
