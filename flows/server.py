@@ -76,6 +76,25 @@ def _alive(pid: int) -> bool:
     return True
 
 
+def _is_ours(info: ServerInfo) -> bool:
+    """Whether ``info.pid`` is still the server we started, not a process that reused the pid.
+
+    A state file can outlive its server (a crash, a reboot); acting on a recycled pid would
+    wait on, or kill, an unrelated process. On Linux the command line must be ours; elsewhere
+    the server must answer on its port.
+    """
+    if not _alive(info.pid):
+        return False
+    cmdline = Path(f"/proc/{info.pid}/cmdline")
+    if cmdline.parent.parent.is_dir() and Path("/proc/self").exists():
+        try:
+            args = cmdline.read_bytes().split(b"\0")
+        except OSError:
+            return False
+        return b"prefect" in args and b"server" in args and str(info.port).encode() in args
+    return healthy(info)
+
+
 def healthy(info: ServerInfo, timeout_s: float = 2.0) -> bool:
     try:
         response = httpx.get(f"{info.api_url}/health", timeout=timeout_s, trust_env=False)
@@ -87,7 +106,7 @@ def healthy(info: ServerInfo, timeout_s: float = 2.0) -> bool:
 def status() -> ServerInfo | None:
     """The managed server if it is running and answers, else None."""
     info = _read_state()
-    if info is None or not _alive(info.pid) or not healthy(info):
+    if info is None or not _is_ours(info) or not healthy(info):
         return None
     return info
 
@@ -113,7 +132,7 @@ def ensure_server() -> tuple[ServerInfo, bool]:
     """A healthy managed server, started if need be; returns (info, started_now)."""
     with _locked():
         info = _read_state()
-        if info is not None and _alive(info.pid):
+        if info is not None and _is_ours(info):
             deadline = time.monotonic() + STARTUP_TIMEOUT_S
             while time.monotonic() < deadline and _alive(info.pid):
                 if healthy(info):
@@ -179,7 +198,7 @@ def stop() -> ServerInfo | None:
     with _locked():
         info = _read_state()
         _state_file().unlink(missing_ok=True)
-        if info is None or not _alive(info.pid):
+        if info is None or not _is_ours(info):
             return None
         _terminate(info.pid)
         return info
