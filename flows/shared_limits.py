@@ -7,8 +7,9 @@ window's allowance) and spends it through its local limiter (:class:`LeaseGate`)
 
 Sizing: a rate limit with capacity ``C`` slots decaying at ``r`` per second lets through at most
 ``C + r * W`` in any window ``W``. For that to stay within the provider's allowance ``A`` per
-window, ``r = (A - C) / W``: with ``C`` two blocks, the run can use about 96% of the limit
-across all its workers, and never more than all of it.
+window, ``r = (A - C) / W``. Leased credit is spent a little after it is leased, and requests
+reach the provider with network jitter, so the target is :data:`HEADROOM` of ``A``: with ``C``
+two blocks, the workers of a run together use about 93% of the limit, and never all of it.
 """
 
 from __future__ import annotations
@@ -23,6 +24,7 @@ from distillery.config import TeacherConfig
 from distillery.generators.ratelimit import LeaseGate, SharedLimits
 
 BLOCK_SHARE = 0.02
+HEADROOM = 0.97
 
 
 def limit_name(teacher: TeacherConfig, kind: str) -> str:
@@ -39,7 +41,7 @@ def _sizing(per_minute: float, window_s: float) -> tuple[int, int, float]:
     allowance = per_minute * window_s / 60.0
     block = max(1, math.floor(allowance * BLOCK_SHARE))
     capacity = 2 * block
-    decay = max(allowance - capacity, 1.0) / window_s
+    decay = max(allowance * HEADROOM - capacity, 1.0) / window_s
     return block, capacity, decay
 
 

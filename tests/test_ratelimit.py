@@ -189,4 +189,4 @@ def test_shared_limit_sizing_never_exceeds_the_allowance() -> None:
             # The most a decaying bucket lets through in one window stays within it ...
             assert capacity + decay * window <= allowance + 1e-6
             # ... while using most of it.
-            assert capacity + decay * window >= 0.95 * allowance
+            assert capacity + decay * window >= 0.9 * allowance
