@@ -27,7 +27,7 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
-from distillery.config import JobConfig, TeacherConfig, load_config, require_api_keys
+from distillery.config import JobConfig, load_config, require_api_keys
 from distillery.errors import DistilleryError, RunInterruptedError, UserInputError
 
 if TYPE_CHECKING:
@@ -93,17 +93,11 @@ def _quiet_prefect_console(verbose: bool) -> None:
 @contextlib.contextmanager
 def _emulated(job: JobConfig) -> Iterator[JobConfig]:
     """Run the job against an in-process emulator instead of its real teachers."""
-    from distillery.emulator import EmulatorOptions, RunningEmulator
-    from distillery.generators.providers.registry import get_provider
+    from distillery.emulator.retarget import emulated
 
-    with RunningEmulator(EmulatorOptions()) as emulator:
-
-        def retarget(teacher: TeacherConfig) -> TeacherConfig:
-            base = emulator.url + get_provider(teacher.provider).emulator_path
-            return teacher.model_copy(update={"base_url": base, "api_key_env": None})
-
-        err.print(f"sending every request to the built-in emulator at {emulator.url}")
-        yield job.model_copy(update={"teachers": [retarget(t) for t in job.teachers]})
+    with emulated(job) as (retargeted, url):
+        err.print(f"sending every request to the built-in emulator at {url}")
+        yield retargeted
 
 
 @app.command()

@@ -9,6 +9,7 @@ entrypoint is this file: ``flows/generate.py:generate``.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import time
 import uuid
 from collections import Counter
@@ -22,7 +23,7 @@ from prefect.context import get_run_context
 from pydantic import BaseModel, Field
 
 from distillery import __version__
-from distillery.config import JobConfig
+from distillery.config import JobConfig, load_config, require_api_keys
 from distillery.errors import FatalRunError
 from distillery.flows.artifacts import Progress, publish_run_artifacts
 from distillery.flows.progress import STOP, get_listener
@@ -303,3 +304,42 @@ def _write_run_record(
         ],
         next_part_number(partition_dir(output, "runs", summary.run_id)),
     )
+
+
+def _job_run_name() -> str:
+    from prefect.runtime import flow_run
+
+    parameters = flow_run.parameters
+    config = Path(str(parameters.get("config", "job"))).stem
+    return f"{config}/{parameters.get('run_id') or 'scheduled'}"
+
+
+@flow(name="generate-job", flow_run_name=_job_run_name, persist_result=False)
+async def generate_job(
+    config: str,
+    run_id: str | None = None,
+    output: str | None = None,
+    emulator: bool = False,
+) -> RunSummary:
+    """Deployment entry point: read a job file when the run starts, then generate.
+
+    Relative paths are from the worker's working directory (the project root for a process
+    worker started there). Without ``run_id`` a scheduled run is named after its scheduled
+    time, so re-triggering that id resumes it instead of duplicating; ``emulator`` sends every
+    request to an in-process emulator (a dry run).
+    """
+    from prefect.runtime import flow_run
+
+    job = load_config(Path(config))
+    if output is not None:
+        job = job.model_copy(update={"output": Path(output).resolve()})
+    if run_id is None:
+        started = flow_run.scheduled_start_time
+        run_id = started.strftime("%Y%m%d-%H%M%S") if started else uuid.uuid4().hex[:12]
+    with contextlib.ExitStack() as stack:
+        if emulator:
+            from distillery.emulator.retarget import emulated
+
+            job, _ = stack.enter_context(emulated(job))
+        require_api_keys(job)
+        return await generate.fn(job=job, run_id=run_id, config_path=config)
