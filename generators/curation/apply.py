@@ -1,0 +1,56 @@
+"""Curation of one batch as its answers arrive: dedup keys on every row, then the filters.
+
+Filters are per sample, so they run inline: a dropped answer goes straight to the
+``rejected`` table with the filter's name and reason, in the same batch commit as the kept
+ones. Duplicate removal needs the whole run and its history, so it runs once the run's
+batches are committed (``flows/curate.py``); here each row only gets its ``dedup_bands``.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+from distillery.config import CurationConfig
+from distillery.generators.curation.minhash import DEFAULT_PARAMS, MinHashParams, band_keys
+from distillery.generators.filters import Filter, build_filters
+
+
+@dataclass
+class Curator:
+    """The run's filters and MinHash parameters."""
+
+    filters: list[Filter[Any]] = field(default_factory=list)
+    params: MinHashParams | None = DEFAULT_PARAMS
+
+    def curate(
+        self, rows: list[dict[str, Any]]
+    ) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
+        """Split sample rows into (kept, rejected); rejected rows carry filter and reason."""
+        if self.params is not None and rows:
+            keys = band_keys([str(row["response_text"] or "") for row in rows], self.params)
+            for row, bands in zip(rows, keys.tolist(), strict=True):
+                row["dedup_bands"] = bands
+        kept: list[dict[str, Any]] = []
+        rejected: list[dict[str, Any]] = []
+        for row in rows:
+            for check in self.filters:
+                verdict = check(row)
+                if not verdict.keep:
+                    rejected.append(
+                        {
+                            **row,
+                            "filter": check.name,
+                            "reason": verdict.reason or "dropped",
+                            "detail": verdict.detail,
+                        }
+                    )
+                    break
+            else:
+                kept.append(row)
+        return kept, rejected
+
+
+def build_curator(config: CurationConfig) -> Curator:
+    near = config.dedup.enabled and config.dedup.near
+    return Curator(build_filters(config.filters), DEFAULT_PARAMS if near else None)

@@ -1,0 +1,76 @@
+"""Drop structured-output answers that are not valid JSON or do not match a JSON Schema."""
+
+from __future__ import annotations
+
+import json
+import re
+from collections.abc import Mapping
+from typing import Any, ClassVar
+
+import jsonschema
+from pydantic import Field, field_validator
+
+from distillery.generators.filters.base import (
+    KEEP,
+    Filter,
+    FilterOptions,
+    Verdict,
+    drop,
+    register,
+    text_of,
+)
+
+# A whole answer wrapped in one Markdown code fence, as chat models often return JSON.
+_FENCE = re.compile(r"\A\s*```[A-Za-z0-9_-]*[ \t]*\n(?P<body>.*?)\n?```\s*\Z", re.DOTALL)
+
+
+class JsonOptions(FilterOptions):
+    json_schema: dict[str, Any] | None = Field(
+        None, alias="schema", description="A JSON Schema the parsed answer must match."
+    )
+    strip_code_fence: bool = Field(
+        True, description="Accept an answer that is one ```json fenced block."
+    )
+    field: str = Field("response_text", description="The column holding the JSON.")
+
+    @field_validator("json_schema")
+    @classmethod
+    def _valid_schema(cls, value: dict[str, Any] | None) -> dict[str, Any] | None:
+        if value is not None:
+            validator = jsonschema.validators.validator_for(value)
+            try:
+                validator.check_schema(value)
+            except jsonschema.SchemaError as exc:
+                raise ValueError(f"not a valid JSON Schema: {exc.message}") from None
+        return value
+
+
+@register
+class JsonFilter(Filter[JsonOptions]):
+    """The schema's own ``$schema`` picks the draft (default: the latest jsonschema knows);
+    the error reported is jsonschema's ``best_match``, with its path in the document."""
+
+    name: ClassVar[str] = "json"
+    options_model: ClassVar[type[FilterOptions]] = JsonOptions
+
+    def __init__(self, options: JsonOptions | None = None) -> None:
+        super().__init__(options)
+        schema = self.options.json_schema
+        self._validator = (
+            jsonschema.validators.validator_for(schema)(schema) if schema is not None else None
+        )
+
+    def check(self, sample: Mapping[str, Any]) -> Verdict:
+        text = text_of(sample, self.options.field)
+        if self.options.strip_code_fence and (fenced := _FENCE.match(text)):
+            text = fenced.group("body")
+        try:
+            document = json.loads(text)
+        except json.JSONDecodeError as exc:
+            return drop("invalid_json", f"line {exc.lineno} column {exc.colno}: {exc.msg}")
+        if self._validator is not None:
+            error = jsonschema.exceptions.best_match(self._validator.iter_errors(document))
+            if error is not None:
+                where = "/".join(str(part) for part in error.absolute_path) or "(root)"
+                return drop("schema_mismatch", f"{where}: {error.message}")
+        return KEEP
