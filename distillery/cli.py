@@ -190,7 +190,10 @@ def _print_summary(summary: RunSummary, ui: str) -> None:
         "requests",
         f"{summary.requests_planned} sent, {summary.requests_skipped} already answered earlier",
     )
-    table.add_row("samples", f"{summary.samples}")
+    table.add_row("samples", f"{summary.samples} kept")
+    if summary.rejected:
+        reasons = ", ".join(f"{k} {v}" for k, v in sorted(summary.rejected.items()))
+        table.add_row("rejected", f"{sum(summary.rejected.values())} ({reasons})")
     failures = ", ".join(f"{k} {v}" for k, v in sorted(summary.failures_by_class.items()))
     table.add_row("failures", f"{summary.failures}" + (f" ({failures})" if failures else ""))
     unsent = summary.requests_planned - summary.samples - summary.failures
@@ -400,6 +403,29 @@ def compact(
         out.print("nothing to compact")
 
 
+@app.command()
+@_reports_errors
+def dedup(
+    data: Annotated[Path, typer.Option("--data", "-d", help="Dataset directory.")] = Path("out"),
+    threshold: Annotated[
+        float, typer.Option(min=0.01, max=1.0, help="Shingle Jaccard for near duplicates.")
+    ] = 0.8,
+    exact_only: Annotated[bool, typer.Option(help="Skip near-duplicate detection.")] = False,
+) -> None:
+    """Re-run duplicate removal over every run of a dataset, oldest run first."""
+    if not data.is_dir():
+        raise UserInputError(f"--data {data}: no such directory")
+    _quiet_prefect_console(verbose=False)
+    _connect_prefect()
+    from distillery.config import DedupConfig
+    from distillery.flows.curate import dedup_dataset
+
+    removed = dedup_dataset(data.resolve(), DedupConfig(threshold=threshold, near=not exact_only))
+    for run_id, counts in removed.items():
+        detail = ", ".join(f"{k} {v}" for k, v in sorted(counts.items())) or "nothing"
+        out.print(f"run {run_id}: removed {detail}")
+
+
 @app.command("emulator")
 @_reports_errors
 def emulator_command(
@@ -438,6 +464,17 @@ def emulator_command(
             "(--rpm 1200 --window-s 6 admits 120 requests per 6 s)."
         ),
     ] = 60.0,
+    dup_rate: Annotated[
+        float,
+        typer.Option(help="Share of clean answers (0..1) that repeat an earlier answer verbatim."),
+    ] = 0.0,
+    near_dup_rate: Annotated[
+        float,
+        typer.Option(
+            help="Share of clean answers (0..1) that repeat an earlier answer lightly edited "
+            "(5-word-shingle Jaccard >= 0.85 to it); with --dup-rate at most 1 in total."
+        ),
+    ] = 0.0,
 ) -> None:
     """Serve a local emulator of the teachers' HTTP APIs (for tests and dry runs)."""
     from pydantic import ValidationError
@@ -454,6 +491,8 @@ def emulator_command(
         "tpm": tpm,
         "max_concurrency": max_concurrency,
         "window_s": window_s,
+        "dup_rate": dup_rate,
+        "near_dup_rate": near_dup_rate,
     }
     if faults is not None:
         settings["faults"] = faults

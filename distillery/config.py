@@ -119,6 +119,38 @@ class PromptsConfig(_Strict):
     limit: int | None = Field(default=None, gt=0, description="Use only the first N prompts.")
 
 
+class DedupConfig(_Strict):
+    """Duplicate removal, within the run and against every earlier run in the same output.
+
+    Exact duplicates share ``content_hash`` (Unicode NFKC, whitespace folded, case kept); near
+    duplicates share a MinHash band key and have 5-word-shingle Jaccard >= ``threshold``
+    (case folded). The oldest copy is kept; the others go to ``rejected`` with
+    ``duplicate_of``.
+    """
+
+    enabled: bool = True
+    near: bool = Field(default=True, description="Also remove near duplicates.")
+    threshold: float = Field(default=0.8, gt=0, le=1, description="Shingle Jaccard for 'near'.")
+
+
+class CurationConfig(_Strict):
+    """What happens to answers before they count as samples."""
+
+    filters: list[dict[str, Any]] = Field(
+        default_factory=lambda: [{"type": "empty"}],
+        description="Checks in order, e.g. [{type: length, min_tokens: 5}, {type: refusal}].",
+    )
+    dedup: DedupConfig = Field(default_factory=DedupConfig)
+
+    @field_validator("filters")
+    @classmethod
+    def _buildable(cls, value: list[dict[str, Any]]) -> list[dict[str, Any]]:
+        from distillery.generators.filters import build_filters
+
+        build_filters(value)
+        return value
+
+
 class JobConfig(_Strict):
     """A whole generation job, as validated from the YAML file."""
 
@@ -130,6 +162,7 @@ class JobConfig(_Strict):
         default=4, ge=1, le=256, description="Batch tasks running at once."
     )
     output: Path = Field(default=Path("out"), description="Dataset directory.")
+    curation: CurationConfig = Field(default_factory=CurationConfig)
     budget_usd: float | None = Field(
         default=None,
         gt=0,
@@ -214,7 +247,9 @@ def load_config(path: Path) -> JobConfig:
         first = exc.errors()[0]
         field = _field_path(tuple(first["loc"]))
         more = f" (and {exc.error_count() - 1} more)" if exc.error_count() > 1 else ""
-        message = first["msg"].removeprefix("Value error, ")
+        message = first["msg"].removeprefix("Value error, ").splitlines()[0]
+        if field == "curation.filters":
+            message = message.removeprefix("filters")
         if first["type"] == "extra_forbidden":
             message = "unknown field"
         raise ConfigError(f"{path}: {field}: {message}{more}") from exc

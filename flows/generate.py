@@ -26,10 +26,13 @@ from distillery import __version__
 from distillery.config import JobConfig, load_config, require_api_keys
 from distillery.errors import FatalRunError
 from distillery.flows.artifacts import Progress, publish_run_artifacts
+from distillery.flows.curate import dedup_run_task, earlier_runs
 from distillery.flows.progress import STOP, get_listener
 from distillery.flows.shared_limits import shared_limits_for
 from distillery.generators.batch import TeacherPool, WorkItem, plan_work, run_batch
 from distillery.generators.budget import Budget
+from distillery.generators.curation.apply import Curator, build_curator
+from distillery.generators.curation.minhash import DEFAULT_PARAMS
 from distillery.generators.prompts import load_prompts, template_hash
 from distillery.generators.records import RunContext, teacher_facts
 from distillery.storage.compact import compact_partition
@@ -40,6 +43,7 @@ from distillery.storage.spool import Spool, recover
 class BatchSummary(BaseModel):
     index: int
     samples: int
+    rejected: dict[str, int] = Field(default_factory=dict)
     failures: int
     not_sent: int
     failures_by_class: dict[str, int]
@@ -60,6 +64,9 @@ class RunSummary(BaseModel):
     requests_planned: int
     requests_skipped: int = Field(description="Already answered by an earlier invocation.")
     samples: int = 0
+    rejected: dict[str, int] = Field(
+        default_factory=dict, description="Answers set aside, by reason (filters and dedup)."
+    )
     failures: int = 0
     not_sent: int = 0
     failures_by_class: dict[str, int] = Field(default_factory=dict)
@@ -89,9 +96,15 @@ def _current_ids() -> tuple[str | None, str | None]:
 
 @task(name="generate-batch", task_run_name="batch-{index:05d}", cache_policy=NO_CACHE)
 async def generate_batch(
-    index: int, items: list[WorkItem], pool: TeacherPool, ctx: RunContext, output: Path, part: int
+    index: int,
+    items: list[WorkItem],
+    pool: TeacherPool,
+    ctx: RunContext,
+    output: Path,
+    part: int,
+    curator: Curator,
 ) -> BatchSummary:
-    """Send one batch and commit its shards (samples and failures) before returning."""
+    """Send one batch, curate it, and commit its shards before returning."""
     logger = get_run_logger()
     ctx = replace(ctx, task_run_id=_current_ids()[1])
     started = time.perf_counter()
@@ -103,8 +116,11 @@ async def generate_batch(
         )
     finally:
         spool.close()
-    if rows.samples:
-        write_shard(output, "samples", ctx.run_id, rows.samples, part)
+    kept, rejected = curator.curate(rows.samples)
+    if kept:
+        write_shard(output, "samples", ctx.run_id, kept, part)
+    if rejected:
+        write_shard(output, "rejected", ctx.run_id, rejected, part)
     if rows.failures:
         write_shard(output, "failures", ctx.run_id, rows.failures, part)
     spool.discard()
@@ -114,9 +130,11 @@ async def generate_batch(
         list(row["attempt_statuses"]).count("429") for row in (*rows.samples, *rows.failures)
     )
     logger.info(
-        "batch %d: %d samples, %d failures, %d not sent, %d answered 429 in %.1fs (%.1f req/s)",
+        "batch %d: %d samples, %d rejected, %d failures, %d not sent, %d answered 429 "
+        "in %.1fs (%.1f req/s)",
         index,
-        len(rows.samples),
+        len(kept),
+        len(rejected),
         len(rows.failures),
         rows.not_sent,
         rate_limited,
@@ -125,7 +143,8 @@ async def generate_batch(
     )
     return BatchSummary(
         index=index,
-        samples=len(rows.samples),
+        samples=len(kept),
+        rejected=dict(Counter(str(row["reason"]) for row in rejected)),
         failures=len(rows.failures),
         not_sent=rows.not_sent,
         failures_by_class=dict(by_class),
@@ -155,14 +174,19 @@ async def generate(job: JobConfig, run_id: str, config_path: str | None = None) 
     flow_run_id, _ = _current_ids()
     output = Path(job.output)
     prompts = load_prompts(job.prompts)
-    recovered = recover(output, run_id)
+    curator = build_curator(job.curation)
+    recovered = recover(output, run_id, curator.curate)
     if any(recovered.values()):
         logger.warning(
             "recovered %d samples and %d failures spooled by an earlier invocation",
             recovered["samples"],
             recovered["failures"],
         )
-    done = set(map(str, read_column(output, "samples", run_id, "sample_id")))
+    done = {
+        str(sample_id)
+        for table in ("samples", "rejected")
+        for sample_id in read_column(output, table, run_id, "sample_id")
+    }
     plan = plan_work(prompts, job.teachers, done)
     planned = sum(len(items) for items in plan)
     skipped = len(prompts) * len(job.teachers) - planned
@@ -188,7 +212,8 @@ async def generate(job: JobConfig, run_id: str, config_path: str | None = None) 
     progress = Progress(job.name, planned)
     await progress.start()
     first_part = max(
-        next_part_number(partition_dir(output, table, run_id)) for table in ("samples", "failures")
+        next_part_number(partition_dir(output, table, run_id))
+        for table in ("samples", "rejected", "failures")
     )
     summary = RunSummary(
         run_id=run_id,
@@ -201,6 +226,7 @@ async def generate(job: JobConfig, run_id: str, config_path: str | None = None) 
         flow_run_id=flow_run_id,
     )
     results: list[BatchSummary] = []
+    removed: dict[str, int] = {}
     try:
         budget = None
         if job.budget_usd is not None:
@@ -217,7 +243,7 @@ async def generate(job: JobConfig, run_id: str, config_path: str | None = None) 
                 async with gate:
                     if not pool.halted:
                         result = await generate_batch(
-                            index, items, pool, ctx, output, first_part + index
+                            index, items, pool, ctx, output, first_part + index, curator
                         )
                         results.append(result)
                         await progress.advance(len(items))
@@ -236,6 +262,9 @@ async def generate(job: JobConfig, run_id: str, config_path: str | None = None) 
             )
         else:
             summary.status = "completed"
+        if job.curation.dedup.enabled and not STOP.requested:
+            history = earlier_runs(output, run_id)
+            removed = dedup_run_task(output, run_id, history, job.curation.dedup)
     except FatalRunError:
         summary.status = "failed"
         raise
@@ -243,7 +272,7 @@ async def generate(job: JobConfig, run_id: str, config_path: str | None = None) 
         summary.status = "interrupted"
         raise
     finally:
-        _fold(summary, results)
+        _fold(summary, results, removed)
         summary.elapsed_s = time.perf_counter() - clock
         _write_run_record(output, summary, job, config_path, started_at)
     _compact_run(output, run_id)
@@ -260,9 +289,13 @@ def _compact_run(output: Path, run_id: str) -> None:
             compact_partition(directory, table)
 
 
-def _fold(summary: RunSummary, results: list[BatchSummary]) -> None:
+def _fold(summary: RunSummary, results: list[BatchSummary], removed: dict[str, int]) -> None:
+    """Add up the batches; duplicates ``removed`` after them leave samples for rejected."""
     by_class: Counter[str] = Counter()
+    rejected: Counter[str] = Counter(removed)
+    summary.samples -= sum(removed.values())
     for result in results:
+        rejected.update(result.rejected)
         summary.samples += result.samples
         summary.failures += result.failures
         summary.not_sent += result.not_sent
@@ -272,6 +305,7 @@ def _fold(summary: RunSummary, results: list[BatchSummary]) -> None:
         summary.cost_usd += result.cost_usd
         by_class.update(result.failures_by_class)
     summary.failures_by_class = dict(by_class)
+    summary.rejected = dict(rejected)
 
 
 def _write_run_record(
@@ -299,6 +333,8 @@ def _write_run_record(
                 "failures": summary.failures,
                 "prompt_tokens": summary.prompt_tokens,
                 "completion_tokens": summary.completion_tokens,
+                "rejected": sum(summary.rejected.values()),
+                "dedup_params": DEFAULT_PARAMS.describe() if job.curation.dedup.enabled else None,
                 "distillery_version": __version__,
             }
         ],

@@ -8,18 +8,15 @@ from __future__ import annotations
 
 import hashlib
 import json
-import re
-import unicodedata
 from dataclasses import dataclass, field
 from typing import Any
 
 from distillery.config import JobConfig, TeacherConfig
 from distillery.generators.client import Outcome
+from distillery.generators.curation.normalize import exact_key
 from distillery.generators.pricing import PriceEntry, cost_usd, load_prices, price_for
 from distillery.generators.prompts import Prompt
 from distillery.generators.terms import UNKNOWN_TAG, load_terms, terms_for
-
-_SPACE = re.compile(r"\s+")
 
 
 @dataclass(frozen=True)
@@ -72,9 +69,8 @@ def sample_id_for(prompt_id: str, teacher: TeacherConfig, sample_index: int) -> 
 
 
 def content_hash(text: str) -> str:
-    """Hash of the text after Unicode NFKC and whitespace folding (exact-duplicate key)."""
-    normalised = _SPACE.sub(" ", unicodedata.normalize("NFKC", text)).strip()
-    return hashlib.blake2b(normalised.encode(), digest_size=16).hexdigest()
+    """Hash of the text after Unicode NFKC and whitespace folding (the exact-duplicate key)."""
+    return exact_key(text)
 
 
 def _json(value: Any) -> str | None:

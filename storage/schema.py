@@ -58,6 +58,7 @@ SAMPLE_SCHEMA = pa.schema(
         pa.field("cost_usd", pa.float64()),
         pa.field("rate_limits", JSON),
         pa.field("content_hash", pa.string()),
+        pa.field("dedup_bands", pa.list_(pa.uint64())),
     ]
 )
 
@@ -66,6 +67,7 @@ REJECTED_SCHEMA = pa.schema(
         *SAMPLE_SCHEMA,
         pa.field("filter", pa.string(), nullable=False),
         pa.field("reason", pa.string(), nullable=False),
+        pa.field("detail", pa.string()),
         pa.field("duplicate_of", pa.string()),
     ]
 )
@@ -97,6 +99,8 @@ RUN_SCHEMA = pa.schema(
         pa.field("failures", pa.int64()),
         pa.field("prompt_tokens", pa.int64()),
         pa.field("completion_tokens", pa.int64()),
+        pa.field("rejected", pa.int64()),
+        pa.field("dedup_params", pa.string()),
         pa.field("distillery_version", pa.string()),
     ]
 )

@@ -54,13 +54,18 @@ def next_part_number(directory: Path) -> int:
 
 
 def write_shard(
-    output: Path, table: str, run_id: str, rows: list[dict[str, Any]], part: int
+    output: Path, table: str, run_id: str, rows: list[dict[str, Any]] | pa.Table, part: int
 ) -> Path:
     """Write and commit ``rows`` as one shard of ``table``; returns its final path.
 
-    ``part`` is the preferred shard number; if taken, the next free one is used.
+    ``rows`` are dicts or an Arrow table (cast to the table's schema). ``part`` is the
+    preferred shard number; if taken, the next free one is used.
     """
-    arrow = pa.Table.from_pylist(rows, schema=TABLES[table])
+    schema = TABLES[table]
+    if isinstance(rows, pa.Table):
+        arrow = rows.select(schema.names).cast(schema)
+    else:
+        arrow = pa.Table.from_pylist(rows, schema=schema)
     directory = partition_dir(output, table, run_id)
     directory.mkdir(parents=True, exist_ok=True)
     final = _publish(directory, arrow, part)

@@ -16,7 +16,7 @@ from __future__ import annotations
 import json
 import os
 import uuid
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from datetime import datetime
 from pathlib import Path
 from typing import IO, Any
@@ -93,45 +93,54 @@ def leftover_spools(output: Path, run_id: str) -> list[Path]:
     return sorted(directory.glob("*.jsonl")) if directory.is_dir() else []
 
 
-def recover(output: Path, run_id: str) -> dict[str, int]:
+Curate = Callable[[list[dict[str, Any]]], tuple[list[dict[str, Any]], list[dict[str, Any]]]]
+
+
+def recover(output: Path, run_id: str, curate: Curate | None = None) -> dict[str, int]:
     """Bring a run's storage to a clean state before it resumes; returns rows recovered by table.
 
     Adopts complete shards a crash left outside the manifest, then replays every leftover spool
-    into new shards — skipping rows already committed — and only then deletes the spools.
+    into new shards — skipping rows already committed, and passing answers through ``curate``
+    (the run's filters) as a batch would — and only then deletes the spools.
     """
     from distillery.storage.shards import read_column, reconcile, write_shard
 
-    for table in ("samples", "failures"):
+    for table in ("samples", "rejected", "failures"):
         reconcile(output, table, run_id)
-    recovered = {"samples": 0, "failures": 0}
+    recovered = {"samples": 0, "rejected": 0, "failures": 0}
     spools = leftover_spools(output, run_id)
     if not spools:
         return recovered
-    seen = {
-        "samples": set(read_column(output, "samples", run_id, "sample_id")),
-        "failures": {
-            (sid, ts.isoformat())
-            for sid, ts in zip(
-                read_column(output, "failures", run_id, "sample_id"),
-                read_column(output, "failures", run_id, "created_at"),
-                strict=True,
-            )
-        },
+    answered = {
+        sample_id
+        for table in ("samples", "rejected")
+        for sample_id in read_column(output, table, run_id, "sample_id")
     }
-    rows: dict[str, list[dict[str, Any]]] = {"samples": [], "failures": []}
+    failed = {
+        (sid, ts.isoformat())
+        for sid, ts in zip(
+            read_column(output, "failures", run_id, "sample_id"),
+            read_column(output, "failures", run_id, "created_at"),
+            strict=True,
+        )
+    }
+    answers: list[dict[str, Any]] = []
+    failures: list[dict[str, Any]] = []
     for path in spools:
         for table, row in read_spool(path):
-            key: object = row["sample_id"]
             if table == "failures":
                 key = (row["sample_id"], row["created_at"].isoformat())
-            if key in seen[table]:
-                continue
-            seen[table].add(key)
-            rows[table].append(row)
-    for table, table_rows in rows.items():
-        if table_rows:
-            write_shard(output, table, run_id, table_rows, 0)
-            recovered[table] = len(table_rows)
+                if key not in failed:
+                    failed.add(key)
+                    failures.append(row)
+            elif row["sample_id"] not in answered:
+                answered.add(row["sample_id"])
+                answers.append(row)
+    kept, rejected = curate(answers) if curate is not None else (answers, [])
+    for table, rows in (("samples", kept), ("rejected", rejected), ("failures", failures)):
+        if rows:
+            write_shard(output, table, run_id, rows, 0)
+            recovered[table] = len(rows)
     for path in spools:
         path.unlink(missing_ok=True)
     return recovered

@@ -89,7 +89,7 @@ def write_job(
         f"""
   - name: t{index}
     provider: openai
-    model: gpt-4o-mini
+    model: {("gpt-4o-mini", "gpt-4.1-mini", "gpt-4.1-nano")[index]}
     base_url: {base_url}/v1
     api_key_env: EMULATOR_API_KEY
     params: {{temperature: 0.{index + 1}, max_tokens: 300}}

@@ -133,12 +133,12 @@ def test_spool_replay_recovers_rows_once(tmp_path: Path) -> None:
     write_shard(tmp_path, "samples", "r1", [sample("a")], 0)
     with spool.path.open("a") as handle:
         handle.write('{"table": "samples", "row": {"sample_')
-    assert recover(tmp_path, "r1") == {"samples": 1, "failures": 1}
+    assert recover(tmp_path, "r1") == {"samples": 1, "rejected": 0, "failures": 1}
     assert not leftover_spools(tmp_path, "r1")
     ids = sorted(map(str, read_column(tmp_path, "samples", "r1", "sample_id")))
     assert ids == ["a", "b"]
     assert read_column(tmp_path, "failures", "r1", "error_class") == ["timeout"]
-    assert recover(tmp_path, "r1") == {"samples": 0, "failures": 0}
+    assert recover(tmp_path, "r1") == {"samples": 0, "rejected": 0, "failures": 0}
 
 
 def test_compact_merges_and_swaps_atomically(tmp_path: Path) -> None:

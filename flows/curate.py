@@ -1,0 +1,131 @@
+"""Duplicate removal over a run and its history, in DuckDB, then an atomic rewrite of the run.
+
+Exact and near duplicates need the whole run and everything earlier, so they are decided once
+the run's batches are committed: :func:`distillery.generators.curation.dedup.find_duplicates`
+probes history through DuckDB joins on stored keys (``content_hash``, ``dedup_bands``) rather
+than an in-memory index. The run's rejected rows are committed to ``rejected`` first (skipping
+any already there), then the run's sample shards are swapped for the kept rows in one manifest
+write — so a crash in between is repaired by running the same dedup again, which finds the same
+duplicates and has nothing left to add.
+"""
+
+from __future__ import annotations
+
+from collections import Counter
+from pathlib import Path
+
+import duckdb
+import pyarrow as pa
+from prefect import flow, get_run_logger, task
+from prefect.cache_policies import NO_CACHE
+
+from distillery.config import DedupConfig
+from distillery.generators.curation.dedup import find_duplicates
+from distillery.storage.catalog import open_catalog
+from distillery.storage.schema import REJECTED_SCHEMA, SAMPLE_SCHEMA
+from distillery.storage.shards import (
+    next_part_number,
+    partition_dir,
+    read_column,
+    read_manifest,
+    replace_shards,
+    write_shard,
+)
+
+
+def _quote(value: str) -> str:
+    return "'" + value.replace("'", "''") + "'"
+
+
+def _arrow(con: duckdb.DuckDBPyConnection, query: str, run_id: str) -> pa.Table:
+    table = con.sql(query, params={"run": run_id}).to_arrow_table()
+    assert isinstance(table, pa.Table)
+    return table
+
+
+def earlier_runs(output: Path, run_id: str) -> list[str]:
+    """Runs that started before ``run_id`` first did (its history for dedup)."""
+    con = open_catalog(output)
+    rows = con.execute(
+        """SELECT run_id FROM runs
+           WHERE run_id <> $run AND started_at < coalesce(
+               (SELECT started_at FROM runs WHERE run_id = $run), now())
+           ORDER BY started_at""",
+        {"run": run_id},
+    ).fetchall()
+    return [str(row[0]) for row in rows]
+
+
+def dedup_run(output: Path, run_id: str, history: list[str], config: DedupConfig) -> dict[str, int]:
+    """Move the run's duplicates to ``rejected``; returns how many, by reason."""
+    con = open_catalog(output)
+    scope = ", ".join(_quote(r) for r in [run_id, *history])
+    bands = "dedup_bands" if config.near else "NULL::UBIGINT[]"
+    con.execute(
+        f"""CREATE TEMP VIEW dedup_source AS
+            SELECT sample_id, epoch_us(created_at) AS rank, run_id = {_quote(run_id)} AS is_new,
+                   content_hash, {bands} AS bands, response_text
+            FROM samples WHERE run_id IN ({scope})"""
+    )
+    result = find_duplicates(con, "dedup_source", threshold=config.threshold)
+    if not result.duplicates:
+        return {}
+    con.register("decisions", result.to_arrow())
+    already = set(read_column(output, "rejected", run_id, "sample_id"))
+    rejected = _arrow(
+        con,
+        """SELECT s.*, 'dedup' AS filter, d.reason, NULL::VARCHAR AS detail, d.duplicate_of
+           FROM samples s JOIN decisions d USING (sample_id) WHERE s.run_id = $run""",
+        run_id,
+    )
+    fresh = [
+        i for i, sid in enumerate(rejected.column("sample_id").to_pylist()) if sid not in already
+    ]
+    if fresh:
+        table = rejected.take(pa.array(fresh, pa.int64())).select(REJECTED_SCHEMA.names)
+        directory = partition_dir(output, "rejected", run_id)
+        write_shard(output, "rejected", run_id, table, next_part_number(directory))
+    kept = _arrow(
+        con,
+        """SELECT s.* FROM samples s ANTI JOIN decisions d USING (sample_id)
+           WHERE s.run_id = $run""",
+        run_id,
+    )
+    samples_dir = partition_dir(output, "samples", run_id)
+    replace_shards(
+        samples_dir,
+        sorted(read_manifest(samples_dir)),
+        kept.select(SAMPLE_SCHEMA.names).cast(SAMPLE_SCHEMA),
+        next_part_number(samples_dir),
+    )
+    return dict(Counter(d.reason for d in result.duplicates))
+
+
+@task(name="dedup-run", task_run_name="dedup-{run_id}", cache_policy=NO_CACHE)
+def dedup_run_task(
+    output: Path, run_id: str, history: list[str], config: DedupConfig
+) -> dict[str, int]:
+    removed = dedup_run(output, run_id, history, config)
+    get_run_logger().info("run %s: removed %s", run_id, removed or "no duplicates")
+    return removed
+
+
+@flow(name="dedup", flow_run_name="dedup/{output}", persist_result=False)
+def dedup_dataset(output: Path, config: DedupConfig | None = None) -> dict[str, dict[str, int]]:
+    """Re-run dedup over every run of a dataset, oldest first (e.g. after merging datasets).
+
+    Each run is compared with itself and the runs before it, so the oldest copy always wins.
+    """
+    config = config or DedupConfig()
+    con = open_catalog(output)
+    order = [
+        str(row[0])
+        for row in con.execute(
+            """SELECT run_id FROM (SELECT run_id, min(created_at) AS first FROM samples
+               GROUP BY ALL) ORDER BY first, run_id"""
+        ).fetchall()
+    ]
+    return {
+        run_id: dedup_run_task(output, run_id, order[:position], config)
+        for position, run_id in enumerate(order)
+    }

@@ -1,0 +1,84 @@
+"""Filters and duplicate removal through the real flow, within a run and across runs."""
+
+import asyncio
+import json
+from pathlib import Path
+
+import pytest
+
+from distillery.config import load_config
+from distillery.emulator import RunningEmulator
+from distillery.flows.curate import dedup_dataset
+from distillery.flows.generate import generate
+from distillery.storage.catalog import open_catalog
+
+from .conftest import write_job
+
+pytestmark = pytest.mark.slow
+
+CURATION = """curation:
+  filters: [{type: empty}, {type: length, min_tokens: 60}]
+"""
+
+
+@pytest.fixture(autouse=True)
+def _key(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("EMULATOR_API_KEY", "k")
+
+
+def test_filters_and_dedup_within_and_across_runs(
+    prefect_api: str, emulator: RunningEmulator, tmp_path: Path
+) -> None:
+    config = write_job(tmp_path, emulator.url, prompts=30, extra=CURATION)
+    prompts = tmp_path / "prompts.jsonl"
+    records = [json.loads(line) for line in prompts.read_text().splitlines()]
+    # Two more prompts with new ids but the text of p0 and p1: the emulator answers them alike.
+    records += [{**records[0], "id": "copy-0"}, {**records[1], "id": "copy-1"}]
+    prompts.write_text("".join(json.dumps(r) + "\n" for r in records))
+    job = load_config(config)
+
+    first = asyncio.run(generate(job=job, run_id="a"))
+    con = open_catalog(job.output)
+    reasons = dict(con.execute("SELECT reason, count(*) FROM rejected GROUP BY ALL").fetchall())
+    assert reasons.get("too_short", 0) > 0  # the length filter dropped some answers
+    kept, rejected = first.samples, sum(first.rejected.values())
+    assert kept + rejected == 32 and kept > 0
+    assert con.execute("SELECT count(*) FROM samples").fetchall() == [(kept,)]
+    short = con.execute("SELECT count(*) FROM samples WHERE completion_tokens < 60").fetchall()
+    assert short == [(0,)]
+    twins = con.execute(
+        """SELECT r.prompt_id, s.prompt_id, r.response_text = s.response_text
+           FROM rejected r JOIN samples s ON r.duplicate_of = s.sample_id
+           WHERE r.reason = 'duplicate' ORDER BY 1"""
+    ).fetchall()
+    # Each copy is either a duplicate of its original (kept) or too short like it.
+    for copy, original, same in twins:
+        assert (copy, original, same) in {("copy-0", "p0", True), ("copy-1", "p1", True)}
+    assert len(twins) == sum(
+        1
+        for p in ("p0", "p1")
+        if con.execute("SELECT count(*) FROM samples WHERE prompt_id = ?", [p]).fetchall()[0][0]
+    )
+
+    served = emulator.stats()["served_ok"]
+    assert isinstance(served, int)
+    second = asyncio.run(generate(job=job, run_id="b"))
+    # Same prompts, same teacher: every answer duplicates run a's, so run b keeps nothing new.
+    assert second.samples == 0
+    con = open_catalog(job.output)
+    cross = con.execute(
+        """SELECT count(*), bool_and(s.run_id = 'a') FROM rejected r
+           JOIN samples s ON r.duplicate_of = s.sample_id WHERE r.run_id = 'b'"""
+    ).fetchall()
+    # Every answer run a kept or rejected as a duplicate is, in run b, a duplicate of run a's.
+    assert cross == [(kept + reasons.get("duplicate", 0), True)]
+
+    again = asyncio.run(generate(job=job, run_id="b"))
+    assert again.requests_planned == 0  # rejected answers count as answered: nothing re-bought
+    assert emulator.stats()["served_ok"] == served + 32
+
+    # Re-running dedup over the whole dataset finds nothing more to remove.
+    removed = dedup_dataset(Path(job.output))
+    assert all(not counts for counts in removed.values())
+    totals = con.execute("SELECT count(*) FROM samples").fetchall()
+    assert open_catalog(job.output).execute("SELECT count(*) FROM samples").fetchall() == totals
