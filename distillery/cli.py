@@ -18,6 +18,7 @@ import re
 import secrets
 import signal
 import sys
+import time
 from collections.abc import Callable, Iterator
 from datetime import UTC, datetime
 from pathlib import Path
@@ -42,6 +43,8 @@ app = typer.Typer(
 )
 server_app = typer.Typer(help="The local Prefect server distillery manages.", no_args_is_help=True)
 app.add_typer(server_app, name="server")
+teacher_app = typer.Typer(help="The embedded local teacher (Gemma 3 270M).", no_args_is_help=True)
+app.add_typer(teacher_app, name="teacher")
 
 out = Console()
 err = Console(stderr=True)
@@ -131,6 +134,8 @@ def run(
     with contextlib.ExitStack() as stack:
         if emulator:
             job = stack.enter_context(_emulated(job))
+        else:
+            _start_local_teachers(job, stack)
         require_api_keys(job)
         load_prompts(job.prompts)
         teacher_facts(job)
@@ -145,6 +150,25 @@ def run(
         raise RunInterruptedError(
             f"stopped before the end; resume with: distillery run {config} --run-id {run_id}"
         )
+
+
+def _start_local_teachers(job: JobConfig, stack: contextlib.ExitStack) -> None:
+    """Start the embedded teacher for each ``provider: local`` teacher nobody serves yet."""
+    from urllib.parse import urlsplit
+
+    from distillery.local_teacher import LocalTeacher, answering
+
+    for teacher in job.teachers:
+        if teacher.provider != "local" or answering(teacher.base_url):
+            continue
+        where = urlsplit(teacher.base_url)
+        if where.hostname not in ("127.0.0.1", "localhost") or where.port is None:
+            raise UserInputError(
+                f"teacher {teacher.name!r}: nothing answers at {teacher.base_url}, and the "
+                "local teacher can only be started on 127.0.0.1 with an explicit port"
+            )
+        with err.status(f"starting the local teacher on port {where.port}..."):
+            stack.enter_context(LocalTeacher("127.0.0.1", where.port))
 
 
 def _run_with_progress(job: JobConfig, run_id: str, config_path: str, verbose: bool) -> RunSummary:
@@ -504,6 +528,27 @@ def emulator_command(
         message = first["msg"].removeprefix("Value error, ")
         raise UserInputError(f"--{field.replace('_', '-')}: {message}") from None
     serve(options, host, port)
+
+
+@teacher_app.command("serve")
+@_reports_errors
+def teacher_serve(
+    host: Annotated[str, typer.Option(help="Address to listen on.")] = "127.0.0.1",
+    port: Annotated[int, typer.Option(help="Port to listen on.")] = 8766,
+    threads: Annotated[
+        int | None, typer.Option(help="CPU threads (default: the cores this process may use).")
+    ] = None,
+) -> None:
+    """Serve Gemma 3 270M on an OpenAI-compatible API until Ctrl-C."""
+    from distillery.local_teacher import LocalTeacher, model_alias
+
+    with LocalTeacher(host, port, threads) as teacher:
+        out.print(f"local teacher {model_alias()} answering at {teacher.base_url} (Ctrl-C stops)")
+        try:
+            while teacher.process is not None and teacher.process.poll() is None:
+                time.sleep(0.5)
+        except KeyboardInterrupt:
+            out.print("stopping the local teacher")
 
 
 @server_app.command("status")

@@ -8,7 +8,9 @@ Messages and Gemini generateContent, all on one port. With ``fault_rate`` > 0 a 
 requests gets a fault real APIs send (:mod:`.faults`): rate limits, 5xx, hangs, resets,
 truncated or malformed bodies, flagged answers. With ``rpm``, ``tpm`` or ``max_concurrency`` set,
 the server enforces them over a sliding window (:mod:`.limits`) and refuses what exceeds them
-with each provider's own 429, headers and retry hint.
+with each provider's own 429, headers and retry hint. With ``dup_rate`` or ``near_dup_rate`` set,
+a share of the clean answers repeats an earlier answer, verbatim or lightly edited
+(:mod:`.duplicates`), so exact and near-duplicate removal can be tested end to end.
 """
 
 from distillery.emulator.options import EmulatorOptions

@@ -81,6 +81,11 @@ def complete(chat: ChatRequest, seed: int, prompt_tokens: int | None = None) -> 
     text = answer_text.generate(request_key(chat, seed), prompt)
     if prompt_tokens is None:
         prompt_tokens = count_message_tokens(chat.messages, chat.model)
+    return answer_with(text, chat, prompt_tokens)
+
+
+def answer_with(text: str, chat: ChatRequest, prompt_tokens: int) -> Answer:
+    """``text`` as the answer to ``chat``: its tokens counted, cut to ``max_tokens`` if set."""
     answer = Answer(
         text=text,
         finish=Finish.STOP,

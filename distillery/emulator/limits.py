@@ -19,10 +19,12 @@ Semantics, chosen to match what real providers do and what a pacing client needs
   prompt tokens plus the request's ``max_tokens`` (``max_completion_tokens``,
   ``maxOutputTokens``); a request without one is charged the completion the emulator will send
   (answers are deterministic, so the emulator knows it before answering). A flagged fault
-  (``length``, ``empty``, ...) does not change the charge. The charge is therefore known before
-  any work is done, the 429 hint is exact, and the window only ever grows by admissions, which
-  keeps it an append-only log. Clients that reconcile a reservation down to the billed usage
-  will see a little less room than they expect, as they would against OpenAI.
+  (``length``, ``empty``, ...) does not change the charge, nor does a copy of an earlier answer
+  sent instead (``dup_rate``, ``near_dup_rate``: :mod:`.duplicates`; its usage is its own).
+  The charge is therefore known before any work is done, the 429 hint is exact, and the
+  window only ever grows by admissions, which keeps it an append-only log. Clients that
+  reconcile a reservation down to the billed usage will see a little less room than they
+  expect, as they would against OpenAI.
 - **Refused requests cost nothing**: they are not counted in the window (so a hint stays true
   however many clients retry early) nor in flight.
 - **Concurrency.** A request is in flight from its admission until its response is handed to

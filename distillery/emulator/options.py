@@ -36,11 +36,21 @@ class EmulatorOptions(BaseModel):
     max_concurrency: int | None = Field(default=None, ge=1)
     #: Length of the sliding window; shorter than a minute compresses it for tests and benches.
     window_s: float = Field(default=SECONDS_PER_MINUTE, gt=0.0)
+    #: Share of clean answers (0..1) replaced by an earlier answer verbatim (:mod:`.duplicates`).
+    dup_rate: float = Field(default=0.0, ge=0.0, le=1.0)
+    #: Share of clean answers replaced by an earlier answer lightly edited (five-word-shingle
+    #: Jaccard to it ≥ 0.85). The two shares add up to at most 1.
+    near_dup_rate: float = Field(default=0.0, ge=0.0, le=1.0)
 
     @property
     def limited(self) -> bool:
         """Whether any limit is enforced (without one, the server does no limit work at all)."""
         return self.rpm is not None or self.tpm is not None or self.max_concurrency is not None
+
+    @property
+    def copies(self) -> bool:
+        """Whether some answers are copies (without, the server does no work for them)."""
+        return self.dup_rate > 0 or self.near_dup_rate > 0
 
     @field_validator("faults", mode="before")
     @classmethod
@@ -68,5 +78,17 @@ class EmulatorOptions(BaseModel):
             raise ValueError(
                 f"tpm {tpm} over a {value:g} s window allows less than one token; "
                 "use a longer window or a higher tpm"
+            )
+        return value
+
+    @field_validator("near_dup_rate")
+    @classmethod
+    def _rates_fit(cls, value: float, info: ValidationInfo) -> float:
+        """Both shares are of the same clean answers, so together they cannot exceed all."""
+        dup_rate = info.data.get("dup_rate")
+        if isinstance(dup_rate, int | float) and dup_rate + value > 1.0 + 1e-9:
+            raise ValueError(
+                f"dup_rate {dup_rate:g} + near_dup_rate {value:g} = {dup_rate + value:g}, over 1: "
+                "both are shares of the same clean answers, so together at most 1"
             )
         return value

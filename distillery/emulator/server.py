@@ -11,7 +11,9 @@ refused one gets its format's 429 at once (no latency) and is counted in ``rate_
 admitted one counts against the window and in flight, whatever follows. With ``fault_rate`` > 0,
 an admitted request may instead get a fault (:mod:`.faults`): the format renders HTTP errors and
 flagged answers, :mod:`.transport` the rest. Without limits no limit code runs, and with
-``fault_rate`` 0 no fault code runs at all.
+``fault_rate`` 0 no fault code runs at all. With ``dup_rate`` or ``near_dup_rate`` > 0, a clean
+answer may be replaced by a copy of an earlier one (:mod:`.duplicates`); with both 0 no copy
+code runs.
 """
 
 from __future__ import annotations
@@ -26,6 +28,7 @@ from aiohttp import web
 
 from distillery.emulator import transport
 from distillery.emulator.completion import Answer, ChatRequest, complete
+from distillery.emulator.duplicates import Copier, Copy
 from distillery.emulator.faults import FLAGGED, HTTP_ERRORS, RATE_LIMITS, Fault, FaultPicker, flag
 from distillery.emulator.formats.anthropic import AnthropicFormat
 from distillery.emulator.formats.base import ApiError, Problem, Served, WireFormat
@@ -69,6 +72,12 @@ class EmulatorState:
         self.picker = (
             FaultPicker(options.fault_rate, options.faults, options.seed)
             if options.fault_rate > 0
+            else None
+        )
+        # Copies of earlier answers; None keeps the path without them free of their work.
+        self.copier = (
+            Copier(options.dup_rate, options.near_dup_rate, options.seed)
+            if options.copies
             else None
         )
 
@@ -137,20 +146,26 @@ def _api_handler(state: EmulatorState, fmt: WireFormat) -> Handler:
     required = options.require_key
     picker = state.picker
     limiter = state.limiter
+    copier = state.copier
 
     async def produce(
         chat: ChatRequest, started: float, fault: Fault | None = None, paid: Charge = NO_CHARGE
-    ) -> tuple[web.Response, Answer]:
-        """Generate, count in the usage window and render an answer (flagged by ``fault``)."""
+    ) -> tuple[web.Response, Answer, Copy | None]:
+        """Generate, count in the usage window and render an answer: flagged by ``fault``, sent
+        as it is for a transport fault to mangle, or, without one, maybe a copy of an earlier
+        answer (what the third element says)."""
         await state.delay()
         answer = paid.answer or complete(chat, options.seed, paid.prompt_tokens)
-        if fault is not None:
+        copy = None
+        if fault in FLAGGED:
             answer = flag(answer, fault, chat)
+        elif fault is None and copier is not None:
+            answer, copy = copier.answer(answer, chat)
         now = time.monotonic()
         window.add(now, answer.prompt_tokens + answer.completion_tokens)
         quota = window.quota(now) if limiter is None else limiter.quota(now, paid.tokens, window)
         served = Served(quota, int((now - started) * 1000))
-        return fmt.render(chat, answer, served), answer
+        return fmt.render(chat, answer, served), answer, copy
 
     async def inject(
         fault: Fault,
@@ -166,7 +181,7 @@ def _api_handler(state: EmulatorState, fmt: WireFormat) -> Handler:
                 await state.delay()
             response = fmt.fault(fault, chat)
         elif fault in FLAGGED:
-            response, answer = await produce(chat, started, fault, paid)
+            response, answer, _ = await produce(chat, started, fault, paid)
             stats.flagged(answer.prompt_tokens, answer.completion_tokens)
         elif fault is Fault.TIMEOUT:
             stats.answered(fault.value)
@@ -176,7 +191,7 @@ def _api_handler(state: EmulatorState, fmt: WireFormat) -> Handler:
             stats.answered(fault.value)
             return transport.reset(request)
         else:
-            response, _ = await produce(chat, started, paid=paid)
+            response, _, _ = await produce(chat, started, fault, paid)
             if fault is Fault.TRUNCATE:
                 stats.answered(fault.value)
                 return await transport.truncate(request, response)
@@ -204,8 +219,8 @@ def _api_handler(state: EmulatorState, fmt: WireFormat) -> Handler:
         try:
             if picker is not None and (fault := picker.pick()) is not None:
                 return await inject(fault, request, chat, started, paid)
-            response, answer = await produce(chat, started, paid=paid)
-            stats.served(answer.prompt_tokens, answer.completion_tokens)
+            response, answer, copy = await produce(chat, started, paid=paid)
+            stats.served(answer.prompt_tokens, answer.completion_tokens, copy)
             stats.answered(response.status)
             return response
         finally:
@@ -231,8 +246,8 @@ def _api_handler(state: EmulatorState, fmt: WireFormat) -> Handler:
                 return await limited(request, chat, started, limiter)
             if picker is not None and (fault := picker.pick()) is not None:
                 return await inject(fault, request, chat, started)
-            response, answer = await produce(chat, started)
-            stats.served(answer.prompt_tokens, answer.completion_tokens)
+            response, answer, copy = await produce(chat, started)
+            stats.served(answer.prompt_tokens, answer.completion_tokens, copy)
         except ApiError as err:
             response = fmt.error(err, request)
         stats.answered(response.status)

@@ -17,9 +17,15 @@ With limits configured (:mod:`.limits`), ``rate_limited`` counts the requests th
 (429s, also in ``by_status``; never in ``faults``, which are injected) and ``max_in_flight`` is
 the most requests in flight at once, admitted and not yet answered. Without limits the server
 does no limit work, so ``rate_limited`` stays 0 and ``max_in_flight`` is None (not tracked).
+
+With ``dup_rate`` or ``near_dup_rate`` set (:mod:`.duplicates`), ``dup_answers`` and
+``near_dup_answers`` count the clean answers that were an earlier answer verbatim or lightly
+edited; they are also in ``served_ok``, since they are clean successful answers.
 """
 
 from __future__ import annotations
+
+from distillery.emulator.duplicates import Copy
 
 
 class Stats:
@@ -36,6 +42,8 @@ class Stats:
     last_request_at: float | None
     rate_limited: int
     max_in_flight: int | None
+    dup_answers: int
+    near_dup_answers: int
 
     def __init__(self, track_in_flight: bool = False) -> None:
         self._track_in_flight = track_in_flight
@@ -54,6 +62,8 @@ class Stats:
         self.last_request_at = None
         self.rate_limited = 0
         self.max_in_flight = 0 if self._track_in_flight else None
+        self.dup_answers = 0
+        self.near_dup_answers = 0
 
     def received(self, now: float) -> None:
         """An API request arrived at ``now`` (unix seconds), whatever becomes of it."""
@@ -70,11 +80,16 @@ class Stats:
         """A fault replaced the normal answer to a request."""
         self.faults[fault] = self.faults.get(fault, 0) + 1
 
-    def served(self, prompt_tokens: int, completion_tokens: int) -> None:
-        """A clean answer was sent: these are the tokens a real provider would bill."""
+    def served(self, prompt_tokens: int, completion_tokens: int, copy: Copy | None = None) -> None:
+        """A clean answer was sent: these are the tokens a real provider would bill. ``copy``
+        says it copied an earlier answer, verbatim or edited."""
         self.served_ok += 1
         self.prompt_tokens += prompt_tokens
         self.completion_tokens += completion_tokens
+        if copy is Copy.DUP:
+            self.dup_answers += 1
+        elif copy is Copy.NEAR_DUP:
+            self.near_dup_answers += 1
 
     def flagged(self, prompt_tokens: int, completion_tokens: int) -> None:
         """A flagged success was sent; its usage is billed like a clean answer's."""
@@ -103,6 +118,8 @@ class Stats:
             "last_request_at": self.last_request_at,
             "rate_limited": self.rate_limited,
             "max_in_flight": self.max_in_flight,
+            "dup_answers": self.dup_answers,
+            "near_dup_answers": self.near_dup_answers,
         }
 
 

@@ -45,7 +45,8 @@ def _add_s(word: str) -> str:
     return word + "s"
 
 
-def _needs_an(word: str) -> bool:
+def needs_an(word: str) -> bool:
+    """Whether ``word`` takes "an" rather than "a" (by its first letters, as the banks do)."""
     return _ARTICLE.match("a " + word) is not None
 
 
@@ -151,7 +152,7 @@ class _Writer:
     def __init__(self, rand: Callable[[], float], topics: list[str], banks: _Banks) -> None:
         self.rand = rand
         self.topics = topics
-        self.an = [_needs_an(t) for t in topics]
+        self.an = [needs_an(t) for t in topics]
         self.banks = banks
         self.words = 0
 
