@@ -82,3 +82,20 @@ def test_filters_and_dedup_within_and_across_runs(
     assert all(not counts for counts in removed.values())
     totals = con.execute("SELECT count(*) FROM samples").fetchall()
     assert open_catalog(job.output).execute("SELECT count(*) FROM samples").fetchall() == totals
+
+
+def test_emulated_duplicates_are_found(prefect_api: str, tmp_path: Path) -> None:
+    from distillery.emulator import EmulatorOptions
+
+    options = EmulatorOptions(seed=9, dup_rate=0.15, near_dup_rate=0.15)
+    with RunningEmulator(options) as emulator:
+        job = load_config(write_job(tmp_path, emulator.url, prompts=200))
+        summary = asyncio.run(generate(job=job, run_id="dups"))
+        stats = emulator.stats()
+    exact, near = stats["dup_answers"], stats["near_dup_answers"]
+    assert isinstance(exact, int) and isinstance(near, int) and exact > 10 and near > 10
+    # Every verbatim copy is caught as a duplicate (a copy of a copy stays exact).
+    assert summary.rejected.get("duplicate", 0) == exact
+    # Lightly edited copies (Jaccard >= 0.86) are caught as near duplicates.
+    assert summary.rejected.get("near_duplicate", 0) >= 0.95 * near
+    assert summary.samples + sum(summary.rejected.values()) == 200
