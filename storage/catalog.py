@@ -100,13 +100,16 @@ def define_views(con: duckdb.DuckDBPyConnection, output: Path, live: bool) -> No
                    sum(completion_tokens) AS completion_tokens
             FROM samples GROUP BY run_id
         ),
-        f AS (SELECT run_id, count(*) AS failures FROM failures GROUP BY run_id)
+        f AS (SELECT run_id, count(*) AS failures FROM failures GROUP BY run_id),
+        r AS (SELECT run_id, count(*) AS rejected FROM rejected GROUP BY run_id)
         SELECT log.run_id, log.dataset, log.config_hash, log.status, log.started_at,
                log.ended_at, log.invocations,
-               coalesce(s.samples, 0) AS samples, coalesce(f.failures, 0) AS failures,
+               coalesce(s.samples, 0) AS samples, coalesce(r.rejected, 0) AS rejected,
+               coalesce(f.failures, 0) AS failures,
                coalesce(s.prompt_tokens, 0) AS prompt_tokens,
                coalesce(s.completion_tokens, 0) AS completion_tokens
         FROM log LEFT JOIN s USING (run_id) LEFT JOIN f USING (run_id)
+        LEFT JOIN r USING (run_id)
         ORDER BY log.started_at
         """
     )
