@@ -133,6 +133,41 @@ class DedupConfig(_Strict):
     threshold: float = Field(default=0.8, gt=0, le=1, description="Shingle Jaccard for 'near'.")
 
 
+JUDGE_TEMPLATE = """You are grading an answer for a training dataset.
+
+Question:
+{{ prompt }}
+
+Answer:
+{{ response }}
+
+Rate the answer's correctness and helpfulness from 1 (useless) to 10 (excellent).
+Reply with 'Score: N' where N is an integer from 1 to 10, then one sentence of reasoning."""
+
+
+class JudgeConfig(_Strict):
+    """An LLM judge: a teacher that grades every answer the filters kept."""
+
+    teacher: TeacherConfig
+    template: str = Field(
+        default=JUDGE_TEMPLATE,
+        description="Jinja with {{ prompt }} and {{ response }}; must ask for 'Score: N'.",
+    )
+    threshold: float = Field(default=6.0, ge=0, description="Answers scored below are rejected.")
+    scale: float = Field(default=10.0, gt=0, description="Highest score the template allows.")
+
+    @field_validator("template")
+    @classmethod
+    def _compiles(cls, value: str) -> str:
+        import jinja2
+
+        try:
+            jinja2.Environment().parse(value)
+        except jinja2.TemplateSyntaxError as exc:
+            raise ValueError(f"{exc.message} (line {exc.lineno})") from exc
+        return value
+
+
 class CurationConfig(_Strict):
     """What happens to answers before they count as samples."""
 
@@ -141,6 +176,7 @@ class CurationConfig(_Strict):
         description="Checks in order, e.g. [{type: length, min_tokens: 5}, {type: refusal}].",
     )
     dedup: DedupConfig = Field(default_factory=DedupConfig)
+    judge: JudgeConfig | None = Field(default=None, description="Optional LLM judge.")
 
     @field_validator("filters")
     @classmethod
@@ -186,6 +222,11 @@ class JobConfig(_Strict):
             if teacher.name in seen:
                 raise ValueError(f"teachers[{index}].name {teacher.name!r} is used twice")
             seen.add(teacher.name)
+        judge = self.curation.judge
+        if judge is not None and judge.teacher.name in seen:
+            raise ValueError(
+                f"curation.judge.teacher.name {judge.teacher.name!r} is also a teacher's name"
+            )
         return self
 
     def config_hash(self) -> str:
@@ -266,9 +307,12 @@ def load_config(path: Path) -> JobConfig:
 
 def require_api_keys(job: JobConfig) -> None:
     """Fail before anything is sent if a teacher's key variable is unset (naming the variable)."""
-    for index, teacher in enumerate(job.teachers):
+    teachers = [(f"teachers[{i}]", t) for i, t in enumerate(job.teachers)]
+    if job.curation.judge is not None:
+        teachers.append(("curation.judge.teacher", job.curation.judge.teacher))
+    for where, teacher in teachers:
         if teacher.api_key_env and not os.environ.get(teacher.api_key_env):
             raise ConfigError(
-                f"teachers[{index}].api_key_env: environment variable "
+                f"{where}.api_key_env: environment variable "
                 f"{teacher.api_key_env} is not set (teacher {teacher.name!r})"
             )

@@ -117,6 +117,9 @@ async def generate_batch(
     finally:
         spool.close()
     kept, rejected = curator.curate(rows.samples)
+    if pool.judge is not None and kept:
+        kept, judged_out = await pool.judge.apply(kept)
+        rejected += judged_out
     if kept:
         write_shard(output, "samples", ctx.run_id, kept, part)
     if rejected:

@@ -19,6 +19,7 @@ import httpx
 from distillery.config import JobConfig, TeacherConfig
 from distillery.generators.budget import Budget
 from distillery.generators.client import Outcome, TeacherClient, TeacherUnusable
+from distillery.generators.curation.judge import Judge
 from distillery.generators.http import make_http_client
 from distillery.generators.pricing import PriceEntry, cost_usd
 from distillery.generators.prompts import Prompt
@@ -93,6 +94,19 @@ class TeacherPool:
             self._teachers[teacher.name] = _Teacher(
                 client, http, asyncio.Semaphore(teacher.concurrency)
             )
+        self.judge: Judge | None = None
+        judge = job.curation.judge
+        if judge is not None:
+            spec = judge.teacher
+            http = make_http_client(job.http_transport, spec.concurrency, spec.timeout_s)
+            limiter = Limiter(
+                Limits(spec.limits.rpm, spec.limits.tpm, spec.limits.window_s),
+                spec.concurrency,
+                spec.params.max_tokens,
+            )
+            client = TeacherClient(spec, get_provider(spec.provider), http, limiter)
+            self._teachers[spec.name] = _Teacher(client, http, asyncio.Semaphore(spec.concurrency))
+            self.judge = Judge(judge, client, self._prices.get(spec.name))
         self.fatal: TeacherUnusable | None = None
 
     async def __aenter__(self) -> TeacherPool:

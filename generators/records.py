@@ -43,13 +43,16 @@ class RunContext:
 
 
 def teacher_facts(job: JobConfig) -> dict[str, TeacherFacts]:
-    """Terms tag and price of every teacher of ``job``, resolved once per run."""
+    """Terms tag and price of every teacher of ``job`` (the judge too), resolved once per run."""
     terms, prices = load_terms(job.terms_file), load_prices(job.prices_file)
+    teachers = list(job.teachers)
+    if job.curation.judge is not None:
+        teachers.append(job.curation.judge.teacher)
     return {
         t.name: TeacherFacts(
             terms_for(terms, t.provider, t.model).tag, price_for(prices, t.provider, t.model)
         )
-        for t in job.teachers
+        for t in teachers
     }
 
 

@@ -59,6 +59,12 @@ SAMPLE_SCHEMA = pa.schema(
         pa.field("rate_limits", JSON),
         pa.field("content_hash", pa.string()),
         pa.field("dedup_bands", pa.list_(pa.uint64())),
+        pa.field("judge_teacher", pa.string()),
+        pa.field("judge_score", pa.float64()),
+        pa.field("judge_model_version", pa.string()),
+        pa.field("judge_response_id", pa.string()),
+        pa.field("judge_text", pa.string()),
+        pa.field("judge_cost_usd", pa.float64()),
     ]
 )
 

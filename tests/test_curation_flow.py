@@ -99,3 +99,31 @@ def test_emulated_duplicates_are_found(prefect_api: str, tmp_path: Path) -> None
     # Lightly edited copies (Jaccard >= 0.86) are caught as near duplicates.
     assert summary.rejected.get("near_duplicate", 0) >= 0.95 * near
     assert summary.samples + sum(summary.rejected.values()) == 200
+
+
+def test_llm_judge_grades_through_its_own_client(
+    prefect_api: str, emulator: RunningEmulator, tmp_path: Path
+) -> None:
+    judge = f"""curation:
+  judge:
+    teacher: {{name: grader, provider: anthropic, model: claude-3-5-haiku,
+              base_url: "{emulator.url}", api_key_env: EMULATOR_API_KEY, concurrency: 4}}
+    threshold: 6
+"""
+    job = load_config(write_job(tmp_path, emulator.url, prompts=40, extra=judge))
+    summary = asyncio.run(generate(job=job, run_id="judged"))
+    con = open_catalog(job.output)
+    low = con.execute(
+        "SELECT count(*), bool_and(judge_score < 6), bool_and(detail LIKE 'score % < 6') "
+        "FROM rejected WHERE filter = 'judge' AND reason = 'low_score'"
+    ).fetchall()[0]
+    kept = con.execute(
+        """SELECT count(*), bool_and(judge_score >= 6), bool_and(judge_teacher = 'grader'),
+                  bool_and(judge_model_version LIKE 'claude-3-5-haiku-%'),
+                  bool_and(judge_cost_usd > 0)
+           FROM samples"""
+    ).fetchall()[0]
+    assert low[0] > 0 and low[1] and low[2]
+    assert kept[0] > 0 and all(kept[1:])
+    assert summary.rejected.get("low_score") == low[0]
+    assert low[0] + kept[0] + sum(v for k, v in summary.rejected.items() if k != "low_score") == 40

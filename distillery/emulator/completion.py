@@ -7,6 +7,7 @@ answers the same prompt with the same text and the same usage.
 
 from __future__ import annotations
 
+import hashlib
 import json
 from dataclasses import dataclass
 from enum import Enum
@@ -30,6 +31,10 @@ class Finish(Enum):
     LENGTH = "length"
     CONTENT_FILTER = "content_filter"
     REFUSAL = "refusal"
+
+
+#: The line distillery's judge prompts end with; the emulator then answers with a score.
+JUDGE_INSTRUCTION = "Reply with 'Score: N'"
 
 
 @dataclass(frozen=True, slots=True)
@@ -78,7 +83,12 @@ def complete(chat: ChatRequest, seed: int, prompt_tokens: int | None = None) -> 
     counting them again.
     """
     prompt = "\n".join(m.get("content", "") for m in chat.messages if m.get("role") != "assistant")
-    text = answer_text.generate(request_key(chat, seed), prompt)
+    key = request_key(chat, seed)
+    text = answer_text.generate(key, prompt)
+    if JUDGE_INSTRUCTION in prompt:
+        # Asked to grade (an LLM judge): answer with a deterministic score, as a judge would.
+        score = 1 + int.from_bytes(hashlib.blake2b(key).digest()[:4]) % 10
+        text = f"Score: {score}\n{text}"
     if prompt_tokens is None:
         prompt_tokens = count_message_tokens(chat.messages, chat.model)
     return answer_with(text, chat, prompt_tokens)

@@ -1,0 +1,96 @@
+"""An LLM judge: a teacher that grades answers, through the same rate-limited clients.
+
+A judge is a filter that costs a request per sample, so it runs after the cheap filters, on the
+answers they kept, concurrently within the batch, admitted by its own limiter like any teacher.
+Its verdict is lineage too: every judged row records the score, the judge's returned model
+version, its response id, what it said and what it cost. An answer the judge could not grade
+(its request failed, or no score could be read) is kept with ``judge_score`` null — a failing
+judge must not silently empty the dataset.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import re
+from dataclasses import dataclass
+from typing import Any
+
+import jinja2
+
+from distillery.config import JudgeConfig
+from distillery.generators.client import TeacherClient
+from distillery.generators.pricing import PriceEntry, cost_usd
+
+_SCORE = re.compile(r"score\s*[:=]?\s*(\d+(?:\.\d+)?)", re.IGNORECASE)
+
+
+@dataclass(frozen=True)
+class Grade:
+    score: float | None
+    columns: dict[str, Any]
+
+
+def parse_score(text: str, scale: float) -> float | None:
+    """The first ``Score: N`` in the judge's answer, if it is within 0..scale."""
+    match = _SCORE.search(text)
+    if match is None:
+        return None
+    value = float(match.group(1))
+    return value if 0 <= value <= scale else None
+
+
+class Judge:
+    """Grades sample rows with one teacher and a prompt template."""
+
+    def __init__(self, config: JudgeConfig, client: TeacherClient, price: PriceEntry | None):
+        self.config = config
+        self.client = client
+        self.price = price
+        environment = jinja2.Environment(undefined=jinja2.StrictUndefined, autoescape=False)
+        self.template = environment.from_string(config.template)
+
+    async def grade(self, row: dict[str, Any]) -> Grade:
+        prompt = row.get("prompt") or "\n\n".join(
+            f"{m['role']}: {m['content']}" for m in row.get("messages") or []
+        )
+        content = self.template.render(prompt=prompt, response=row.get("response_text") or "")
+        outcome = await self.client.complete([{"role": "user", "content": content}])
+        columns: dict[str, Any] = {"judge_teacher": self.config.teacher.name}
+        if outcome.completion is None:
+            failure = outcome.failure
+            columns["judge_text"] = f"judge failed: {failure.error_class}" if failure else None
+            return Grade(None, columns)
+        done = outcome.completion
+        score = parse_score(done.text, self.config.scale)
+        columns.update(
+            judge_score=score,
+            judge_model_version=done.model_version,
+            judge_response_id=done.response_id,
+            judge_text=done.text[:2000],
+            judge_cost_usd=cost_usd(
+                self.price, done.prompt_tokens, done.completion_tokens, done.cached_tokens
+            ),
+        )
+        return Grade(score, columns)
+
+    async def apply(
+        self, rows: list[dict[str, Any]]
+    ) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
+        """Grade ``rows`` concurrently; (kept, rejected) with the judge's columns on each."""
+        grades = await asyncio.gather(*(self.grade(row) for row in rows))
+        kept: list[dict[str, Any]] = []
+        rejected: list[dict[str, Any]] = []
+        for row, grade in zip(rows, grades, strict=True):
+            row.update(grade.columns)
+            if grade.score is not None and grade.score < self.config.threshold:
+                rejected.append(
+                    {
+                        **row,
+                        "filter": "judge",
+                        "reason": "low_score",
+                        "detail": f"score {grade.score:g} < {self.config.threshold:g}",
+                    }
+                )
+            else:
+                kept.append(row)
+        return kept, rejected
