@@ -117,10 +117,15 @@ def _free_port() -> int:
         return int(sock.getsockname()[1])
 
 
-def _server_env(home: Path) -> dict[str, str]:
+def _server_env(home: Path, port: int) -> dict[str, str]:
     env = {k: v for k, v in os.environ.items() if not k.startswith("PREFECT_API_")}
     env.update(
         PREFECT_HOME=str(home / "prefect"),
+        # The UI learns its API address from the server's settings, which default to port 4200
+        # whatever --port says: without these the UI we link to cannot load any run.
+        PREFECT_SERVER_API_HOST="127.0.0.1",
+        PREFECT_SERVER_API_PORT=str(port),
+        PREFECT_UI_API_URL="/api",
         PREFECT_SERVER_ANALYTICS_ENABLED="false",
         DO_NOT_TRACK="1",
         PREFECT_LOGGING_LEVEL="WARNING",
@@ -158,7 +163,7 @@ def ensure_server() -> tuple[ServerInfo, bool]:
                 stdin=subprocess.DEVNULL,
                 stdout=handle,
                 stderr=subprocess.STDOUT,
-                env=_server_env(home),
+                env=_server_env(home, port),
                 start_new_session=True,
             )
         info = ServerInfo(process.pid, port, f"http://127.0.0.1:{port}", str(log), time.time())

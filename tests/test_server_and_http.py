@@ -54,3 +54,10 @@ def test_both_transports_honour_proxy_variables(
     monkeypatch.setenv("NO_PROXY", "127.0.0.1")
     monkeypatch.setenv("no_proxy", "127.0.0.1")
     assert asyncio.run(get(stats)) == 200
+
+
+def test_the_ui_is_told_its_own_api(prefect_api: str) -> None:
+    # The UI fetches /ui-settings to find the API; a wrong address means every link we print
+    # opens an error page.
+    settings = httpx.get(prefect_api.removesuffix("/api") + "/ui-settings", timeout=10).json()
+    assert settings["api_url"] in ("/api", prefect_api)
