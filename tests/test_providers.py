@@ -29,7 +29,7 @@ def teacher(provider: str, base_url: str, **params: object) -> TeacherConfig:
 
 
 def test_registry_knows_three_providers() -> None:
-    assert provider_names() == ["anthropic", "gemini", "openai"]
+    assert provider_names() == ["anthropic", "gemini", "local", "openai"]
     with pytest.raises(KeyError, match="unknown provider 'nope'"):
         get_provider("nope")
 

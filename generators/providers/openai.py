@@ -130,3 +130,21 @@ def _error_class(status: int, code: str | None, kind: str | None) -> str:
     if status >= 500:
         return "server_error"
     return kind or code or f"http_{status}"
+
+
+@register("local")
+class LocalProvider(OpenAIProvider):
+    """The embedded local teacher (``distillery teacher serve``): OpenAI-compatible wire
+    format, its own provider name so lineage, terms and prices can tell it apart.
+
+    llama-cpp-python's server echoes whatever model name it is sent, so the request names the
+    exact weights (``<file>@sha256:<digest>``) and the echo becomes the sample's model version.
+    """
+
+    def build_call(
+        self, teacher: TeacherConfig, messages: list[Message], api_key: str | None
+    ) -> HttpCall:
+        from distillery.local_teacher import model_alias
+
+        call = super().build_call(teacher, messages, api_key)
+        return HttpCall(call.url, call.headers, {**call.body, "model": model_alias()})
