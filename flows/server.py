@@ -118,7 +118,9 @@ def _free_port() -> int:
 
 
 def _server_env(home: Path, port: int) -> dict[str, str]:
-    env = {k: v for k, v in os.environ.items() if not k.startswith("PREFECT_API_")}
+    # A client's API address and key are not the server's business (and would confuse it); the
+    # rest passes through, e.g. PREFECT_SERVER_DATABASE_CONNECTION_URL for PostgreSQL.
+    env = {k: v for k, v in os.environ.items() if k not in ("PREFECT_API_URL", "PREFECT_API_KEY")}
     env.update(
         PREFECT_HOME=str(home / "prefect"),
         # The UI learns its API address from the server's settings, which default to port 4200
