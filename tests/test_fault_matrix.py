@@ -67,8 +67,10 @@ def test_fault_matrix_three_providers(prefect_api: str, tmp_path: Path) -> None:
         stats = emulator.stats()
     assert result.returncode == 0, result.stderr[-3000:]
     con = open_catalog(tmp_path / "out")
+    # Answers are kept as samples or set aside in rejected (e.g. empty ones): both are stored.
     samples, distinct = con.execute(
-        "SELECT count(*), count(DISTINCT sample_id) FROM samples"
+        """SELECT count(*), count(DISTINCT sample_id) FROM
+           (SELECT sample_id FROM samples UNION ALL SELECT sample_id FROM rejected)"""
     ).fetchall()[0]
     failures = con.execute("SELECT count(*) FROM failures").fetchall()[0][0]
     assert samples == distinct
@@ -90,7 +92,11 @@ def test_fault_matrix_three_providers(prefect_api: str, tmp_path: Path) -> None:
     for error_class, count in classes.items():
         assert f"{error_class} {count}" in result.stdout
     flagged = dict(
-        con.execute("SELECT finish_reason, count(*) FROM samples GROUP BY ALL").fetchall()
+        con.execute(
+            """SELECT finish_reason, count(*) FROM
+               (SELECT finish_reason FROM samples UNION ALL SELECT finish_reason FROM rejected)
+               GROUP BY ALL"""
+        ).fetchall()
     )
     assert {"length", "content_filter", "refusal"} <= set(flagged)
     retried = con.execute("SELECT count(*) FROM samples WHERE attempts > 1").fetchall()[0][0]
