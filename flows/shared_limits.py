@@ -19,6 +19,7 @@ import math
 
 from prefect import get_client
 from prefect.concurrency.asyncio import rate_limit
+from prefect.exceptions import ObjectAlreadyExists
 
 from distillery.config import TeacherConfig
 from distillery.generators.ratelimit import LeaseGate, SharedLimits
@@ -59,6 +60,11 @@ async def shared_limits_for(teacher: TeacherConfig) -> SharedLimits:
                 continue
             block, capacity, decay = _sizing(per_minute, limits.window_s)
             name = limit_name(teacher, kind)
-            await client.upsert_global_concurrency_limit_by_name(name, capacity, decay)
+            try:
+                await client.upsert_global_concurrency_limit_by_name(name, capacity, decay)
+            except ObjectAlreadyExists:
+                # Another worker created it between Prefect's read and create (the upsert is
+                # not atomic): now it exists, so this upsert takes the update path.
+                await client.upsert_global_concurrency_limit_by_name(name, capacity, decay)
             gates[kind] = LeaseGate(name, block, _lease)
     return SharedLimits(requests=gates.get("requests"), tokens=gates.get("tokens"))

@@ -17,7 +17,9 @@ def test_quickstart_job_on_the_local_teacher(prefect_api: str, tmp_path: Path) -
     config = tmp_path / "quickstart.yaml"
     text = (REPO / "examples" / "quickstart.yaml").read_text()
     text = text.replace("path: prompts.jsonl", f"path: {REPO / 'examples' / 'prompts.jsonl'}")
-    config.write_text(text.replace("limit: 12", "limit: 3"))
+    config.write_text(
+        text.replace("limit: 12", "limit: 3").replace("max_tokens: 64", "max_tokens: 24")
+    )
     env = {
         **os.environ,
         "PREFECT_API_URL": prefect_api,
