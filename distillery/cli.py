@@ -33,6 +33,7 @@ from distillery.errors import DistilleryError, RunInterruptedError, UserInputErr
 
 if TYPE_CHECKING:
     from distillery.flows.generate import RunSummary
+    from distillery.storage.location import Location
 
 app = typer.Typer(
     name="distillery",
@@ -108,7 +109,10 @@ def _emulated(job: JobConfig) -> Iterator[JobConfig]:
 def run(
     config: Annotated[Path, typer.Argument(help="Job file (YAML).")],
     output: Annotated[
-        Path | None, typer.Option("--output", "-o", help="Dataset directory (overrides config).")
+        str | None,
+        typer.Option(
+            "--output", "-o", help="Dataset directory or s3://bucket/prefix (overrides config)."
+        ),
     ] = None,
     run_id: Annotated[
         str | None, typer.Option("--run-id", help="Name of this run; reuse one to resume it.")
@@ -127,7 +131,7 @@ def run(
 
     job = load_config(config)
     if output is not None:
-        job = job.model_copy(update={"output": output.resolve()})
+        job = job.model_copy(update={"output": _output_option(output)})
     run_id = run_id or datetime.now(UTC).strftime("%Y%m%d-%H%M%S-") + secrets.token_hex(2)
     if not _RUN_ID.match(run_id):
         raise UserInputError(f"--run-id {run_id!r}: use letters, digits, '.', '_' or '-'")
@@ -139,10 +143,7 @@ def run(
         require_api_keys(job)
         load_prompts(job.prompts)
         teacher_facts(job)
-        try:
-            Path(job.output).mkdir(parents=True, exist_ok=True)
-        except OSError as exc:
-            raise UserInputError(f"output {job.output}: cannot create ({exc.strerror})") from exc
+        _prepare_output(job.output)
         ui = _connect_prefect()
         summary = _run_with_progress(job, run_id, str(config), verbose)
     _print_summary(summary, ui)
@@ -150,6 +151,60 @@ def run(
         raise RunInterruptedError(
             f"stopped before the end; resume with: distillery run {config} --run-id {run_id}"
         )
+
+
+def _output_option(output: str) -> Path | str:
+    """``--output``: an absolute local path, or a normalised object-storage URI."""
+    from distillery.storage.location import resolve_output
+
+    try:
+        return resolve_output(output)
+    except ValueError as exc:
+        raise UserInputError(f"--output {output}: {exc}") from None
+
+
+def _prepare_output(output: Path | str) -> None:
+    """Create a local output directory, or check that an object-storage bucket answers."""
+    from distillery.storage.location import as_location, is_uri
+
+    if isinstance(output, str) and is_uri(output):
+        problem = as_location(output).unreachable()
+        if problem:
+            raise UserInputError(f"output {output}: {problem}")
+        return
+    try:
+        Path(output).mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise UserInputError(f"output {output}: cannot create ({exc.strerror})") from exc
+
+
+_DATA_HELP = "Dataset directory, or s3://bucket/prefix."
+
+
+def _dataset(data: str) -> Path | Location:
+    """``--data``: an existing local directory, or an object-storage prefix that has data.
+
+    Object storage is read with the standard AWS variables (``AWS_ENDPOINT_URL`` for an
+    S3-compatible server, ``AWS_ACCESS_KEY_ID``, ...); an unreachable bucket is one line here
+    rather than a stack trace from the first query.
+    """
+    from distillery.storage.location import as_location, is_uri
+
+    if not is_uri(data):
+        path = Path(data)
+        if not path.is_dir():
+            raise UserInputError(f"--data {data}: no such directory")
+        return path
+    try:
+        location = as_location(data)
+    except UserInputError as exc:
+        raise UserInputError(f"--data {exc}") from None
+    problem = location.unreachable()
+    if problem is None and not location.is_dir():
+        problem = "no dataset there (nothing under this prefix)"
+    if problem:
+        raise UserInputError(f"--data {location.uri}: {problem}")
+    return location
 
 
 def _start_local_teachers(job: JobConfig, stack: contextlib.ExitStack) -> None:
@@ -303,7 +358,7 @@ def _minutes(value: float) -> str:
 @_reports_errors
 def query(
     sql: Annotated[str, typer.Argument(help="DuckDB SQL over samples, failures and runs.")],
-    data: Annotated[Path, typer.Option("--data", "-d", help="Dataset directory.")] = Path("out"),
+    data: Annotated[str, typer.Option("--data", "-d", help=_DATA_HELP)] = "out",
     fmt: Annotated[
         Literal["table", "csv", "json"], typer.Option("--format", "-f", help="Output format.")
     ] = "table",
@@ -313,9 +368,7 @@ def query(
 
     from distillery.storage.catalog import open_catalog
 
-    if not data.is_dir():
-        raise UserInputError(f"--data {data}: no such directory")
-    con = open_catalog(data)
+    con = open_catalog(_dataset(data))
     try:
         cursor = con.execute(sql)
         rows = cursor.fetchall()
@@ -349,15 +402,13 @@ def _print_rows(columns: list[str], rows: list[tuple[Any, ...]], fmt: str) -> No
 @_reports_errors
 def lineage(
     sample_id: Annotated[str, typer.Argument(help="A sample_id (or a failure's).")],
-    data: Annotated[Path, typer.Option("--data", "-d", help="Dataset directory.")] = Path("out"),
+    data: Annotated[str, typer.Option("--data", "-d", help=_DATA_HELP)] = "out",
 ) -> None:
     """Everything known about one sample: teacher, terms, parameters, usage, cost, run."""
     from distillery.generators.terms import load_terms
     from distillery.storage.catalog import open_catalog
 
-    if not data.is_dir():
-        raise UserInputError(f"--data {data}: no such directory")
-    con = open_catalog(data)
+    con = open_catalog(_dataset(data))
     for view in ("samples", "rejected", "failures"):
         cursor = con.execute(f"SELECT * FROM {view} WHERE sample_id = ?", [sample_id])
         row = cursor.fetchall()
@@ -391,23 +442,21 @@ def lineage(
 @_reports_errors
 def catalog(
     db: Annotated[Path, typer.Option("--db", help="DuckDB database file to write.")],
-    data: Annotated[Path, typer.Option("--data", "-d", help="Dataset directory.")] = Path("out"),
+    data: Annotated[str, typer.Option("--data", "-d", help=_DATA_HELP)] = "out",
 ) -> None:
     """Write a DuckDB database with views over the dataset, for the DuckDB CLI or any client."""
     from distillery.storage.catalog import write_catalog
 
-    if not data.is_dir():
-        raise UserInputError(f"--data {data}: no such directory")
-    write_catalog(data, db)
-    out.print(
-        f"wrote {db}: views samples, rejected, failures, runs, teachers over {data.resolve()}"
-    )
+    dataset = _dataset(data)
+    write_catalog(dataset, db)
+    where = dataset.resolve() if isinstance(dataset, Path) else dataset
+    out.print(f"wrote {db}: views samples, rejected, failures, runs, teachers over {where}")
 
 
 @app.command()
 @_reports_errors
 def compact(
-    data: Annotated[Path, typer.Option("--data", "-d", help="Dataset directory.")] = Path("out"),
+    data: Annotated[str, typer.Option("--data", "-d", help=_DATA_HELP)] = "out",
     target_rows: Annotated[
         int, typer.Option(min=1, help="Rows per merged shard (BENCHMARKS.md: shard sizing).")
     ] = 50_000,
@@ -415,9 +464,7 @@ def compact(
     """Merge small shards of every run into larger ones, atomically."""
     from distillery.storage.compact import compact as compact_output
 
-    if not data.is_dir():
-        raise UserInputError(f"--data {data}: no such directory")
-    results = compact_output(data, target_rows)
+    results = compact_output(_dataset(data), target_rows)
     for result in results:
         out.print(
             f"{result.table}/run_id={result.run_id}: {result.shards_before} -> "
@@ -430,21 +477,23 @@ def compact(
 @app.command()
 @_reports_errors
 def dedup(
-    data: Annotated[Path, typer.Option("--data", "-d", help="Dataset directory.")] = Path("out"),
+    data: Annotated[str, typer.Option("--data", "-d", help=_DATA_HELP)] = "out",
     threshold: Annotated[
         float, typer.Option(min=0.01, max=1.0, help="Shingle Jaccard for near duplicates.")
     ] = 0.8,
     exact_only: Annotated[bool, typer.Option(help="Skip near-duplicate detection.")] = False,
 ) -> None:
     """Re-run duplicate removal over every run of a dataset, oldest run first."""
-    if not data.is_dir():
-        raise UserInputError(f"--data {data}: no such directory")
+    dataset = _dataset(data)
     _quiet_prefect_console(verbose=False)
     _connect_prefect()
     from distillery.config import DedupConfig
     from distillery.flows.curate import dedup_dataset
 
-    removed = dedup_dataset(data.resolve(), DedupConfig(threshold=threshold, near=not exact_only))
+    removed = dedup_dataset(
+        dataset.resolve() if isinstance(dataset, Path) else dataset.uri,
+        DedupConfig(threshold=threshold, near=not exact_only),
+    )
     for run_id, counts in removed.items():
         detail = ", ".join(f"{k} {v}" for k, v in sorted(counts.items())) or "nothing"
         out.print(f"run {run_id}: removed {detail}")

@@ -197,7 +197,10 @@ class JobConfig(_Strict):
     max_batches_in_flight: int = Field(
         default=4, ge=1, le=256, description="Batch tasks running at once."
     )
-    output: Path = Field(default=Path("out"), description="Dataset directory.")
+    output: Path | str = Field(
+        default=Path("out"),
+        description="Dataset directory, or an object-storage URI: s3://bucket/prefix.",
+    )
     curation: CurationConfig = Field(default_factory=CurationConfig)
     budget_usd: float | None = Field(
         default=None,
@@ -214,6 +217,16 @@ class JobConfig(_Strict):
         default="aiohttp",
         description="aiohttp: httpx API on aiohttp's transport (fast); httpx: httpx's own.",
     )
+
+    @field_validator("output")
+    @classmethod
+    def _output_location(cls, value: Path | str) -> Path | str:
+        """A URI stays a string (a Path would fold its ``//``); anything else is a local path."""
+        from distillery.storage.location import is_uri, normalise_uri
+
+        if isinstance(value, str) and is_uri(value):
+            return normalise_uri(value)
+        return Path(value)
 
     @model_validator(mode="after")
     def _unique_teacher_names(self) -> JobConfig:
@@ -298,7 +311,7 @@ def load_config(path: Path) -> JobConfig:
     return job.model_copy(
         update={
             "prompts": job.prompts.model_copy(update={"path": base / job.prompts.path}),
-            "output": base / job.output,
+            "output": job.output if isinstance(job.output, str) else base / job.output,
             "terms_file": base / job.terms_file if job.terms_file else None,
             "prices_file": base / job.prices_file if job.prices_file else None,
         }

@@ -20,6 +20,7 @@ from prefect.artifacts import (
 
 from distillery.generators.terms import load_terms
 from distillery.storage.catalog import open_catalog
+from distillery.storage.location import Location
 
 EXAMPLES = 3
 
@@ -56,7 +57,7 @@ class Progress:
                 )
 
 
-async def publish_run_artifacts(output: Path, dataset: str, run_id: str) -> None:
+async def publish_run_artifacts(output: Path | str | Location, dataset: str, run_id: str) -> None:
     """The per-teacher table and the dataset card of one run."""
     con = open_catalog(output)
     per_teacher = con.execute(

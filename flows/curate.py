@@ -22,6 +22,7 @@ from prefect.cache_policies import NO_CACHE
 from distillery.config import DedupConfig
 from distillery.generators.curation.dedup import find_duplicates
 from distillery.storage.catalog import open_catalog
+from distillery.storage.location import Location, as_location
 from distillery.storage.schema import REJECTED_SCHEMA, SAMPLE_SCHEMA
 from distillery.storage.shards import (
     next_part_number,
@@ -43,7 +44,7 @@ def _arrow(con: duckdb.DuckDBPyConnection, query: str, run_id: str) -> pa.Table:
     return table
 
 
-def earlier_runs(output: Path, run_id: str) -> list[str]:
+def earlier_runs(output: Path | Location, run_id: str) -> list[str]:
     """Runs that started before ``run_id`` first did (its history for dedup)."""
     con = open_catalog(output)
     rows = con.execute(
@@ -56,8 +57,11 @@ def earlier_runs(output: Path, run_id: str) -> list[str]:
     return [str(row[0]) for row in rows]
 
 
-def dedup_run(output: Path, run_id: str, history: list[str], config: DedupConfig) -> dict[str, int]:
+def dedup_run(
+    output: Path | Location, run_id: str, history: list[str], config: DedupConfig
+) -> dict[str, int]:
     """Move the run's duplicates to ``rejected``; returns how many, by reason."""
+    output = as_location(output)
     con = open_catalog(output)
     scope = ", ".join(_quote(r) for r in [run_id, *history])
     bands = "dedup_bands" if config.near else "NULL::UBIGINT[]"
@@ -103,7 +107,7 @@ def dedup_run(output: Path, run_id: str, history: list[str], config: DedupConfig
 
 @task(name="dedup-run", task_run_name="dedup-{run_id}", cache_policy=NO_CACHE)
 def dedup_run_task(
-    output: Path, run_id: str, history: list[str], config: DedupConfig
+    output: Path | Location, run_id: str, history: list[str], config: DedupConfig
 ) -> dict[str, int]:
     removed = dedup_run(output, run_id, history, config)
     get_run_logger().info("run %s: removed %s", run_id, removed or "no duplicates")
@@ -111,13 +115,17 @@ def dedup_run_task(
 
 
 @flow(name="dedup", flow_run_name="dedup/{output}", persist_result=False)
-def dedup_dataset(output: Path, config: DedupConfig | None = None) -> dict[str, dict[str, int]]:
+def dedup_dataset(
+    output: Path | str, config: DedupConfig | None = None
+) -> dict[str, dict[str, int]]:
     """Re-run dedup over every run of a dataset, oldest first (e.g. after merging datasets).
 
     Each run is compared with itself and the runs before it, so the oldest copy always wins.
+    ``output`` is a local directory or an object-storage URI (``s3://bucket/prefix``).
     """
     config = config or DedupConfig()
-    con = open_catalog(output)
+    location = as_location(output)
+    con = open_catalog(location)
     order = [
         str(row[0])
         for row in con.execute(
@@ -126,6 +134,6 @@ def dedup_dataset(output: Path, config: DedupConfig | None = None) -> dict[str, 
         ).fetchall()
     ]
     return {
-        run_id: dedup_run_task(output, run_id, order[:position], config)
+        run_id: dedup_run_task(location, run_id, order[:position], config)
         for position, run_id in enumerate(order)
     }

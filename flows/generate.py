@@ -36,6 +36,7 @@ from distillery.generators.curation.minhash import DEFAULT_PARAMS
 from distillery.generators.prompts import load_prompts, template_hash
 from distillery.generators.records import RunContext, teacher_facts
 from distillery.storage.compact import compact_partition
+from distillery.storage.location import Location, as_location, resolve_output
 from distillery.storage.shards import next_part_number, partition_dir, read_column, write_shard
 from distillery.storage.spool import Spool, recover
 
@@ -100,7 +101,7 @@ async def generate_batch(
     items: list[WorkItem],
     pool: TeacherPool,
     ctx: RunContext,
-    output: Path,
+    output: Location,
     part: int,
     curator: Curator,
 ) -> BatchSummary:
@@ -175,7 +176,7 @@ async def generate(job: JobConfig, run_id: str, config_path: str | None = None) 
     started_at = datetime.now(UTC)
     clock = time.perf_counter()
     flow_run_id, _ = _current_ids()
-    output = Path(job.output)
+    output = as_location(job.output)
     prompts = load_prompts(job.prompts)
     curator = build_curator(job.curation)
     recovered = recover(output, run_id, curator.curate)
@@ -221,7 +222,7 @@ async def generate(job: JobConfig, run_id: str, config_path: str | None = None) 
     summary = RunSummary(
         run_id=run_id,
         dataset=job.name,
-        output=str(output),
+        output=output.uri,
         status="running",
         prompts=len(prompts),
         requests_planned=planned,
@@ -279,11 +280,12 @@ async def generate(job: JobConfig, run_id: str, config_path: str | None = None) 
         summary.elapsed_s = time.perf_counter() - clock
         _write_run_record(output, summary, job, config_path, started_at)
     _compact_run(output, run_id)
+    # publish_run_artifacts only hands ``output`` to open_catalog, which takes any Location.
     await publish_run_artifacts(output, job.name, run_id)
     return summary
 
 
-def _compact_run(output: Path, run_id: str) -> None:
+def _compact_run(output: Location, run_id: str) -> None:
     """Merge the run's per-batch shards: ~50k-row files query 3-5x faster than 500-row ones
     (BENCHMARKS.md). Per-batch shards stay the unit of crash safety while the run is going."""
     for table in ("samples", "rejected", "failures"):
@@ -312,7 +314,11 @@ def _fold(summary: RunSummary, results: list[BatchSummary], removed: dict[str, i
 
 
 def _write_run_record(
-    output: Path, summary: RunSummary, job: JobConfig, config_path: str | None, started_at: datetime
+    output: Location,
+    summary: RunSummary,
+    job: JobConfig,
+    config_path: str | None,
+    started_at: datetime,
 ) -> None:
     write_shard(
         output,
@@ -371,7 +377,7 @@ async def generate_job(
 
     job = load_config(Path(config))
     if output is not None:
-        job = job.model_copy(update={"output": Path(output).resolve()})
+        job = job.model_copy(update={"output": resolve_output(output)})
     if run_id is None:
         started = flow_run.scheduled_start_time
         run_id = started.strftime("%Y%m%d-%H%M%S") if started else uuid.uuid4().hex[:12]

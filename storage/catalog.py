@@ -14,6 +14,11 @@ yet is an empty view of the right columns rather than an error.
 :func:`open_catalog` reads exactly the shards in the manifests (the committed ones).
 :func:`write_catalog` writes a DuckDB database file for other clients (the DuckDB CLI, a
 notebook); its views glob the directories, so shards written later show up without rewriting it.
+
+On object storage (``s3://``) DuckDB cannot read the files itself (its httpfs extension is not
+available offline), so each table's committed shards are registered as a pyarrow dataset over
+pyarrow's S3 filesystem and the same views are built on top. A database file cannot hold such
+views, so :func:`write_catalog` refuses remote outputs.
 """
 
 from __future__ import annotations
@@ -22,17 +27,23 @@ from pathlib import Path
 
 import duckdb
 import pyarrow as pa
+import pyarrow.dataset as pads
 
+from distillery.errors import UserInputError
+from distillery.storage.location import Location, as_location
 from distillery.storage.schema import TABLES
 from distillery.storage.shards import committed_shards
 
 
-def _source(con: duckdb.DuckDBPyConnection, output: Path, table: str, live: bool) -> str:
+def _source(con: duckdb.DuckDBPyConnection, location: Location, table: str, live: bool) -> str:
     """A FROM clause over ``table``'s shards: the committed ones, or (``live``) a glob.
 
     Shards outside a manifest are leftovers of a crash, adopted or dropped when their run
     resumes; only the static list excludes them.
     """
+    if location.local_path is None:
+        return _remote_source(con, location, table)
+    output = location.local_path
     files = committed_shards(output, table)
     if files and live:
         pattern = str(output.resolve() / table / "run_id=*" / "part-*.parquet").replace("'", "''")
@@ -40,21 +51,50 @@ def _source(con: duckdb.DuckDBPyConnection, output: Path, table: str, live: bool
     if files:
         listed = ", ".join("'" + str(path).replace("'", "''") + "'" for path in files)
         return f"read_parquet([{listed}], hive_partitioning = true, union_by_name = true)"
+    return _empty(con, table)
+
+
+def _empty(con: duckdb.DuckDBPyConnection, table: str) -> str:
     con.register("_empty_arrow", pa.Table.from_pylist([], schema=TABLES[table]))
     con.execute(f"CREATE OR REPLACE TABLE _empty_{table} AS SELECT * FROM _empty_arrow")
     con.unregister("_empty_arrow")
     return f"_empty_{table}"
 
 
-def open_catalog(output: Path) -> duckdb.DuckDBPyConnection:
+def _remote_source(con: duckdb.DuckDBPyConnection, location: Location, table: str) -> str:
+    """The committed shards in object storage, as a pyarrow dataset DuckDB scans lazily.
+
+    The table's schema is given, so shards written before a column existed read it as null
+    (what ``union_by_name`` does locally); ``run_id`` is a column of every file.
+    """
+    files = committed_shards(location, table)
+    if not files:
+        return _empty(con, table)
+    dataset = pads.dataset(
+        [shard.fs_path for shard in files],
+        schema=TABLES[table],
+        format="parquet",
+        filesystem=location.filesystem,
+    )
+    con.register(f"_remote_{table}", dataset)
+    return f"_remote_{table}"
+
+
+def open_catalog(output: Path | str | Location) -> duckdb.DuckDBPyConnection:
     """An in-memory DuckDB connection with the dataset's views over its committed shards."""
     con = duckdb.connect()
     define_views(con, output, live=False)
     return con
 
 
-def write_catalog(output: Path, database: Path) -> None:
-    """Create (or refresh) a DuckDB database file with the dataset's views."""
+def write_catalog(output: Path | str | Location, database: Path) -> None:
+    """Create (or refresh) a DuckDB database file with the dataset's views (local data only)."""
+    location = as_location(output)
+    if location.local_path is None:
+        raise UserInputError(
+            f"{location.uri}: a catalog file cannot cover object storage here (its views would "
+            f"need DuckDB's httpfs extension); use: distillery query --data {location.uri} SQL"
+        )
     con = duckdb.connect(str(database))
     try:
         define_views(con, output, live=True)
@@ -62,14 +102,15 @@ def write_catalog(output: Path, database: Path) -> None:
         con.close()
 
 
-def define_views(con: duckdb.DuckDBPyConnection, output: Path, live: bool) -> None:
+def define_views(con: duckdb.DuckDBPyConnection, output: Path | str | Location, live: bool) -> None:
+    location = as_location(output)
     for view, table in (
         ("samples", "samples"),
         ("rejected", "rejected"),
         ("failures_log", "failures"),
         ("run_log", "runs"),
     ):
-        source = _source(con, output, table, live)
+        source = _source(con, location, table, live)
         con.execute(f"CREATE OR REPLACE VIEW {view} AS SELECT * FROM {source}")
     con.execute(
         """

@@ -4,7 +4,9 @@ Every batch commits its own shard, so a long run leaves many small files; DuckDB
 larger files faster (BENCHMARKS.md, shard sizing). Compaction rewrites each run partition's
 shards into shards of about ``target_rows`` and swaps them in with one manifest write, so a
 reader sees either the old shards or the new ones, never both or neither. Only shards listed in
-the manifest are touched, so compacting while a run still writes is safe.
+the manifest are touched, so compacting while a run still writes is safe — locally; on object
+storage, where manifest updates are serialised only within one process, compact a run only
+when nothing else writes it (:mod:`distillery.storage.location`).
 """
 
 from __future__ import annotations
@@ -13,12 +15,13 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import pyarrow as pa
-import pyarrow.parquet as pq
 
+from distillery.storage.location import Location, as_location
 from distillery.storage.schema import TABLES
 from distillery.storage.shards import (
     next_part_number,
     read_manifest,
+    read_shard,
     replace_shards,
 )
 
@@ -36,11 +39,12 @@ class CompactionResult:
 
 
 def compact_partition(
-    directory: Path, table: str, target_rows: int = DEFAULT_TARGET_ROWS
+    directory: Path | Location, table: str, target_rows: int = DEFAULT_TARGET_ROWS
 ) -> CompactionResult | None:
     """Merge the small shards of one ``DIR/<table>/run_id=R`` partition; None if nothing to do."""
-    run_id = directory.name.removeprefix("run_id=")
-    manifest = read_manifest(directory)
+    location = as_location(directory)
+    run_id = location.name.removeprefix("run_id=")
+    manifest = read_manifest(location)
     small = sorted(name for name, entry in manifest.items() if entry["rows"] < target_rows)
     if len(small) < 2:
         return None
@@ -60,26 +64,28 @@ def compact_partition(
         if len(group) < 2:
             continue
         merged = pa.concat_tables(
-            [pq.read_table(directory / name, schema=schema) for name in group]
+            [read_shard(location.child(name), schema=schema) for name in group]
         )
-        replace_shards(directory, group, merged, next_part_number(directory))
+        replace_shards(location, group, merged, next_part_number(location))
         written += 1
         total += merged.num_rows
     if not written:
         return None
-    after = len(read_manifest(directory))
+    after = len(read_manifest(location))
     return CompactionResult(table, run_id, len(manifest), after, total)
 
 
-def compact(output: Path, target_rows: int = DEFAULT_TARGET_ROWS) -> list[CompactionResult]:
+def compact(
+    output: Path | Location, target_rows: int = DEFAULT_TARGET_ROWS
+) -> list[CompactionResult]:
     """Compact every run partition of every table under ``output``."""
     results: list[CompactionResult] = []
     for table in TABLES:
-        root = output / table
+        root = as_location(output).child(table)
         if not root.is_dir():
             continue
-        for directory in sorted(root.glob("run_id=*")):
-            result = compact_partition(directory, table, target_rows)
+        for name in sorted(n for n in root.subdirs() if n.startswith("run_id=")):
+            result = compact_partition(root.child(name), table, target_rows)
             if result is not None:
                 results.append(result)
     return results

@@ -9,6 +9,11 @@ shard commit and spool deletion duplicates nothing.
 
 ``flush`` hands each line to the OS (it survives the process being killed); ``fsync`` runs every
 :data:`FSYNC_EVERY` rows and at close, bounding what a power cut could take.
+
+The spool is always local, since object storage has no appends: ``DIR/_spool`` for a local
+dataset, ``$DISTILLERY_HOME/spool/<hash of the URI>/`` for one in object storage (``s3://``).
+So a run on object storage that crashed is recovered by resuming it on the same machine (or one
+sharing ``$DISTILLERY_HOME``); elsewhere, the spooled answers are sent again.
 """
 
 from __future__ import annotations
@@ -21,6 +26,8 @@ from datetime import datetime
 from pathlib import Path
 from typing import IO, Any
 
+from distillery.home import distillery_home
+from distillery.storage.location import Location, as_location, spool_key
 from distillery.storage.schema import TABLES
 
 FSYNC_EVERY = 64
@@ -30,14 +37,19 @@ _TIMESTAMP_COLUMNS = {
 }
 
 
-def spool_dir(output: Path, run_id: str) -> Path:
-    return output / "_spool" / f"run_id={run_id}"
+def spool_dir(output: Path | Location, run_id: str) -> Path:
+    location = as_location(output)
+    if location.local_path is not None:
+        root = location.local_path / "_spool"
+    else:
+        root = distillery_home() / "spool" / spool_key(location)
+    return root / f"run_id={run_id}"
 
 
 class Spool:
     """One batch's append-only spool file."""
 
-    def __init__(self, output: Path, run_id: str) -> None:
+    def __init__(self, output: Path | Location, run_id: str) -> None:
         directory = spool_dir(output, run_id)
         directory.mkdir(parents=True, exist_ok=True)
         self.path = directory / f"{uuid.uuid4().hex}.jsonl"
@@ -88,7 +100,7 @@ def read_spool(path: Path) -> Iterator[tuple[str, dict[str, Any]]]:
             yield table, row
 
 
-def leftover_spools(output: Path, run_id: str) -> list[Path]:
+def leftover_spools(output: Path | Location, run_id: str) -> list[Path]:
     directory = spool_dir(output, run_id)
     return sorted(directory.glob("*.jsonl")) if directory.is_dir() else []
 
@@ -96,7 +108,7 @@ def leftover_spools(output: Path, run_id: str) -> list[Path]:
 Curate = Callable[[list[dict[str, Any]]], tuple[list[dict[str, Any]], list[dict[str, Any]]]]
 
 
-def recover(output: Path, run_id: str, curate: Curate | None = None) -> dict[str, int]:
+def recover(output: Path | Location, run_id: str, curate: Curate | None = None) -> dict[str, int]:
     """Bring a run's storage to a clean state before it resumes; returns rows recovered by table.
 
     Adopts complete shards a crash left outside the manifest, then replays every leftover spool
@@ -105,6 +117,7 @@ def recover(output: Path, run_id: str, curate: Curate | None = None) -> dict[str
     """
     from distillery.storage.shards import read_column, reconcile, write_shard
 
+    output = as_location(output)
     for table in ("samples", "rejected", "failures"):
         reconcile(output, table, run_id)
     recovered = {"samples": 0, "rejected": 0, "failures": 0}
