@@ -95,8 +95,9 @@ def _current_ids() -> tuple[str | None, str | None]:
     )
 
 
-@task(name="generate-batch", task_run_name="batch-{index:05d}", cache_policy=NO_CACHE)
+@task(name="generate-batch", task_run_name="{label}", cache_policy=NO_CACHE)
 async def generate_batch(
+    label: str,
     index: int,
     items: list[WorkItem],
     pool: TeacherPool,
@@ -159,6 +160,13 @@ async def generate_batch(
         ),
         cost_usd=sum(float(r["cost_usd"] or 0.0) for r in rows.samples),
     )
+
+
+def _label(index: int, items: list[WorkItem]) -> str:
+    """A task run's name in the UI: the batch and the teachers it asks."""
+    teachers = sorted({item.teacher.name for item in items})
+    shown = ", ".join(teachers[:3]) + (f" +{len(teachers) - 3}" if len(teachers) > 3 else "")
+    return f"batch-{index:05d} [{shown}]"
 
 
 def _batches(plan: list[list[WorkItem]], batch_size: int) -> list[list[WorkItem]]:
@@ -247,7 +255,14 @@ async def generate(job: JobConfig, run_id: str, config_path: str | None = None) 
                 async with gate:
                     if not pool.halted:
                         result = await generate_batch(
-                            index, items, pool, ctx, output, first_part + index, curator
+                            _label(index, items),
+                            index,
+                            items,
+                            pool,
+                            ctx,
+                            output,
+                            first_part + index,
+                            curator,
                         )
                         results.append(result)
                         await progress.advance(len(items))

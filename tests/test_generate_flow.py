@@ -67,6 +67,21 @@ def test_flow_end_to_end_then_rerun_adds_nothing(
     card = str(artifacts["test-job-card"])
     assert "gpt-4o-mini-" in card and "openai-no-competing-models" in card
     assert float(str(artifacts["test-job-progress"])) == 100.0
+    names = asyncio.run(_task_run_names(summary.flow_run_id))
+    assert {n for n in names if n.startswith("batch-")} == {
+        f"batch-{i:05d} [t0, t1]" for i in range(3)
+    }
+
+
+async def _task_run_names(flow_run_id: str | None) -> set[str]:
+    from prefect import get_client
+    from prefect.client.schemas.filters import FlowRunFilter, FlowRunFilterId
+
+    async with get_client() as client:
+        runs = await client.read_task_runs(
+            flow_run_filter=FlowRunFilter(id=FlowRunFilterId(any_=[UUID(str(flow_run_id))]))
+        )
+    return {run.name for run in runs}
 
 
 async def _artifacts(flow_run_id: str | None) -> dict[str, object]:
