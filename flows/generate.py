@@ -29,7 +29,7 @@ from distillery.flows.artifacts import Progress, publish_run_artifacts
 from distillery.flows.curate import dedup_run_task, earlier_runs
 from distillery.flows.progress import STOP, get_listener
 from distillery.flows.shared_limits import shared_limits_for
-from distillery.generators.batch import TeacherPool, WorkItem, plan_work, run_batch
+from distillery.generators.batch import Batch, TeacherPool, WorkItem, plan_work, run_batch
 from distillery.generators.budget import Budget
 from distillery.generators.curation.apply import Curator, build_curator
 from distillery.generators.curation.minhash import DEFAULT_PARAMS
@@ -99,7 +99,7 @@ def _current_ids() -> tuple[str | None, str | None]:
 async def generate_batch(
     label: str,
     index: int,
-    items: list[WorkItem],
+    batch: Batch,
     pool: TeacherPool,
     ctx: RunContext,
     output: Location,
@@ -114,7 +114,7 @@ async def generate_batch(
     spool = Spool(output, ctx.run_id)
     try:
         rows = await run_batch(
-            items, pool, ctx, listener.outcome if listener else None, sink=spool.append
+            batch.items, pool, ctx, listener.outcome if listener else None, sink=spool.append
         )
     finally:
         spool.close()
@@ -257,7 +257,7 @@ async def generate(job: JobConfig, run_id: str, config_path: str | None = None) 
                         result = await generate_batch(
                             _label(index, items),
                             index,
-                            items,
+                            Batch(items),
                             pool,
                             ctx,
                             output,

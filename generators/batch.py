@@ -42,6 +42,23 @@ class WorkItem:
         return sample_id_for(self.prompt.prompt_id, self.teacher, self.sample_index)
 
 
+class Batch:
+    """The requests of one batch, in a plain container on purpose.
+
+    Prefect walks task parameters looking for futures and states, descending into lists and
+    dataclasses: a list of a hundred WorkItems cost ~100 ms per batch (BENCHMARKS.md,
+    overhead). A plain object is passed through untouched.
+    """
+
+    __slots__ = ("items",)
+
+    def __init__(self, items: list[WorkItem]) -> None:
+        self.items = items
+
+    def __len__(self) -> int:
+        return len(self.items)
+
+
 def plan_work(
     prompts: Sequence[Prompt], teachers: Sequence[TeacherConfig], done: set[str]
 ) -> list[list[WorkItem]]:
@@ -83,14 +100,18 @@ class TeacherPool:
         self.budget = budget
         self._teachers: dict[str, _Teacher] = {}
         for teacher in job.teachers:
-            http = make_http_client(job.http_transport, teacher.concurrency, teacher.timeout_s)
+            http = make_http_client(
+                job.http_transport, teacher.concurrency, teacher.timeout_s, teacher.base_url
+            )
+            provider = get_provider(teacher.provider)
             limiter = Limiter(
                 Limits(teacher.limits.rpm, teacher.limits.tpm, teacher.limits.window_s),
                 teacher.concurrency,
                 teacher.params.max_tokens,
                 shared=(shared or {}).get(teacher.name),
+                refund_below_reservation=not provider.rate_limit_counts_max_tokens,
             )
-            client = TeacherClient(teacher, get_provider(teacher.provider), http, limiter)
+            client = TeacherClient(teacher, provider, http, limiter)
             self._teachers[teacher.name] = _Teacher(
                 client, http, asyncio.Semaphore(teacher.concurrency)
             )
@@ -98,7 +119,9 @@ class TeacherPool:
         judge = job.curation.judge
         if judge is not None:
             spec = judge.teacher
-            http = make_http_client(job.http_transport, spec.concurrency, spec.timeout_s)
+            http = make_http_client(
+                job.http_transport, spec.concurrency, spec.timeout_s, spec.base_url
+            )
             limiter = Limiter(
                 Limits(spec.limits.rpm, spec.limits.tpm, spec.limits.window_s),
                 spec.concurrency,

@@ -108,8 +108,12 @@ class TeacherClient:
         key = self._api_key()
         call = self.provider.build_call(self.teacher, messages, key)
         outcome = Outcome(completion=None, failure=None, attempts=0)
+        # Counting costs ~1 ms a request: only when a token window (configured, learnt from
+        # headers, or shared) will be charged with it.
         prompt_tokens = (
-            count_message_tokens(messages, self.teacher.model) if self.limiter is not None else 0
+            count_message_tokens(messages, self.teacher.model)
+            if self.limiter is not None and self.limiter.counts_tokens
+            else 0
         )
         clock = time.perf_counter()
         retrying = AsyncRetrying(

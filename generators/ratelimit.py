@@ -146,6 +146,11 @@ class SharedLimits:
     tokens: LeaseGate | None = None
 
 
+def window_margin_s(window_s: float) -> float:
+    """Extra window length on the client: 2% of the window, at least 50 ms, at most 1 s."""
+    return min(1.0, max(0.05, 0.02 * window_s))
+
+
 @dataclass
 class Ticket:
     """One admitted attempt: what it reserved, to settle afterwards."""
@@ -174,8 +179,12 @@ class Limiter:
         expected_completion_tokens: int | None = None,
         clock: Callable[[], float] | None = None,
         shared: SharedLimits | None = None,
+        refund_below_reservation: bool = True,
     ) -> None:
         self.limits = limits
+        # OpenAI counts max_tokens against TPM when a request is admitted and never gives it
+        # back; refunding to the usage would make the client think it has room it has not.
+        self._refunds = refund_below_reservation or expected_completion_tokens is None
         self.shared = shared or SharedLimits()
         self._clock = clock or time.monotonic
         self.requests = self._window(limits.rpm)
@@ -191,9 +200,21 @@ class Limiter:
         self._slot_freed = asyncio.Event()
 
     def _window(self, per_minute: float | None) -> SlidingWindow | None:
+        """A window over what the provider allows, a little longer than the provider's own.
+
+        A request leaves the limiter some milliseconds before the provider counts it (event
+        loop, network); with windows of exactly the provider's length, an admission made the
+        instant an old one expires can arrive before the provider's copy of that one expires.
+        """
         if per_minute is None:
             return None
-        return SlidingWindow(per_minute * self.limits.window_s / 60.0, self.limits.window_s)
+        window = self.limits.window_s
+        return SlidingWindow(per_minute * window / 60.0, window + window_margin_s(window))
+
+    @property
+    def counts_tokens(self) -> bool:
+        """Whether admissions are charged tokens (so prompts must be counted)."""
+        return self.tokens is not None or self.shared.tokens is not None
 
     def estimate_completion(self) -> float:
         """Tokens to reserve for an answer: max_tokens, else the running average (else 256)."""
@@ -253,6 +274,8 @@ class Limiter:
         ticket.settled = True
         now = self._clock()
         self.concurrency.in_flight -= 1
+        if usage_tokens is not None and not self._refunds:
+            usage_tokens = max(usage_tokens, int(ticket.reserved_tokens))
         if ticket.tokens_entry is not None and self.tokens is not None and usage_tokens is not None:
             self.tokens.correct(ticket.tokens_entry, usage_tokens, now)
         if self.shared.tokens is not None and usage_tokens is not None:

@@ -27,7 +27,9 @@ def test_never_more_than_the_limit_in_any_window(
             sliding.admit(amount, now)
             admitted.append((now, amount))
     for start, _ in admitted:
-        inside = sum(a for t, a in admitted if start - window < t <= start)
+        # Half-open windows (start - window, start]; an entry exactly one window old is out
+        # (1e-9 absorbs float rounding at that boundary).
+        inside = sum(a for t, a in admitted if start - window + 1e-9 < t <= start)
         assert inside <= limit + 1e-6
 
 
@@ -190,3 +192,24 @@ def test_shared_limit_sizing_never_exceeds_the_allowance() -> None:
             assert capacity + decay * window <= allowance + 1e-6
             # ... while using most of it.
             assert capacity + decay * window >= 0.9 * allowance
+
+
+def test_no_refund_below_max_tokens_where_the_provider_keeps_it() -> None:
+    clock = FakeClock()
+    limiter = Limiter(
+        Limits(tpm=6000, window_s=60),
+        8,
+        expected_completion_tokens=100,
+        clock=clock,
+        refund_below_reservation=False,
+    )
+
+    async def scenario() -> None:
+        ticket = await limiter.acquire(prompt_tokens=50)
+        limiter.release(ticket, usage_tokens=70, completion_tokens=20)
+        assert limiter.tokens is not None and limiter.tokens.used(clock.now) == 150
+        ticket = await limiter.acquire(prompt_tokens=50)
+        limiter.release(ticket, usage_tokens=400, completion_tokens=350)  # over: charged
+        assert limiter.tokens.used(clock.now) == 550
+
+    asyncio.run(scenario())

@@ -34,12 +34,14 @@ def test_a_recycled_pid_is_never_killed(monkeypatch: pytest.MonkeyPatch, tmp_pat
         stranger.wait()
 
 
+@pytest.mark.parametrize("known_base_url", [True, False])
 @pytest.mark.parametrize("transport", ["aiohttp", "httpx"])
 def test_both_transports_honour_proxy_variables(
-    transport: str, monkeypatch: pytest.MonkeyPatch, emulator: RunningEmulator
+    transport: str, known_base_url: bool, monkeypatch: pytest.MonkeyPatch, emulator: RunningEmulator
 ) -> None:
     async def get(url: str) -> int:
-        client = make_http_client(transport, 4, 5.0)  # type: ignore[arg-type]
+        base_url = url if known_base_url else None
+        client = make_http_client(transport, 4, 5.0, base_url)  # type: ignore[arg-type]
         try:
             return (await client.get(url)).status_code
         finally:

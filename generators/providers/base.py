@@ -70,6 +70,9 @@ class Provider(ABC):
     name: ClassVar[str]
     #: Path under an emulator's root where this format's SDK base URL points (OpenAI: ``/v1``).
     emulator_path: ClassVar[str] = ""
+    #: Whether the provider charges ``max_tokens`` against its token limit at admission for
+    #: good (OpenAI), rather than settling to the real usage (Anthropic's estimate-then-adjust).
+    rate_limit_counts_max_tokens: ClassVar[bool] = False
 
     @abstractmethod
     def build_call(

@@ -34,6 +34,7 @@ class OpenAIProvider(Provider):
     """Chat Completions over httpx, no SDK at run time."""
 
     emulator_path = "/v1"
+    rate_limit_counts_max_tokens = True
 
     def build_call(
         self, teacher: TeacherConfig, messages: list[Message], api_key: str | None
