@@ -10,6 +10,7 @@ answer proves every later request would fail too (a bad key), so the run stops a
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import time
@@ -73,6 +74,7 @@ class Outcome:
     attempts: int
     attempt_statuses: list[str] = field(default_factory=list)
     maybe_billed_twice: int = 0
+    request_hash: str | None = None
     latency_ms: float = 0.0
     started_at: datetime = field(default_factory=lambda: datetime.now(UTC))
 
@@ -107,7 +109,9 @@ class TeacherClient:
         """Send ``messages``, retrying what is worth retrying; never raises for one request."""
         key = self._api_key()
         call = self.provider.build_call(self.teacher, messages, key)
-        outcome = Outcome(completion=None, failure=None, attempts=0)
+        outcome = Outcome(
+            completion=None, failure=None, attempts=0, request_hash=request_hash(call.body)
+        )
         # Counting costs ~1 ms a request: only when a token window (configured, learnt from
         # headers, or shared) will be charged with it.
         prompt_tokens = (
@@ -211,6 +215,13 @@ class TeacherClient:
             retry_after_s=verdict.retry_after_s,
             rate_limits=self.provider.parse_rate_limits(lowered),
         )
+
+
+def request_hash(body: dict[str, object]) -> str:
+    """Fingerprint of exactly what was asked (model, messages, parameters; never the key,
+    which travels in headers): lineage can prove two samples came from identical requests."""
+    canonical = json.dumps(body, sort_keys=True, ensure_ascii=False, separators=(",", ":"))
+    return hashlib.blake2b(canonical.encode(), digest_size=16).hexdigest()
 
 
 def _wait(state: RetryCallState) -> float:

@@ -104,6 +104,7 @@ def _common(
         "created_at": outcome.started_at,
         "config_hash": ctx.config_hash,
         "template_hash": ctx.template_hash,
+        "request_hash": outcome.request_hash,
         "flow_run_id": ctx.flow_run_id,
         "task_run_id": ctx.task_run_id,
     }

@@ -37,6 +37,7 @@ _REQUEST_COLUMNS: list[pa.Field[Any]] = [
     pa.field("created_at", TIMESTAMP),
     pa.field("config_hash", pa.string()),
     pa.field("template_hash", pa.string()),
+    pa.field("request_hash", pa.string()),
     pa.field("flow_run_id", pa.string()),
     pa.field("task_run_id", pa.string()),
 ]

@@ -47,6 +47,10 @@ def test_flow_end_to_end_then_rerun_adds_nothing(
     assert versioned and answered
     assert completion == stats["completion_tokens"] and prompt == stats["prompt_tokens"]
     assert flow_run_id == summary.flow_run_id
+    hashes = con.execute(
+        "SELECT count(DISTINCT request_hash), count(request_hash) FROM samples"
+    ).fetchall()
+    assert hashes == [(24, 24)]  # one fingerprint per distinct request, never missing
     params = con.execute(
         "SELECT DISTINCT teacher_name, params->>'temperature' FROM samples ORDER BY 1"
     ).fetchall()
