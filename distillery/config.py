@@ -193,7 +193,12 @@ class JobConfig(_Strict):
     name: str = Field(default="distillery", pattern=_NAME_PATTERN)
     prompts: PromptsConfig
     teachers: list[TeacherConfig] = Field(min_length=1)
-    batch_size: int = Field(default=100, ge=1, le=100_000, description="Prompts per Prefect task.")
+    batch_size: int = Field(
+        default=500,
+        ge=1,
+        le=100_000,
+        description="Prompts per Prefect task (500: BENCHMARKS.md, Prefect per-task overhead).",
+    )
     max_batches_in_flight: int = Field(
         default=4, ge=1, le=256, description="Batch tasks running at once."
     )

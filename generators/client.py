@@ -109,15 +109,16 @@ class TeacherClient:
         """Send ``messages``, retrying what is worth retrying; never raises for one request."""
         key = self._api_key()
         call = self.provider.build_call(self.teacher, messages, key)
-        outcome = Outcome(
-            completion=None, failure=None, attempts=0, request_hash=request_hash(call.body)
-        )
         # Counting costs ~1 ms a request: only when a token window (configured, learnt from
         # headers, or shared) will be charged with it.
         prompt_tokens = (
             count_message_tokens(messages, self.teacher.model)
             if self.limiter is not None and self.limiter.counts_tokens
             else 0
+        )
+        # Created after the counting, so created_at and latency_ms start at the same moment.
+        outcome = Outcome(
+            completion=None, failure=None, attempts=0, request_hash=request_hash(call.body)
         )
         clock = time.perf_counter()
         retrying = AsyncRetrying(
