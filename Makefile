@@ -27,7 +27,7 @@ demo-emulator: $(STAMP)
 	  "SELECT teacher_model_version, count(*) AS samples, round(avg(completion_tokens)) AS avg_tokens FROM samples GROUP BY ALL"
 
 test: $(STAMP)
-	$(BIN)/pytest
+	$(BIN)/pytest -n 2
 
 lint: $(STAMP)
 	$(BIN)/ruff check .
