@@ -275,7 +275,8 @@ def _print_summary(summary: RunSummary, ui: str) -> None:
         table.add_row("rejected", f"{sum(summary.rejected.values())} ({reasons})")
     failures = ", ".join(f"{k} {v}" for k, v in sorted(summary.failures_by_class.items()))
     table.add_row("failures", f"{summary.failures}" + (f" ({failures})" if failures else ""))
-    unsent = summary.requests_planned - summary.samples - summary.failures
+    answered = summary.samples + sum(summary.rejected.values())
+    unsent = summary.requests_planned - answered - summary.failures
     if unsent > 0:
         why = "budget reached; raise budget_usd and " if summary.status == "budget_reached" else ""
         table.add_row(

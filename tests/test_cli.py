@@ -184,3 +184,34 @@ def test_plan_estimates_tokens_cost_and_time(tmp_path: Path) -> None:
     assert "9,000" in result.stdout  # 30 x max_tokens 300
     assert "total: $0.00" in result.stdout and "budget_usd: 5" in result.stdout
     assert not (tmp_path / "out").exists()  # a plan writes nothing
+
+
+def test_summary_counts_rejected_answers_as_sent(tmp_path: Path) -> None:
+    from distillery.cli import _print_summary
+    from distillery.flows.generate import RunSummary
+
+    summary = RunSummary(
+        run_id="r",
+        dataset="d",
+        output="o",
+        status="completed",
+        prompts=12,
+        requests_planned=12,
+        requests_skipped=0,
+        samples=9,
+        rejected={"repetition": 3},
+    )
+    from rich.console import Console
+
+    import distillery.cli as cli_module
+
+    console = Console(record=True, width=120)
+    original = cli_module.out
+    cli_module.out = console
+    try:
+        _print_summary(summary, "http://ui")
+    finally:
+        cli_module.out = original
+    text = console.export_text()
+    assert "3 (repetition 3)" in text and "9 kept" in text
+    assert "not sent" not in text
