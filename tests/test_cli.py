@@ -126,7 +126,7 @@ def test_wrong_key_exits_1_without_leaking_it(prefect_api: str, tmp_path: Path) 
 
     with RunningEmulator(EmulatorOptions(require_key="the-right-one")) as emulator:
         config = write_job(tmp_path, emulator.url, prompts=20)
-        secret = "sk-wrong-but-secret-0123456789"
+        secret = "wrong-but-secret-key-for-tests-0123"
         result = cli(
             "run", str(config), env={"EMULATOR_API_KEY": secret, "PREFECT_API_URL": prefect_api}
         )

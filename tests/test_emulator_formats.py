@@ -21,7 +21,7 @@ from google.genai import types as genai_types
 from distillery.emulator import EmulatorOptions, RunningEmulator
 from distillery.generators.tokens import count_message_tokens, count_tokens
 
-KEY = "sk-emulator-key-0123456789"
+KEY = "emulator-test-key-0123456789"
 SYSTEM = "You are a patient teacher."
 QUESTION = "Explain how glaciers carve valleys, with one practical example."
 

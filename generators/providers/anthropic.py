@@ -19,6 +19,7 @@ from distillery.generators.providers.base import (
     MalformedResponse,
     Message,
     Provider,
+    split_system,
 )
 from distillery.generators.providers.registry import register
 from distillery.generators.ratelimit_headers import anthropic_rate_limits
@@ -43,19 +44,15 @@ class AnthropicProvider(Provider):
         self, teacher: TeacherConfig, messages: list[Message], api_key: str | None
     ) -> HttpCall:
         params = teacher.params
-        system = [m["content"] for m in messages if m["role"] in ("system", "developer")]
-        turns = [
-            {"role": m["role"], "content": m["content"]}
-            for m in messages
-            if m["role"] in ("user", "assistant")
-        ]
+        system, conversation = split_system(messages)
+        turns = [{"role": m["role"], "content": m["content"]} for m in conversation]
         body: dict[str, Any] = {
             "model": teacher.model,
             "max_tokens": params.max_tokens or DEFAULT_MAX_TOKENS,
             "messages": turns,
         }
         if system:
-            body["system"] = "\n\n".join(system)
+            body["system"] = system
         if params.temperature is not None:
             body["temperature"] = min(params.temperature, 1.0)
         if params.top_p is not None:

@@ -60,6 +60,15 @@ class ErrorVerdict:
     retry_after_s: float | None = None
 
 
+def split_system(messages: list[Message]) -> tuple[str | None, list[Message]]:
+    """(system text, conversation turns) for APIs that take the system prompt apart from the
+    turns (Anthropic ``system``, Gemini ``systemInstruction``); developer messages count as
+    system, several are joined by blank lines."""
+    system = [m["content"] for m in messages if m["role"] in ("system", "developer")]
+    turns = [m for m in messages if m["role"] in ("user", "assistant")]
+    return ("\n\n".join(system) if system else None), turns
+
+
 class MalformedResponse(Exception):
     """A 2xx answer whose body is not what the wire format promises (retried: it was cheap)."""
 

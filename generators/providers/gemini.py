@@ -21,6 +21,7 @@ from distillery.generators.providers.base import (
     MalformedResponse,
     Message,
     Provider,
+    split_system,
 )
 from distillery.generators.providers.registry import register
 from distillery.generators.retry import status_is_retryable
@@ -49,18 +50,17 @@ class GeminiProvider(Provider):
         self, teacher: TeacherConfig, messages: list[Message], api_key: str | None
     ) -> HttpCall:
         params = teacher.params
-        system = [m["content"] for m in messages if m["role"] in ("system", "developer")]
+        system, conversation = split_system(messages)
         contents = [
             {
                 "role": "model" if m["role"] == "assistant" else "user",
                 "parts": [{"text": m["content"]}],
             }
-            for m in messages
-            if m["role"] in ("user", "assistant")
+            for m in conversation
         ]
         body: dict[str, Any] = {"contents": contents}
         if system:
-            body["systemInstruction"] = {"parts": [{"text": "\n\n".join(system)}]}
+            body["systemInstruction"] = {"parts": [{"text": system}]}
         config: dict[str, Any] = {}
         if params.temperature is not None:
             config["temperature"] = params.temperature
