@@ -55,6 +55,13 @@ def ten_per_second() -> Iterator[RunningEmulator]:
         yield emu
 
 
+@pytest.fixture
+def ten_per_three_seconds() -> Iterator[RunningEmulator]:
+    """A 3 s window, so a burst on a loaded machine still lands inside one window."""
+    with RunningEmulator(EmulatorOptions(rpm=200, window_s=3.0)) as emu:
+        yield emu
+
+
 async def _blast(url: str, count: int) -> list[httpx.Response]:
     async with httpx.AsyncClient(base_url=url, timeout=10) as http:
         bodies = [chat(f"Name a colour, please. #{i}") for i in range(count)]
@@ -62,29 +69,30 @@ async def _blast(url: str, count: int) -> list[httpx.Response]:
 
 
 def test_a_burst_gets_exactly_the_allowance_and_true_hints(
-    ten_per_second: RunningEmulator,
+    ten_per_three_seconds: RunningEmulator,
 ) -> None:
-    responses = asyncio.run(_blast(ten_per_second.url, 40))
+    emulator = ten_per_three_seconds
+    responses = asyncio.run(_blast(emulator.url, 40))
     statuses = [r.status_code for r in responses]
     assert statuses.count(200) == 10
     assert statuses.count(429) == 30
     refused = [r for r in responses if r.status_code == 429]
     hints = [hint_ms(r) for r in refused]
-    assert all(0 < hint <= 1000 for hint in hints)
+    assert all(0 < hint <= 3000 for hint in hints)
     for response in refused:
         assert response.json()["error"]["code"] == "rate_limit_exceeded"
         assert response.json()["error"]["type"] == "requests"
         assert response.headers["x-ratelimit-remaining-requests"] == "0"
 
-    with httpx.Client(base_url=ten_per_second.url, timeout=10) as http:
+    with httpx.Client(base_url=emulator.url, timeout=10) as http:
         early = http.post(OPENAI_PATH, json=chat("Too soon?"))
         wait = hint_ms(early)
-        assert 0 < wait <= 1000
+        assert 0 < wait <= 3000
         time.sleep(wait / 1000)
         again = http.post(OPENAI_PATH, json=chat("And now?"))
     assert again.status_code == 200, again.text
 
-    stats = ten_per_second.stats()
+    stats = emulator.stats()
     assert stats["rate_limited"] == 31
     assert stats["by_status"] == {"200": 11, "429": 31}
     assert stats["faults"] == {}
