@@ -14,7 +14,14 @@ from pathlib import Path
 
 import pytest
 
-_SESSION_DIR = Path(tempfile.mkdtemp(prefix="distillery-tests-"))
+# Under pytest-xdist the controller imports this file before it starts the workers, which
+# inherit its environment: they share one session directory, hence one DISTILLERY_HOME and one
+# managed Prefect server (each start costs 15-60 s of CPU). Prefect's client home stays per
+# process. The controller stops the server at the end (pytest_sessionfinish).
+_SESSION_DIR = Path(
+    os.environ.get("DISTILLERY_TESTS_SESSION_DIR") or tempfile.mkdtemp(prefix="distillery-tests-")
+)
+_WORKER = os.environ.get("PYTEST_XDIST_WORKER")
 for _name in list(os.environ):
     if _name.startswith("PREFECT_") or _name.upper() in {
         "HTTP_PROXY",
@@ -31,8 +38,9 @@ for _name in list(os.environ):
     }:
         del os.environ[_name]
 os.environ.update(
+    DISTILLERY_TESTS_SESSION_DIR=str(_SESSION_DIR),
     DISTILLERY_HOME=str(_SESSION_DIR / "home"),
-    PREFECT_HOME=str(_SESSION_DIR / "prefect-client"),
+    PREFECT_HOME=str(_SESSION_DIR / f"prefect-client-{_WORKER or 'main'}"),
     TIKTOKEN_CACHE_DIR=str(_SESSION_DIR / "tiktoken"),
     PREFECT_SERVER_ANALYTICS_ENABLED="false",
     DO_NOT_TRACK="1",
@@ -56,7 +64,16 @@ def prefect_api() -> Iterator[str]:
     os.environ["PREFECT_API_URL"] = info.api_url
     with temporary_settings(updates={PREFECT_API_URL: info.api_url}):
         yield info.api_url
-    server.stop()
+    if _WORKER is None:  # a worker leaves the shared server to the controller
+        server.stop()
+
+
+def pytest_sessionfinish(session: pytest.Session) -> None:
+    """The xdist controller stops the server its workers shared (a no-op when none ran)."""
+    if _WORKER is None and (_SESSION_DIR / "home" / "prefect-server.json").exists():
+        from distillery.flows import server
+
+        server.stop()
 
 
 @pytest.fixture
