@@ -317,6 +317,7 @@ def plan(config: Annotated[Path, typer.Argument(help="Job file (YAML).")]) -> No
         "requests",
         "prompt tokens",
         "completion tokens",
+        "of which reasoning",
         "cost (USD)",
         "min. time",
         "bound by",
@@ -329,6 +330,7 @@ def plan(config: Annotated[Path, typer.Argument(help="Job file (YAML).")]) -> No
             f"{item.requests:,}",
             f"{item.prompt_tokens:,}",
             completion,
+            f"{item.reasoning_tokens:,}" if item.reasoning_tokens else "-",
             "no price" if item.cost_usd is None else f"{item.cost_usd:,.4f}",
             "-" if item.min_minutes is None else _minutes(item.min_minutes),
             item.binding_limit or "no limits set",
@@ -346,7 +348,10 @@ def plan(config: Annotated[Path, typer.Argument(help="Job file (YAML).")]) -> No
         + (f"; at least {_minutes(slowest)} at full use of the limits" if slowest else "")
     )
     if any(not p.completion_is_bound for p in plans):
-        out.print(f"* no max_tokens: assumed {ASSUMED_COMPLETION_TOKENS} tokens per answer")
+        out.print(
+            f"* no max_tokens: assumed {ASSUMED_COMPLETION_TOKENS} tokens per answer, plus the "
+            "thinking budget of reasoning teachers"
+        )
     if job.budget_usd is not None:
         out.print(f"budget_usd: {job.budget_usd} (the run stops sending before exceeding it)")
 
@@ -456,6 +461,66 @@ def catalog(
 
 @app.command()
 @_reports_errors
+def export(
+    output: Annotated[Path, typer.Option("--output", "-o", help="File to write (JSONL).")],
+    data: Annotated[str, typer.Option("--data", "-d", help=_DATA_HELP)] = "out",
+    fmt: Annotated[
+        Literal["chat-jsonl"], typer.Option("--format", "-f", help="Export format.")
+    ] = "chat-jsonl",
+    with_reasoning: Annotated[
+        bool,
+        typer.Option(
+            "--with-reasoning",
+            help="Put each sample's reasoning trace in the assistant turn; samples whose trace "
+            "is redacted, hidden or missing are skipped.",
+        ),
+    ] = False,
+    reasoning_style: Annotated[
+        Literal["think", "field"],
+        typer.Option(
+            help="think: a <think> block before the answer; field: a separate key of the "
+            "assistant message (see --reasoning-key)."
+        ),
+    ] = "think",
+    reasoning_key: Annotated[
+        str, typer.Option(help="The key of the 'field' style (reasoning_content for Qwen3).")
+    ] = "reasoning",
+    where: Annotated[
+        str | None,
+        typer.Option(help="SQL condition on the samples view, e.g. \"teacher_name = 'r1'\"."),
+    ] = None,
+) -> None:
+    """Write the samples as training data: chat JSONL, optionally with reasoning traces."""
+    from distillery.storage.export import export_chat_jsonl
+
+    if not re.fullmatch(r"[A-Za-z_][A-Za-z0-9_]{0,63}", reasoning_key) or reasoning_key in (
+        "role",
+        "content",
+    ):
+        raise UserInputError(f"--reasoning-key {reasoning_key!r}: use a plain identifier")
+    result = export_chat_jsonl(
+        _dataset(data),
+        output,
+        reasoning=reasoning_style if with_reasoning else None,
+        reasoning_key=reasoning_key,
+        where=where,
+    )
+    skipped = ", ".join(f"{count} {why}" for why, count in sorted(result.skipped.items()))
+    out.print(
+        f"wrote {result.written} samples to {output} ({fmt}"
+        + (f", reasoning as {reasoning_style}" if with_reasoning else "")
+        + ")"
+        + (
+            f"; skipped {sum(result.skipped.values())} without a usable trace ({skipped})"
+            if result.skipped
+            else ""
+        ),
+        highlight=False,
+    )
+
+
+@app.command()
+@_reports_errors
 def compact(
     data: Annotated[str, typer.Option("--data", "-d", help=_DATA_HELP)] = "out",
     target_rows: Annotated[
@@ -549,6 +614,20 @@ def emulator_command(
             "(5-word-shingle Jaccard >= 0.85 to it); with --dup-rate at most 1 in total."
         ),
     ] = 0.0,
+    reasoning_redact_rate: Annotated[
+        float,
+        typer.Option(
+            help="Share of reasoning traces (0..1) withheld: Anthropic sends redacted_thinking, "
+            "OpenAI and Gemini only the token count."
+        ),
+    ] = 0.0,
+    openai_reasoning: Annotated[
+        Literal["auto", "field", "inline", "hidden"],
+        typer.Option(
+            help="Where the OpenAI route puts a trace: reasoning_content (field), <think> tags "
+            "(inline), nowhere (hidden); auto: hidden for o-series/gpt-5 names, else field."
+        ),
+    ] = "auto",
 ) -> None:
     """Serve a local emulator of the teachers' HTTP APIs (for tests and dry runs)."""
     from pydantic import ValidationError
@@ -567,6 +646,8 @@ def emulator_command(
         "window_s": window_s,
         "dup_rate": dup_rate,
         "near_dup_rate": near_dup_rate,
+        "reasoning_redact_rate": reasoning_redact_rate,
+        "openai_reasoning": openai_reasoning,
     }
     if faults is not None:
         settings["faults"] = faults

@@ -49,6 +49,43 @@ class GenerationParams(_Strict):
         return self.model_dump(exclude_none=True, exclude_defaults=True)
 
 
+class ReasoningConfig(_Strict):
+    """Ask a teacher to think, and keep its trace apart from its answer.
+
+    One knob per job file, mapped to each provider's own by
+    :mod:`distillery.generators.providers.reasoning` (Anthropic ``thinking.budget_tokens``,
+    Gemini ``thinkingConfig``, OpenAI ``reasoning_effort``); combinations a provider refuses
+    are errors here, before anything is sent.
+    """
+
+    enabled: bool = Field(default=True, description="Ask for and capture reasoning traces.")
+    budget_tokens: int | None = Field(
+        default=None, ge=1, description="Tokens the teacher may spend thinking (Anthropic, Gemini)."
+    )
+    effort: Literal["low", "medium", "high"] | None = Field(
+        default=None, description="Reasoning effort (OpenAI reasoning_effort, Gemini level)."
+    )
+    think_tags: tuple[str, str] = Field(
+        default=("<think>", "</think>"),
+        description="Open and close tags of a trace inlined in the answer (open models).",
+    )
+
+    @model_validator(mode="after")
+    def _one_knob(self) -> ReasoningConfig:
+        if self.budget_tokens is not None and self.effort is not None:
+            raise ValueError("set budget_tokens or effort, not both")
+        if not self.enabled and (self.budget_tokens is not None or self.effort is not None):
+            raise ValueError("enabled is false: remove budget_tokens and effort")
+        opening, closing = self.think_tags
+        if not opening.strip() or not closing.strip() or opening == closing:
+            raise ValueError("think_tags must be two different non-empty tags")
+        return self
+
+    def recorded(self) -> dict[str, Any]:
+        """The settings as stored in the ``params`` column and hashed into sample ids."""
+        return {"enabled": self.enabled, **self.model_dump(exclude_defaults=True, mode="json")}
+
+
 class LimitsConfig(_Strict):
     """A teacher's rate limits, as the provider states them (per minute).
 
@@ -90,6 +127,9 @@ class TeacherConfig(_Strict):
     limits: LimitsConfig = Field(default_factory=LimitsConfig)
     max_attempts: int = Field(default=5, ge=1, le=20, description="Tries per request.")
     timeout_s: float = Field(default=600.0, gt=0, description="Read timeout per attempt.")
+    reasoning: ReasoningConfig | None = Field(
+        default=None, description="Ask for reasoning and capture the trace (reasoning_text)."
+    )
 
     @field_validator("provider")
     @classmethod
@@ -106,6 +146,24 @@ class TeacherConfig(_Strict):
         if not re.match(r"^https?://[^/\s]+", value):
             raise ValueError(f"must be an http(s) URL, got {value!r}")
         return value.rstrip("/")
+
+    @model_validator(mode="after")
+    def _reasoning_fits_provider(self) -> TeacherConfig:
+        from distillery.generators.providers.reasoning import reasoning_problem
+
+        problem = reasoning_problem(self)
+        if problem:
+            raise ValueError(problem)
+        return self
+
+    def recorded_params(self) -> dict[str, Any]:
+        """What the ``params`` column records and sample ids hash: the sampling parameters,
+        plus the reasoning settings when there are any (so ids of teachers without them stay
+        what they were)."""
+        params = self.params.recorded()
+        if self.reasoning is not None:
+            params["reasoning"] = self.reasoning.recorded()
+        return params
 
 
 class PromptsConfig(_Strict):

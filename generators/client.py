@@ -35,6 +35,7 @@ from distillery.generators.providers.base import (
     Message,
     Provider,
 )
+from distillery.generators.providers.traces import split_trace
 from distillery.generators.ratelimit import Limiter
 from distillery.generators.retry import MAX_HINT_S, wait_s
 from distillery.generators.tokens import count_message_tokens
@@ -139,6 +140,8 @@ class TeacherClient:
         except TeacherUnusable as exc:
             raise TeacherUnusable(_scrub(str(exc), key)) from None
         outcome.latency_ms = (time.perf_counter() - clock) * 1000.0
+        if outcome.completion is not None and self.teacher.reasoning is not None:
+            outcome.completion = split_trace(outcome.completion, self.teacher.reasoning)
         return outcome
 
     async def _attempt(

@@ -1,9 +1,13 @@
 """What a job will cost before anything is sent: tokens, dollars, and the time limits allow.
 
 Prompt tokens are counted with tiktoken (exact for OpenAI models, an estimate for others);
-completion tokens are ``max_tokens`` when set — an upper bound — or an assumed
-:data:`ASSUMED_COMPLETION_TOKENS`. The minimum wall time is what the rate limits allow at full
-utilisation: requests / rpm or tokens / tpm, whichever binds, for the slowest teacher.
+completion tokens are ``max_tokens`` when set — an upper bound, which includes reasoning for
+every provider (Anthropic needs budget_tokens < max_tokens; OpenAI's and Gemini's limits count
+reasoning tokens) — or an assumed :data:`ASSUMED_COMPLETION_TOKENS` plus, for a reasoning
+teacher, its thinking budget (or the effort's, see :mod:`.providers.reasoning`). Reasoning
+tokens are billed as output, so they are in the completion tokens and the cost. The minimum
+wall time is what the rate limits allow at full utilisation: requests / rpm or tokens / tpm,
+whichever binds, for the slowest teacher.
 """
 
 from __future__ import annotations
@@ -11,9 +15,14 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass
 
-from distillery.config import JobConfig
+from distillery.config import JobConfig, TeacherConfig
 from distillery.generators.pricing import cost_usd
 from distillery.generators.prompts import Prompt
+from distillery.generators.providers.reasoning import (
+    ANTHROPIC_ANSWER_TOKENS,
+    anthropic_budget,
+    expected_reasoning_tokens,
+)
 from distillery.generators.records import teacher_facts
 from distillery.generators.tokens import count_message_tokens
 
@@ -30,6 +39,8 @@ class TeacherPlan:
     cost_usd: float | None
     min_minutes: float | None
     binding_limit: str | None
+    #: Of ``completion_tokens``, the part expected to be reasoning (0 without reasoning).
+    reasoning_tokens: int = 0
 
 
 def plan_job(job: JobConfig, prompts: Sequence[Prompt]) -> list[TeacherPlan]:
@@ -37,7 +48,7 @@ def plan_job(job: JobConfig, prompts: Sequence[Prompt]) -> list[TeacherPlan]:
     plans: list[TeacherPlan] = []
     for teacher in job.teachers:
         prompt_tokens = sum(count_message_tokens(p.messages, teacher.model) for p in prompts)
-        per_answer = teacher.params.max_tokens or ASSUMED_COMPLETION_TOKENS
+        per_answer, thinking = completion_per_answer(teacher)
         completion_tokens = per_answer * len(prompts)
         price = facts[teacher.name].price
         minutes: dict[str, float] = {}
@@ -53,9 +64,25 @@ def plan_job(job: JobConfig, prompts: Sequence[Prompt]) -> list[TeacherPlan]:
                 prompt_tokens=prompt_tokens,
                 completion_tokens=completion_tokens,
                 completion_is_bound=teacher.params.max_tokens is not None,
+                reasoning_tokens=thinking * len(prompts),
                 cost_usd=cost_usd(price, prompt_tokens, completion_tokens),
                 min_minutes=minutes[binding] if binding else None,
                 binding_limit=binding,
             )
         )
     return plans
+
+
+def completion_per_answer(teacher: TeacherConfig) -> tuple[int, int]:
+    """(completion tokens, of which reasoning) expected per answer of ``teacher``.
+
+    With ``max_tokens`` the bound holds reasoning and answer together; the reasoning share is
+    the budget, at most the bound. Anthropic without ``max_tokens`` is sent budget + 4096.
+    """
+    thinking = expected_reasoning_tokens(teacher)
+    bound = teacher.params.max_tokens
+    if bound is None and teacher.provider == "anthropic" and anthropic_budget(teacher):
+        bound = thinking + ANTHROPIC_ANSWER_TOKENS
+    if bound is not None:
+        return bound, min(thinking, bound)
+    return ASSUMED_COMPLETION_TOKENS + thinking, thinking

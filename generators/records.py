@@ -1,7 +1,8 @@
 """Lineage: turn one request's outcome into the row that says where a sample came from.
 
 The ids are content-derived so that re-running a job never duplicates: a sample's id hashes the
-prompt id, the teacher (name, provider, model), its parameters and the sample index.
+prompt id, the teacher (name, provider, model), its parameters (reasoning settings included) and
+the sample index.
 """
 
 from __future__ import annotations
@@ -63,7 +64,7 @@ def sample_id_for(prompt_id: str, teacher: TeacherConfig, sample_index: int) -> 
             teacher.name,
             teacher.provider,
             teacher.model,
-            teacher.params.recorded(),
+            teacher.recorded_params(),
             sample_index,
         ],
         sort_keys=True,
@@ -95,7 +96,7 @@ def _common(
         "teacher_provider": teacher.provider,
         "teacher_model": teacher.model,
         "teacher_base_url": teacher.base_url,
-        "params": _json(teacher.params.recorded()) or "{}",
+        "params": _json(teacher.recorded_params()) or "{}",
         "usage_terms": ctx.facts(teacher).usage_terms,
         "attempts": outcome.attempts,
         "attempt_statuses": outcome.attempt_statuses,
@@ -128,6 +129,8 @@ def sample_row(
         "completion_tokens": completion.completion_tokens,
         "cached_tokens": completion.cached_tokens,
         "reasoning_tokens": completion.reasoning_tokens,
+        "reasoning_text": completion.reasoning_text,
+        "reasoning_visibility": completion.reasoning_visibility,
         "cost_usd": cost_usd(
             ctx.facts(teacher).price,
             completion.prompt_tokens,

@@ -56,6 +56,8 @@ SAMPLE_SCHEMA = pa.schema(
         pa.field("completion_tokens", pa.int32()),
         pa.field("cached_tokens", pa.int32()),
         pa.field("reasoning_tokens", pa.int32()),
+        pa.field("reasoning_text", pa.string()),
+        pa.field("reasoning_visibility", pa.string()),
         pa.field("cost_usd", pa.float64()),
         pa.field("rate_limits", JSON),
         pa.field("content_hash", pa.string()),

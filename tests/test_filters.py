@@ -53,7 +53,7 @@ def one(spec: dict[str, Any]) -> Filter[Any]:
 
 def test_every_filter_is_registered() -> None:
     expected = {"length", "truncated", "empty", "refusal", "repetition", "regex", "json"}
-    assert set(FILTERS) == expected | {"language"}
+    assert set(FILTERS) == expected | {"language", "reasoning_length"}
 
 
 def test_verdict() -> None:

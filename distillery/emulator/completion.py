@@ -11,6 +11,7 @@ import hashlib
 import json
 from dataclasses import dataclass
 from enum import Enum
+from typing import TYPE_CHECKING
 
 from distillery.emulator import text as answer_text
 from distillery.generators.tokens import (
@@ -19,6 +20,9 @@ from distillery.generators.tokens import (
     encoding,
     encoding_for_model,
 )
+
+if TYPE_CHECKING:
+    from distillery.emulator.reasoning import Thinking, Trace
 
 
 class Finish(Enum):
@@ -49,6 +53,8 @@ class ChatRequest:
     messages: list[dict[str, str]]
     max_tokens: int | None = None
     seed: int | None = None
+    #: The request's ask to reason (:mod:`.reasoning`); None: answer without a trace.
+    thinking: Thinking | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -59,6 +65,8 @@ class Answer:
     finish: Finish
     prompt_tokens: int
     completion_tokens: int
+    #: The reasoning before the answer; its tokens are not in ``completion_tokens``.
+    trace: Trace | None = None
 
 
 def warm_up() -> None:
@@ -91,7 +99,12 @@ def complete(chat: ChatRequest, seed: int, prompt_tokens: int | None = None) -> 
         text = f"Score: {score}\n{text}"
     if prompt_tokens is None:
         prompt_tokens = count_message_tokens(chat.messages, chat.model)
-    return answer_with(text, chat, prompt_tokens)
+    answer = answer_with(text, chat, prompt_tokens)
+    if chat.thinking is not None:
+        from distillery.emulator.reasoning import think
+
+        answer = think(answer, chat, key, prompt)
+    return answer
 
 
 def answer_with(text: str, chat: ChatRequest, prompt_tokens: int) -> Answer:

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Literal
+
 from pydantic import BaseModel, ConfigDict, Field, ValidationInfo, field_validator
 
 from distillery.emulator.faults import FAULT_NAMES, unknown_faults
@@ -41,6 +43,12 @@ class EmulatorOptions(BaseModel):
     #: Share of clean answers replaced by an earlier answer lightly edited (five-word-shingle
     #: Jaccard to it ≥ 0.85). The two shares add up to at most 1.
     near_dup_rate: float = Field(default=0.0, ge=0.0, le=1.0)
+    #: Share of reasoning traces (0..1) withheld: Anthropic redacts them, the other formats
+    #: send only their token count (:mod:`.reasoning`).
+    reasoning_redact_rate: float = Field(default=0.0, ge=0.0, le=1.0)
+    #: Where the OpenAI route puts a trace: reasoning_content field, inline <think> tags,
+    #: hidden, or auto (hidden for OpenAI's own model names, the field otherwise).
+    openai_reasoning: Literal["auto", "field", "inline", "hidden"] = "auto"
 
     @property
     def limited(self) -> bool:

@@ -36,6 +36,7 @@ from distillery.emulator.formats.gemini import GeminiFormat
 from distillery.emulator.formats.openai import OpenAIFormat
 from distillery.emulator.limits import Limiter
 from distillery.emulator.options import EmulatorOptions
+from distillery.emulator.reasoning import configure
 from distillery.emulator.stats import Stats
 from distillery.emulator.window import UsageWindow
 from distillery.generators.tokens import count_message_tokens
@@ -242,6 +243,10 @@ def _api_handler(state: EmulatorState, fmt: WireFormat) -> Handler:
                     413, Problem.BODY_TOO_LARGE, f"Request body over {MAX_BODY_BYTES} bytes."
                 ) from None
             chat = fmt.parse(request, body)
+            if chat.thinking is not None:
+                chat = configure(
+                    chat, options.seed, options.reasoning_redact_rate, options.openai_reasoning
+                )
             if limiter is not None:
                 return await limited(request, chat, started, limiter)
             if picker is not None and (fault := picker.pick()) is not None:

@@ -21,7 +21,9 @@ from distillery.generators.providers.base import (
     Provider,
     split_system,
 )
+from distillery.generators.providers.reasoning import anthropic_max_tokens, request_fields
 from distillery.generators.providers.registry import register
+from distillery.generators.providers.traces import Visibility
 from distillery.generators.ratelimit_headers import anthropic_rate_limits
 from distillery.generators.retry import parse_retry_after, status_is_retryable
 
@@ -48,7 +50,7 @@ class AnthropicProvider(Provider):
         turns = [{"role": m["role"], "content": m["content"]} for m in conversation]
         body: dict[str, Any] = {
             "model": teacher.model,
-            "max_tokens": params.max_tokens or DEFAULT_MAX_TOKENS,
+            "max_tokens": anthropic_max_tokens(teacher, DEFAULT_MAX_TOKENS),
             "messages": turns,
         }
         if system:
@@ -59,6 +61,7 @@ class AnthropicProvider(Provider):
             body["top_p"] = params.top_p
         if params.stop:
             body["stop_sequences"] = params.stop
+        body.update(request_fields(teacher))
         body.update(params.extra_body)
         headers = {"content-type": "application/json", "anthropic-version": API_VERSION}
         if api_key:
@@ -71,6 +74,7 @@ class AnthropicProvider(Provider):
             text = "".join(b["text"] for b in blocks if b.get("type") == "text")
             usage = payload["usage"]
             raw_finish = payload.get("stop_reason")
+            trace, shown = _thinking(blocks, str(payload.get("model") or ""))
         except (KeyError, TypeError, AttributeError) as exc:
             raise MalformedResponse(f"unexpected message shape: {exc}") from exc
         if not isinstance(usage, dict):
@@ -86,6 +90,8 @@ class AnthropicProvider(Provider):
             completion_tokens=usage.get("output_tokens"),
             cached_tokens=usage.get("cache_read_input_tokens"),
             rate_limits=self.parse_rate_limits(headers),
+            reasoning_text=trace,
+            reasoning_visibility=shown,
         )
 
     def parse_rate_limits(self, headers: dict[str, str]) -> dict[str, float]:
@@ -105,6 +111,24 @@ class AnthropicProvider(Provider):
             fatal_for_run=status in (401, 403),
             retry_after_s=hint,
         )
+
+
+def _thinking(blocks: list[dict[str, Any]], model: str) -> tuple[str | None, Visibility]:
+    """The readable thinking of a message's content blocks, and how much of it that is.
+
+    ``thinking`` blocks carry the text (and a ``signature`` we need not keep: it only matters
+    when passing a block back to the API); ``redacted_thinking`` blocks carry encrypted
+    ``data`` only. Claude 3.7 returns its full thinking, later models a summary of it; the
+    usage's ``output_tokens`` bills the full thinking either way, and has no separate count.
+    """
+    texts = [b["thinking"] for b in blocks if b.get("type") == "thinking" and b.get("thinking")]
+    redacted = any(b.get("type") == "redacted_thinking" for b in blocks)
+    trace = "\n\n".join(texts) if texts else None
+    if redacted:
+        return trace, "redacted"
+    if trace is None:
+        return None, "none"
+    return trace, "full" if model.startswith("claude-3") else "summary"
 
 
 def _error_fields(body: bytes) -> tuple[str | None, str]:

@@ -13,6 +13,7 @@ from dataclasses import dataclass, field
 from typing import Any, ClassVar, Literal
 
 from distillery.config import TeacherConfig
+from distillery.generators.providers.traces import Visibility
 
 Message = dict[str, str]
 FinishReason = Literal["stop", "length", "content_filter", "refusal", "other"]
@@ -43,6 +44,10 @@ class Completion:
     cached_tokens: int | None = None
     reasoning_tokens: int | None = None
     rate_limits: dict[str, float] = field(default_factory=dict)
+    #: The teacher's trace without the answer, and how much of it the API gave us
+    #: (:mod:`.traces`); ``text`` is then the answer alone.
+    reasoning_text: str | None = None
+    reasoning_visibility: Visibility = "none"
 
 
 @dataclass(frozen=True)

@@ -23,7 +23,9 @@ from distillery.generators.providers.base import (
     Provider,
     split_system,
 )
+from distillery.generators.providers.reasoning import request_fields
 from distillery.generators.providers.registry import register
+from distillery.generators.providers.traces import visibility
 from distillery.generators.retry import status_is_retryable
 
 _FILTERED = {"SAFETY", "RECITATION", "BLOCKLIST", "PROHIBITED_CONTENT", "SPII", "IMAGE_SAFETY"}
@@ -72,6 +74,7 @@ class GeminiProvider(Provider):
             config["seed"] = params.seed
         if params.stop:
             config["stopSequences"] = params.stop
+        config.update(request_fields(teacher))
         if config:
             body["generationConfig"] = config
         body.update(params.extra_body)
@@ -89,6 +92,7 @@ class GeminiProvider(Provider):
                 candidate = candidates[0]
                 parts = (candidate.get("content") or {}).get("parts") or []
                 text = "".join(p.get("text", "") for p in parts if not p.get("thought"))
+                thoughts = "".join(p.get("text", "") for p in parts if p.get("thought"))
                 raw_finish = candidate.get("finishReason")
                 finish = _finish(raw_finish)
             else:
@@ -97,6 +101,7 @@ class GeminiProvider(Provider):
                 if block is None:
                     raise MalformedResponse("no candidates and no promptFeedback.blockReason")
                 text, raw_finish, finish = "", f"prompt_blocked:{block}", "content_filter"
+                thoughts = ""
         except (KeyError, TypeError, AttributeError) as exc:
             raise MalformedResponse(f"unexpected generateContent shape: {exc}") from exc
         return Completion(
@@ -110,6 +115,11 @@ class GeminiProvider(Provider):
             completion_tokens=_completion_tokens(usage),
             cached_tokens=usage.get("cachedContentTokenCount"),
             reasoning_tokens=usage.get("thoughtsTokenCount"),
+            # includeThoughts returns thought summaries, never the raw thoughts.
+            reasoning_text=thoughts or None,
+            reasoning_visibility=visibility(
+                thoughts or None, usage.get("thoughtsTokenCount"), summary=True
+            ),
         )
 
     def classify_error(self, status: int, headers: dict[str, str], body: bytes) -> ErrorVerdict:

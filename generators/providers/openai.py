@@ -18,7 +18,9 @@ from distillery.generators.providers.base import (
     Message,
     Provider,
 )
+from distillery.generators.providers.reasoning import request_fields
 from distillery.generators.providers.registry import register
+from distillery.generators.providers.traces import visibility
 from distillery.generators.ratelimit_headers import openai_rate_limits
 from distillery.generators.retry import parse_retry_after, status_is_retryable
 
@@ -52,6 +54,7 @@ class OpenAIProvider(Provider):
             body["seed"] = params.seed
         if params.stop:
             body["stop"] = params.stop
+        body.update(request_fields(teacher))
         body.update(params.extra_body)
         headers = {"content-type": "application/json"}
         if api_key:
@@ -74,6 +77,8 @@ class OpenAIProvider(Provider):
             finish, text = "refusal", text or str(message["refusal"])
         prompt_details = usage.get("prompt_tokens_details") or {}
         completion_details = usage.get("completion_tokens_details") or {}
+        trace = _trace(message)
+        reasoning_tokens = completion_details.get("reasoning_tokens")
         return Completion(
             text=text,
             finish_reason=finish,
@@ -85,8 +90,10 @@ class OpenAIProvider(Provider):
             prompt_tokens=usage.get("prompt_tokens"),
             completion_tokens=usage.get("completion_tokens"),
             cached_tokens=prompt_details.get("cached_tokens"),
-            reasoning_tokens=completion_details.get("reasoning_tokens"),
+            reasoning_tokens=reasoning_tokens,
             rate_limits=self.parse_rate_limits(headers),
+            reasoning_text=trace,
+            reasoning_visibility=visibility(trace, reasoning_tokens),
         )
 
     def parse_rate_limits(self, headers: dict[str, str]) -> dict[str, float]:
@@ -106,6 +113,17 @@ class OpenAIProvider(Provider):
             fatal_for_run=fatal,
             retry_after_s=parse_retry_after(headers),
         )
+
+
+def _trace(message: dict[str, Any]) -> str | None:
+    """The trace a reasoning server returns beside the answer: ``reasoning_content``
+    (DeepSeek, vLLM < 0.11, llama.cpp) or ``reasoning`` (vLLM >= 0.11, OpenRouter).
+    OpenAI's own models return none (only ``reasoning_tokens``)."""
+    for key in ("reasoning_content", "reasoning"):
+        value = message.get(key)
+        if isinstance(value, str) and value:
+            return value
+    return None
 
 
 def _error_fields(body: bytes) -> tuple[str, str | None, str | None]:

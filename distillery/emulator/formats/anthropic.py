@@ -25,6 +25,7 @@ from distillery.emulator.completion import Answer, ChatRequest, Finish
 from distillery.emulator.faults import Fault
 from distillery.emulator.formats.base import LOADING_BODY, ApiError, Problem, Served, json_response
 from distillery.emulator.limits import Refusal, Refused
+from distillery.emulator.reasoning import Thinking, signature
 from distillery.emulator.snapshots import is_dated, snapshot_date
 from distillery.emulator.window import Quota
 
@@ -133,6 +134,34 @@ def _request_id() -> str:
     return "req_011C" + "".join(_ids.choices(_ALNUM, k=20))
 
 
+def _thinking(data: dict[str, Any], max_tokens: int) -> Thinking | None:
+    """Extended thinking, with the API's checks: ``1024 <= budget_tokens < max_tokens``, and
+    a temperature of 1 at most (thinking models sample at 1)."""
+    thinking = data.get("thinking")
+    if thinking is None:
+        return None
+    if not isinstance(thinking, dict) or thinking.get("type") not in ("enabled", "disabled"):
+        raise _invalid("thinking: Input tag does not match any of the expected tags")
+    if thinking["type"] == "disabled":
+        return None
+    budget = thinking.get("budget_tokens")
+    if isinstance(budget, bool) or not isinstance(budget, int):
+        raise _invalid("thinking.enabled.budget_tokens: Field required")
+    if budget < 1024:
+        raise _invalid(
+            "thinking.enabled.budget_tokens: Input should be greater than or equal to 1024"
+        )
+    if budget >= max_tokens:
+        raise _invalid("`max_tokens` must be greater than `thinking.budget_tokens`.")
+    temperature = data.get("temperature")
+    if temperature is not None and temperature != 1:
+        raise _invalid(
+            "`temperature` may only be set to 1 when thinking is enabled. Please consult our "
+            "documentation at https://docs.claude.com/en/docs/build-with-claude/extended-thinking"
+        )
+    return Thinking(budget=budget)
+
+
 class AnthropicFormat:
     """Messages API, non-streaming, text content only (other blocks are ignored)."""
 
@@ -187,10 +216,22 @@ class AnthropicFormat:
             if "content" not in raw:
                 raise _invalid(f"{where}.content: Field required")
             messages.append({"role": role, "content": _text(raw["content"], f"{where}.content")})
-        return ChatRequest(model=model, messages=messages, max_tokens=max_tokens)
+        thinking = _thinking(data, max_tokens)
+        return ChatRequest(model=model, messages=messages, max_tokens=max_tokens, thinking=thinking)
 
     def render(self, chat: ChatRequest, answer: Answer, served: Served) -> web.Response:
-        content = [{"type": "text", "text": answer.text}] if answer.text else []
+        content: list[dict[str, Any]] = []
+        output_tokens = answer.completion_tokens
+        trace = answer.trace
+        if trace is not None:
+            output_tokens += trace.tokens  # output_tokens bills the thinking
+            if trace.withheld:
+                content.append({"type": "redacted_thinking", "data": signature(trace.text)})
+            else:
+                block = {"type": "thinking", "thinking": trace.text}
+                content.append({**block, "signature": signature(trace.text)})
+        if answer.text:
+            content.append({"type": "text", "text": answer.text})
         payload = {
             "id": "msg_01" + "".join(_ids.choices(_ALNUM, k=22)),
             "type": "message",
@@ -203,7 +244,7 @@ class AnthropicFormat:
                 "input_tokens": answer.prompt_tokens,
                 "cache_creation_input_tokens": 0,
                 "cache_read_input_tokens": 0,
-                "output_tokens": answer.completion_tokens,
+                "output_tokens": output_tokens,
             },
         }
         headers = {"request-id": _request_id(), **_rate_limit_headers(served.quota)}

@@ -24,6 +24,7 @@ from distillery.emulator.completion import Answer, ChatRequest, Finish
 from distillery.emulator.faults import Fault, proto_duration
 from distillery.emulator.formats.base import LOADING_BODY, ApiError, Problem, Served, json_response
 from distillery.emulator.limits import Refusal, Refused
+from distillery.emulator.reasoning import EFFORT_TOKENS, Thinking
 from distillery.emulator.snapshots import snapshot_date
 
 _ID_CHARS = string.ascii_letters + string.digits + "-_"
@@ -128,6 +129,26 @@ def _int_field(config: dict[str, Any], camel: str, snake: str) -> int | None:
     return value
 
 
+def _thinking(config: dict[str, Any]) -> Thinking | None:
+    """``thinkingConfig``: a budget of 0 turns thinking off; thoughts come back only with
+    ``includeThoughts``; without the config the emulator does not think (2.5 models would)."""
+    raw = config.get("thinkingConfig", config.get("thinking_config"))
+    if raw is None:
+        return None
+    if not isinstance(raw, dict):
+        raise _invalid(
+            f"Invalid value at 'generation_config.thinking_config' ({_TYPE_PREFIX}ThinkingConfig)"
+        )
+    budget = _int_field(raw, "thinkingBudget", "thinking_budget")
+    if budget == 0:
+        return None
+    level = raw.get("thinkingLevel", raw.get("thinking_level"))
+    if budget is None and isinstance(level, str):
+        budget = EFFORT_TOKENS.get(level.lower())
+    shown = bool(raw.get("includeThoughts", raw.get("include_thoughts", False)))
+    return Thinking(budget=budget if budget and budget > 0 else None, shown=shown)
+
+
 def _retry_details(
     quota_id: str,
     model: str,
@@ -209,6 +230,7 @@ class GeminiFormat:
             messages=messages,
             max_tokens=max_tokens,
             seed=_int_field(config, "seed", "seed"),
+            thinking=_thinking(config),
         )
 
     def render(self, chat: ChatRequest, answer: Answer, served: Served) -> web.Response:
@@ -218,8 +240,13 @@ class GeminiFormat:
             candidate["safetyRatings"] = _BLOCKED_RATINGS
         else:
             content: dict[str, Any] = {"role": "model"}
+            parts: list[dict[str, Any]] = []
+            if answer.trace is not None and answer.trace.visible:
+                parts.append({"text": answer.trace.text, "thought": True})
             if answer.text:
-                content = {"parts": [{"text": answer.text}], "role": "model"}
+                parts.append({"text": answer.text})
+            if parts:
+                content = {"parts": parts, "role": "model"}
             candidate["content"] = content
             candidate["finishReason"] = _FINISH_REASONS[answer.finish]
         candidate["index"] = 0
@@ -227,6 +254,10 @@ class GeminiFormat:
         if answer.completion_tokens:
             usage["candidatesTokenCount"] = answer.completion_tokens
         usage["totalTokenCount"] = answer.prompt_tokens + answer.completion_tokens
+        if answer.trace is not None and answer.trace.tokens:
+            # Thoughts are counted apart from the candidates, and in the total.
+            usage["thoughtsTokenCount"] = answer.trace.tokens
+            usage["totalTokenCount"] += answer.trace.tokens
         usage["promptTokensDetails"] = [{"modality": "TEXT", "tokenCount": answer.prompt_tokens}]
         payload = {
             "candidates": [candidate],

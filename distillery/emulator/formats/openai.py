@@ -21,6 +21,7 @@ from distillery.emulator.completion import Answer, ChatRequest, Finish
 from distillery.emulator.faults import Fault
 from distillery.emulator.formats.base import LOADING_BODY, ApiError, Problem, Served, json_response
 from distillery.emulator.limits import Refusal, Refused
+from distillery.emulator.reasoning import EFFORT_TOKENS, REASONING_MODEL, Thinking, openai_style
 from distillery.emulator.snapshots import is_dated, snapshot_date
 from distillery.emulator.window import Quota
 from distillery.generators.tokens import count_message_tokens
@@ -220,6 +221,25 @@ def _request_id() -> str:
     return f"req_{_ids.getrandbits(128):032x}"
 
 
+def _thinking(data: dict[str, Any], model: str) -> Thinking | None:
+    """A trace when ``reasoning_effort`` asks for one or the model is a reasoning model."""
+    effort = data.get("reasoning_effort")
+    if effort is not None and effort not in (*EFFORT_TOKENS, "none"):
+        supported = ", ".join(f"'{e}'" for e in (*EFFORT_TOKENS, "none"))
+        raise ApiError(
+            400,
+            Problem.INVALID_REQUEST,
+            f"Invalid value: {json.dumps(effort)}. Supported values are: {supported}.",
+            param="reasoning_effort",
+            code="invalid_value",
+        )
+    if effort == "none":
+        return None
+    if effort is not None:
+        return Thinking(budget=EFFORT_TOKENS[effort])
+    return Thinking() if REASONING_MODEL.search(model) else None
+
+
 class OpenAIFormat:
     """Chat Completions, non-streaming, one choice (``n`` is ignored)."""
 
@@ -268,6 +288,7 @@ class OpenAIFormat:
             messages=[_message(m, i) for i, m in enumerate(raw_messages)],
             max_tokens=max_tokens,
             seed=_optional_int(data, "seed", None),
+            thinking=_thinking(data, model),
         )
 
     def render(self, chat: ChatRequest, answer: Answer, served: Served) -> web.Response:
@@ -278,6 +299,22 @@ class OpenAIFormat:
             message["content"], message["refusal"] = None, answer.text
         elif finish is Finish.CONTENT_FILTER:
             message["content"] = None
+        trace = answer.trace
+        usage: dict[str, Any] = {
+            "prompt_tokens": answer.prompt_tokens,
+            "completion_tokens": answer.completion_tokens,
+            "total_tokens": answer.prompt_tokens + answer.completion_tokens,
+        }
+        if trace is not None:
+            # completion_tokens includes the reasoning; the details break it out.
+            usage["completion_tokens"] += trace.tokens
+            usage["total_tokens"] += trace.tokens
+            usage["completion_tokens_details"] = {"reasoning_tokens": trace.tokens}
+            style = openai_style(trace, chat.model)
+            if style == "field":
+                message["reasoning_content"] = trace.text
+            elif style == "inline":
+                message["content"] = f"<think>\n{trace.text}\n</think>\n\n{answer.text}"
         payload = {
             "id": "chatcmpl-" + "".join(_ids.choices(_ALNUM, k=24)),
             "object": "chat.completion",
@@ -291,11 +328,7 @@ class OpenAIFormat:
                     "finish_reason": _FINISH_REASONS[finish],
                 }
             ],
-            "usage": {
-                "prompt_tokens": answer.prompt_tokens,
-                "completion_tokens": answer.completion_tokens,
-                "total_tokens": answer.prompt_tokens + answer.completion_tokens,
-            },
+            "usage": usage,
             "system_fingerprint": system_fingerprint(version),
         }
         headers = {
