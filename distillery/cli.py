@@ -505,7 +505,10 @@ def export(
         reasoning_key=reasoning_key,
         where=where,
     )
-    skipped = ", ".join(f"{count} {why}" for why, count in sorted(result.skipped.items()))
+    skipped = ", ".join(
+        f"{count} {'without a trace' if why == 'none' else why}"
+        for why, count in sorted(result.skipped.items())
+    )
     out.print(
         f"wrote {result.written} samples to {output} ({fmt}"
         + (f", reasoning as {reasoning_style}" if with_reasoning else "")
@@ -516,6 +519,7 @@ def export(
             else ""
         ),
         highlight=False,
+        soft_wrap=True,
     )
 
 
