@@ -12,7 +12,7 @@ from typer.testing import CliRunner
 
 from distillery.cli import app
 from distillery.config import load_config
-from distillery.emulator import EmulatorOptions, RunningEmulator
+from distillery.emulator import EmulatorOptions
 from distillery.emulator.retarget import emulated
 from distillery.flows.generate import generate
 from distillery.generators.tokens import count_tokens
@@ -102,7 +102,7 @@ def test_reasoning_run_columns_and_export(prefect_api: str, tmp_path: Path) -> N
         "WHERE filter = 'reasoning_length'"
     ).fetchall()
     assert rejected, "the trace filter rejected nothing"
-    for reason, visibility, has_text in rejected:
+    for reason, _visibility, has_text in rejected:
         assert (reason, has_text) == ("trace_too_long", True)
 
     kept = dict(
