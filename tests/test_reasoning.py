@@ -14,6 +14,8 @@ import openai
 import pytest
 from google import genai
 from google.genai import types as genai_types
+from hypothesis import given
+from hypothesis import strategies as st
 
 from distillery.config import TeacherConfig, load_config
 from distillery.emulator import EmulatorOptions, RunningEmulator
@@ -427,3 +429,20 @@ teachers:
     # Reasoning is billed as output: the budget teacher costs more than the plain one.
     assert plans["budget"].cost_usd is not None and plans["plain"].cost_usd is not None
     assert plans["budget"].cost_usd > plans["plain"].cost_usd
+
+
+_NO_TAGS = st.text(alphabet=st.characters(blacklist_characters="<>"), max_size=40)
+
+
+@given(trace=_NO_TAGS, answer=_NO_TAGS)
+def test_split_inline_round_trips(trace: str, answer: str) -> None:
+    text = f"<think>{trace}</think>{answer}"
+    assert split_inline(text, ("<think>", "</think>")) == (trace.strip(), answer.lstrip())
+    assert split_inline(answer, ("<think>", "</think>")) == (None, answer)
+
+
+def test_emulator_stats_bill_the_thinking() -> None:
+    with RunningEmulator(EmulatorOptions(seed=3)) as emu:
+        done = ask(teacher(emu.url, "openai", "deepseek-r1", reasoning={}))
+        stats = emu.stats()
+    assert stats["completion_tokens"] == done.completion_tokens

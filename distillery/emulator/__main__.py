@@ -27,6 +27,15 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument(
         "--window-s", type=float, default=60.0, help="sliding window of --rpm/--tpm (seconds)"
     )
+    parser.add_argument(
+        "--reasoning-redact-rate", type=float, default=0.0, help="share of traces withheld"
+    )
+    parser.add_argument(
+        "--openai-reasoning",
+        choices=("auto", "field", "inline", "hidden"),
+        default="auto",
+        help="where the OpenAI route puts a trace",
+    )
     args = parser.parse_args(argv)
     extra = {} if args.faults is None else {"faults": args.faults}
     try:
@@ -40,6 +49,8 @@ def main(argv: list[str] | None = None) -> None:
             tpm=args.tpm,
             max_concurrency=args.max_concurrency,
             window_s=args.window_s,
+            reasoning_redact_rate=args.reasoning_redact_rate,
+            openai_reasoning=args.openai_reasoning,
             **extra,
         )
     except ValidationError as exc:

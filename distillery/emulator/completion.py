@@ -68,6 +68,11 @@ class Answer:
     #: The reasoning before the answer; its tokens are not in ``completion_tokens``.
     trace: Trace | None = None
 
+    @property
+    def output_tokens(self) -> int:
+        """Output billed: the answer's tokens and the trace's (what every API charges)."""
+        return self.completion_tokens + (self.trace.tokens if self.trace is not None else 0)
+
 
 def warm_up() -> None:
     """Load the default tokenizer and the text banks before serving.

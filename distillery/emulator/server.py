@@ -125,7 +125,7 @@ def charge(chat: ChatRequest, seed: int) -> Charge:
         prompt_tokens = count_message_tokens(chat.messages, chat.model)
         return Charge(prompt_tokens + chat.max_tokens, prompt_tokens)
     answer = complete(chat, seed)
-    return Charge(answer.prompt_tokens + answer.completion_tokens, answer=answer)
+    return Charge(answer.prompt_tokens + answer.output_tokens, answer=answer)
 
 
 STATE = web.AppKey("distillery_emulator_state", EmulatorState)
@@ -163,7 +163,7 @@ def _api_handler(state: EmulatorState, fmt: WireFormat) -> Handler:
         elif fault is None and copier is not None:
             answer, copy = copier.answer(answer, chat)
         now = time.monotonic()
-        window.add(now, answer.prompt_tokens + answer.completion_tokens)
+        window.add(now, answer.prompt_tokens + answer.output_tokens)
         quota = window.quota(now) if limiter is None else limiter.quota(now, paid.tokens, window)
         served = Served(quota, int((now - started) * 1000))
         return fmt.render(chat, answer, served), answer, copy
@@ -183,7 +183,7 @@ def _api_handler(state: EmulatorState, fmt: WireFormat) -> Handler:
             response = fmt.fault(fault, chat)
         elif fault in FLAGGED:
             response, answer, _ = await produce(chat, started, fault, paid)
-            stats.flagged(answer.prompt_tokens, answer.completion_tokens)
+            stats.flagged(answer.prompt_tokens, answer.output_tokens)
         elif fault is Fault.TIMEOUT:
             stats.answered(fault.value)
             return await transport.hang(request, options.hang_s)
@@ -221,7 +221,7 @@ def _api_handler(state: EmulatorState, fmt: WireFormat) -> Handler:
             if picker is not None and (fault := picker.pick()) is not None:
                 return await inject(fault, request, chat, started, paid)
             response, answer, copy = await produce(chat, started, paid=paid)
-            stats.served(answer.prompt_tokens, answer.completion_tokens, copy)
+            stats.served(answer.prompt_tokens, answer.output_tokens, copy)
             stats.answered(response.status)
             return response
         finally:
@@ -252,7 +252,7 @@ def _api_handler(state: EmulatorState, fmt: WireFormat) -> Handler:
             if picker is not None and (fault := picker.pick()) is not None:
                 return await inject(fault, request, chat, started)
             response, answer, copy = await produce(chat, started)
-            stats.served(answer.prompt_tokens, answer.completion_tokens, copy)
+            stats.served(answer.prompt_tokens, answer.output_tokens, copy)
         except ApiError as err:
             response = fmt.error(err, request)
         stats.answered(response.status)
