@@ -47,14 +47,17 @@ class OpenAIProvider(Provider):
             body["temperature"] = params.temperature
         if params.top_p is not None:
             body["top_p"] = params.top_p
+        thinking = request_fields(teacher)
         if params.max_tokens is not None:
-            # OpenAI-compatible servers still widely expect the older name.
-            body["max_tokens"] = params.max_tokens
+            # OpenAI-compatible servers still widely expect the older name; OpenAI's reasoning
+            # models (the ones that take reasoning_effort) refuse it for the newer one.
+            name = "max_completion_tokens" if "reasoning_effort" in thinking else "max_tokens"
+            body[name] = params.max_tokens
         if params.seed is not None:
             body["seed"] = params.seed
         if params.stop:
             body["stop"] = params.stop
-        body.update(request_fields(teacher))
+        body.update(thinking)
         body.update(params.extra_body)
         headers = {"content-type": "application/json"}
         if api_key:
