@@ -20,7 +20,6 @@ from distillery.generators.pricing import cost_usd
 from distillery.generators.prompts import Prompt
 from distillery.generators.providers.reasoning import (
     ANTHROPIC_ANSWER_TOKENS,
-    anthropic_budget,
     expected_reasoning_tokens,
 )
 from distillery.generators.records import teacher_facts
@@ -77,11 +76,11 @@ def completion_per_answer(teacher: TeacherConfig) -> tuple[int, int]:
     """(completion tokens, of which reasoning) expected per answer of ``teacher``.
 
     With ``max_tokens`` the bound holds reasoning and answer together; the reasoning share is
-    the budget, at most the bound. Anthropic without ``max_tokens`` is sent budget + 4096.
+    the budget, at most the bound. Anthropic without ``max_tokens`` is sent thinking + 4096.
     """
     thinking = expected_reasoning_tokens(teacher)
     bound = teacher.params.max_tokens
-    if bound is None and teacher.provider == "anthropic" and anthropic_budget(teacher):
+    if bound is None and teacher.provider == "anthropic" and thinking:
         bound = thinking + ANTHROPIC_ANSWER_TOKENS
     if bound is not None:
         return bound, min(thinking, bound)

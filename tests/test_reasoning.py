@@ -92,6 +92,21 @@ def test_anthropic_thinking_blocks_become_the_trace(
     assert done.reasoning_tokens is None  # Anthropic reports no separate count
 
 
+def test_anthropic_adaptive_thinking_and_omitted_display(emu: RunningEmulator) -> None:
+    adaptive = ask(teacher(emu.url, "anthropic", "claude-opus-4-6", reasoning={"effort": "low"}))
+    assert adaptive.reasoning_visibility == "summary" and adaptive.reasoning_text
+    omitted = {"type": "enabled", "budget_tokens": 1024, "display": "omitted"}
+    spec = teacher(
+        emu.url,
+        "anthropic",
+        "claude-sonnet-4-5",
+        reasoning={"budget_tokens": 1024},
+        params={"extra_body": {"thinking": omitted}},
+    )
+    hidden = ask(spec)
+    assert (hidden.reasoning_visibility, hidden.reasoning_text) == ("hidden", None)
+
+
 def test_anthropic_redacted_thinking(withholding: RunningEmulator) -> None:
     spec = teacher(withholding.url, "anthropic", "claude-3-7-sonnet", reasoning={"effort": "low"})
     done = ask(spec)
@@ -173,6 +188,14 @@ def test_request_fields_per_provider() -> None:
     )
     assert body["thinking"] == {"type": "enabled", "budget_tokens": 2000}
     assert body["max_tokens"] == 2000 + 4096  # room for the answer beside the thinking
+    body = (
+        get_provider("anthropic")
+        .build_call(
+            teacher(url, "anthropic", "claude-opus-4-6", reasoning={"effort": "high"}), [], None
+        )
+        .body
+    )
+    assert (body["thinking"], body["output_config"]) == ({"type": "adaptive"}, {"effort": "high"})
     body = (
         get_provider("gemini")
         .build_call(teacher(url, "gemini", "gemini-3-pro", reasoning={"effort": "low"}), [], None)

@@ -21,7 +21,11 @@ from distillery.generators.providers.base import (
     Provider,
     split_system,
 )
-from distillery.generators.providers.reasoning import anthropic_max_tokens, request_fields
+from distillery.generators.providers.reasoning import (
+    anthropic_max_tokens,
+    merge_fields,
+    request_fields,
+)
 from distillery.generators.providers.registry import register
 from distillery.generators.providers.traces import Visibility
 from distillery.generators.ratelimit_headers import anthropic_rate_limits
@@ -61,7 +65,7 @@ class AnthropicProvider(Provider):
             body["top_p"] = params.top_p
         if params.stop:
             body["stop_sequences"] = params.stop
-        body.update(request_fields(teacher))
+        merge_fields(body, request_fields(teacher))
         body.update(params.extra_body)
         headers = {"content-type": "application/json", "anthropic-version": API_VERSION}
         if api_key:
@@ -121,13 +125,15 @@ def _thinking(blocks: list[dict[str, Any]], model: str) -> tuple[str | None, Vis
     ``data`` only. Claude 3.7 returns its full thinking, later models a summary of it; the
     usage's ``output_tokens`` bills the full thinking either way, and has no separate count.
     """
-    texts = [b["thinking"] for b in blocks if b.get("type") == "thinking" and b.get("thinking")]
+    thinking = [b for b in blocks if b.get("type") == "thinking"]
+    texts = [b["thinking"] for b in thinking if b.get("thinking")]
     redacted = any(b.get("type") == "redacted_thinking" for b in blocks)
     trace = "\n\n".join(texts) if texts else None
     if redacted:
         return trace, "redacted"
     if trace is None:
-        return None, "none"
+        # display: omitted sends the blocks (and their signatures) without the text.
+        return None, "hidden" if thinking else "none"
     return trace, "full" if model.startswith("claude-3") else "summary"
 
 

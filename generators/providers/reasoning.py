@@ -3,10 +3,11 @@
 Kept apart from the wire-format modules so that each of them gains only one call: the body
 fields to add (:func:`request_fields`) and, for validation, :func:`reasoning_problem`.
 
-- Anthropic extended thinking: ``thinking: {type: enabled, budget_tokens}``; the API wants
-  ``1024 <= budget_tokens < max_tokens``, no temperature but 1, and ``top_p`` of at least 0.95.
+- Anthropic: a budget is extended thinking, ``thinking: {type: enabled, budget_tokens}``
+  (``1024 <= budget_tokens < max_tokens``; up to Claude 4.6, removed on Opus 4.7); an effort is
+  adaptive thinking, ``thinking: {type: adaptive}`` with ``output_config.effort`` (Claude
+  4.6 and later). Either way no temperature but 1 and ``top_p`` of at least 0.95.
   ``output_tokens`` counts the thinking (billed in full even when the trace is summarised).
-  An ``effort`` becomes a budget from :data:`EFFORT_BUDGETS`.
 - Gemini: ``generationConfig.thinkingConfig`` with ``includeThoughts: true`` and either
   ``thinkingBudget`` (2.5 models) or ``thinkingLevel`` (3 models). ``maxOutputTokens``
   includes thinking; ``thoughtsTokenCount`` is billed as output beside ``candidatesTokenCount``.
@@ -22,8 +23,8 @@ from typing import Any
 
 from distillery.config import TeacherConfig
 
-#: Thinking budgets used for Anthropic, whose thinking config has no effort level, and by the
-#: plan to estimate the tokens an ``effort`` costs.
+#: The thinking tokens an ``effort`` is expected to cost: for the plan, and for Anthropic's
+#: ``max_tokens`` when none is configured.
 EFFORT_BUDGETS = {"low": 2048, "medium": 8192, "high": 24576}
 #: The trace length ``distillery plan`` assumes when neither a budget nor an effort is set.
 ASSUMED_REASONING_TOKENS = 1024
@@ -38,22 +39,24 @@ def is_on(teacher: TeacherConfig) -> bool:
     return teacher.reasoning is not None and teacher.reasoning.enabled
 
 
-def anthropic_budget(teacher: TeacherConfig) -> int | None:
-    """The ``budget_tokens`` sent to Anthropic, or None without thinking."""
-    reasoning = teacher.reasoning
-    if reasoning is None or not reasoning.enabled:
-        return None
-    if reasoning.budget_tokens is not None:
-        return reasoning.budget_tokens
-    return EFFORT_BUDGETS[reasoning.effort] if reasoning.effort else None
-
-
 def anthropic_max_tokens(teacher: TeacherConfig, default: int) -> int:
     """``max_tokens`` for Anthropic: the configured one, else room for thinking plus answer."""
     if teacher.params.max_tokens is not None:
         return teacher.params.max_tokens
-    budget = anthropic_budget(teacher)
-    return default if budget is None else budget + ANTHROPIC_ANSWER_TOKENS
+    if not is_on(teacher):
+        return default
+    return expected_reasoning_tokens(teacher) + ANTHROPIC_ANSWER_TOKENS
+
+
+def merge_fields(body: dict[str, Any], fields: dict[str, Any]) -> None:
+    """Add ``fields`` to ``body``, merging objects one level deep (``output_config`` may
+    already hold a response format)."""
+    for key, value in fields.items():
+        current = body.get(key)
+        if isinstance(current, dict) and isinstance(value, dict):
+            body[key] = {**current, **value}
+        else:
+            body[key] = value
 
 
 def reasoning_problem(teacher: TeacherConfig) -> str | None:
@@ -66,12 +69,12 @@ def reasoning_problem(teacher: TeacherConfig) -> str | None:
         return None
     provider, params = teacher.provider, teacher.params
     if provider == "anthropic":
-        budget = anthropic_budget(teacher)
-        if budget is None:
+        budget = reasoning.budget_tokens
+        if budget is None and reasoning.effort is None:
             return "reasoning: anthropic needs budget_tokens (>= 1024) or effort"
-        if budget < ANTHROPIC_MIN_BUDGET:
+        if budget is not None and budget < ANTHROPIC_MIN_BUDGET:
             return f"reasoning.budget_tokens: {budget} is below Anthropic's minimum of 1024"
-        if params.max_tokens is not None and budget >= params.max_tokens:
+        if budget is not None and params.max_tokens is not None and budget >= params.max_tokens:
             return (
                 f"reasoning.budget_tokens: {budget} must be below params.max_tokens "
                 f"{params.max_tokens} (Anthropic counts thinking in max_tokens)"
@@ -108,7 +111,9 @@ def request_fields(teacher: TeacherConfig) -> dict[str, Any]:
     if reasoning is None or not reasoning.enabled:
         return {}
     if teacher.provider == "anthropic":
-        return {"thinking": {"type": "enabled", "budget_tokens": anthropic_budget(teacher)}}
+        if reasoning.budget_tokens is not None:
+            return {"thinking": {"type": "enabled", "budget_tokens": reasoning.budget_tokens}}
+        return {"thinking": {"type": "adaptive"}, "output_config": {"effort": reasoning.effort}}
     if teacher.provider == "gemini":
         config: dict[str, Any] = {"includeThoughts": True}
         if reasoning.budget_tokens is not None:

@@ -25,7 +25,7 @@ from distillery.emulator.completion import Answer, ChatRequest, Finish
 from distillery.emulator.faults import Fault
 from distillery.emulator.formats.base import LOADING_BODY, ApiError, Problem, Served, json_response
 from distillery.emulator.limits import Refusal, Refused
-from distillery.emulator.reasoning import Thinking, signature
+from distillery.emulator.reasoning import EFFORT_TOKENS, Thinking, signature
 from distillery.emulator.snapshots import is_dated, snapshot_date
 from distillery.emulator.window import Quota
 
@@ -140,10 +140,18 @@ def _thinking(data: dict[str, Any], max_tokens: int) -> Thinking | None:
     thinking = data.get("thinking")
     if thinking is None:
         return None
-    if not isinstance(thinking, dict) or thinking.get("type") not in ("enabled", "disabled"):
+    kinds = ("enabled", "adaptive", "disabled")
+    if not isinstance(thinking, dict) or thinking.get("type") not in kinds:
         raise _invalid("thinking: Input tag does not match any of the expected tags")
     if thinking["type"] == "disabled":
         return None
+    shown = thinking.get("display") != "omitted"
+    if thinking["type"] == "adaptive":
+        effort = (data.get("output_config") or {}).get("effort", "high")
+        if effort not in (*EFFORT_TOKENS, "xhigh", "max"):
+            raise _invalid("output_config.effort: Input should be 'low', 'medium' or 'high'")
+        budget = EFFORT_TOKENS.get(effort)
+        return Thinking(budget=None if budget is None else min(budget, max_tokens), shown=shown)
     budget = thinking.get("budget_tokens")
     if isinstance(budget, bool) or not isinstance(budget, int):
         raise _invalid("thinking.enabled.budget_tokens: Field required")
@@ -159,7 +167,7 @@ def _thinking(data: dict[str, Any], max_tokens: int) -> Thinking | None:
             "`temperature` may only be set to 1 when thinking is enabled. Please consult our "
             "documentation at https://docs.claude.com/en/docs/build-with-claude/extended-thinking"
         )
-    return Thinking(budget=budget)
+    return Thinking(budget=budget, shown=shown)
 
 
 class AnthropicFormat:
@@ -228,7 +236,8 @@ class AnthropicFormat:
             if trace.withheld:
                 content.append({"type": "redacted_thinking", "data": signature(trace.text)})
             else:
-                block = {"type": "thinking", "thinking": trace.text}
+                # display: omitted keeps the block and its signature, not the text.
+                block = {"type": "thinking", "thinking": trace.text if trace.shown else ""}
                 content.append({**block, "signature": signature(trace.text)})
         if answer.text:
             content.append({"type": "text", "text": answer.text})
