@@ -11,6 +11,7 @@ from typing import Any
 
 import anthropic
 import openai
+import pyarrow as pa
 import pytest
 from google import genai
 from google.genai import types as genai_types
@@ -19,7 +20,7 @@ from hypothesis import strategies as st
 
 from distillery.config import TeacherConfig, load_config
 from distillery.emulator import EmulatorOptions, RunningEmulator
-from distillery.errors import ConfigError
+from distillery.errors import ConfigError, UserInputError
 from distillery.generators.client import TeacherClient
 from distillery.generators.filters import build_filters
 from distillery.generators.http import make_http_client
@@ -469,3 +470,51 @@ def test_emulator_stats_bill_the_thinking() -> None:
         done = ask(teacher(emu.url, "openai", "deepseek-r1", reasoning={}))
         stats = emu.stats()
     assert stats["completion_tokens"] == done.completion_tokens
+
+
+# ------------------------------------------------------------------ export over older shards
+
+
+def _row(sample_id: str, run_id: str, **extra: Any) -> dict[str, Any]:
+    return {
+        "sample_id": sample_id,
+        "run_id": run_id,
+        "prompt_id": sample_id,
+        "sample_index": 0,
+        "messages": [{"role": "user", "content": f"question {sample_id}"}],
+        "teacher_name": "t",
+        "teacher_provider": "openai",
+        "teacher_model": "m",
+        "response_text": f"answer {sample_id}",
+        **extra,
+    }
+
+
+def test_export_reads_shards_written_before_the_reasoning_columns(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from distillery.storage.export import export_chat_jsonl
+    from distillery.storage.schema import SAMPLE_SCHEMA, TABLES
+    from distillery.storage.shards import write_shard
+
+    older = pa.schema([f for f in SAMPLE_SCHEMA if not f.name.startswith("reasoning_")])
+    with monkeypatch.context() as patch:
+        patch.setitem(TABLES, "samples", older)
+        write_shard(tmp_path, "samples", "old", [_row("a", "old")], 0)
+    target = tmp_path / "x.jsonl"
+    # Only old shards: the columns do not exist at all.
+    result = export_chat_jsonl(tmp_path, target, reasoning="think")
+    assert (result.written, dict(result.skipped)) == (0, {"none": 1})
+    trace = {"reasoning_text": "because", "reasoning_visibility": "full"}
+    write_shard(tmp_path, "samples", "new", [_row("b", "new", **trace)], 0)
+    result = export_chat_jsonl(tmp_path, target, reasoning="field", reasoning_key="thinking")
+    assert (result.written, dict(result.skipped)) == (1, {"none": 1})
+    (line,) = [json.loads(text) for text in target.read_text().splitlines()]
+    assert line["messages"][-1] == {
+        "role": "assistant",
+        "content": "answer b",
+        "thinking": "because",
+    }
+    assert export_chat_jsonl(tmp_path, target).written == 2  # plain chat keeps both
+    with pytest.raises(UserInputError, match=r"^--output .*: directory .* does not exist$"):
+        export_chat_jsonl(tmp_path, tmp_path / "absent" / "x.jsonl")
