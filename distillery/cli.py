@@ -125,7 +125,7 @@ def run(
         bool, typer.Option("--verbose", "-v", help="Show Prefect's logs on the terminal too.")
     ] = False,
 ) -> None:
-    """Generate a dataset: every prompt to every teacher, into Parquet shards."""
+    """Generate a dataset: prompts to teachers (as the job routes them), into Parquet shards."""
     from distillery.generators.prompts import load_prompts
     from distillery.generators.records import teacher_facts
 
@@ -274,9 +274,14 @@ def _print_summary(summary: RunSummary, ui: str) -> None:
         reasons = ", ".join(f"{k} {v}" for k, v in sorted(summary.rejected.items()))
         table.add_row("rejected", f"{sum(summary.rejected.values())} ({reasons})")
     failures = ", ".join(f"{k} {v}" for k, v in sorted(summary.failures_by_class.items()))
+    if summary.fell_back:
+        failures += f"{'; ' if failures else ''}{summary.fell_back} then sent to the next teacher"
     table.add_row("failures", f"{summary.failures}" + (f" ({failures})" if failures else ""))
+    for name, why in sorted(summary.unusable.items()):
+        table.add_row("skipped teacher", f"{name}: {why}")
     answered = summary.samples + sum(summary.rejected.values())
-    unsent = summary.requests_planned - answered - summary.failures
+    # A failure followed by a fallback is not where its prompt ended.
+    unsent = summary.requests_planned - answered - (summary.failures - summary.fell_back)
     if unsent > 0:
         why = "budget reached; raise budget_usd and " if summary.status == "budget_reached" else ""
         table.add_row(
@@ -354,6 +359,12 @@ def plan(config: Annotated[Path, typer.Argument(help="Job file (YAML).")]) -> No
         )
     if job.budget_usd is not None:
         out.print(f"budget_usd: {job.budget_usd} (the run stops sending before exceeding it)")
+    if job.routing.mode != "all" or job.n > 1:
+        fallback = job.routing.mode == "fallback" or job.routing.fallback
+        out.print(
+            f"routing: {job.routing.mode}, n={job.n}"
+            + ("; fallback teachers are asked only when an earlier one fails" if fallback else "")
+        )
 
 
 def _minutes(value: float) -> str:

@@ -130,6 +130,11 @@ class TeacherConfig(_Strict):
     reasoning: ReasoningConfig | None = Field(
         default=None, description="Ask for reasoning and capture the trace (reasoning_text)."
     )
+    budget_usd: float | None = Field(
+        default=None,
+        gt=0,
+        description="This teacher's own spending cap; once spent, routing falls back past it.",
+    )
 
     @field_validator("provider")
     @classmethod
@@ -167,14 +172,87 @@ class TeacherConfig(_Strict):
 
 
 class PromptsConfig(_Strict):
-    """Where prompts come from and how each record becomes a chat request."""
+    """Where prompts come from and how each record becomes a chat request.
 
-    path: Path = Field(description="JSONL, Parquet or CSV; relative paths are from the config.")
+    Either a file (``path``) or a DuckDB ``query`` over the views of an earlier output
+    (``data``): a seed dataset, e.g. the prompts whose answers a judge rejected.
+    """
+
+    path: Path | None = Field(
+        default=None, description="JSONL, Parquet or CSV; relative paths are from the config."
+    )
+    query: str | None = Field(
+        default=None,
+        description="SQL over the views of ``data`` (samples, rejected, failures, runs, "
+        "teachers); each result row is a prompt record.",
+    )
+    data: Path | str | None = Field(
+        default=None, description="The dataset ``query`` reads: a directory or s3:// URI."
+    )
     template: str | None = Field(
         default=None, description="Jinja template rendered with each record's fields."
     )
     system: str | None = Field(default=None, description="System message put before each prompt.")
     limit: int | None = Field(default=None, gt=0, description="Use only the first N prompts.")
+
+    @field_validator("data")
+    @classmethod
+    def _data_location(cls, value: Path | str | None) -> Path | str | None:
+        from distillery.storage.location import is_uri, normalise_uri
+
+        if isinstance(value, str) and is_uri(value):
+            return normalise_uri(value)
+        return None if value is None else Path(value)
+
+    @model_validator(mode="after")
+    def _one_source(self) -> PromptsConfig:
+        if (self.path is None) == (self.query is None):
+            raise ValueError("give either path (a file) or query (with data), not both")
+        if self.query is not None and self.data is None:
+            raise ValueError("query needs data: the output directory it reads")
+        if self.path is not None and self.data is not None:
+            raise ValueError("data is only for query")
+        return self
+
+    @property
+    def source(self) -> str:
+        """What error messages and logs call this source."""
+        return str(self.path) if self.path is not None else "prompts.query"
+
+
+class RoutingConfig(_Strict):
+    """Which teachers each prompt goes to (``route`` and ``route_step`` columns record it).
+
+    ``all``: every prompt to every teacher (comparison sets). ``split``: each prompt to one
+    teacher, chosen by a hash of its prompt id and ``seed`` with probability proportional to
+    ``weights`` — stable across runs and resumes. ``fallback``: each prompt to the first
+    teacher in the job's order; when that request fails for good, or the teacher's budget is
+    spent or it proves unusable, the same prompt goes to the next one.
+    """
+
+    mode: Literal["all", "split", "fallback"] = "all"
+    weights: dict[str, float] | None = Field(
+        default=None,
+        description="split: relative share per teacher name; unnamed teachers get 0 "
+        "(default: equal shares).",
+    )
+    fallback: bool = Field(
+        default=False,
+        description="split: when the chosen teacher fails, try the others in the job's order.",
+    )
+    seed: int = Field(default=0, description="split: another seed, another assignment.")
+
+    @model_validator(mode="after")
+    def _weights_for_split(self) -> RoutingConfig:
+        if self.mode != "split" and (self.weights is not None or self.fallback):
+            raise ValueError("weights and fallback apply to mode: split only")
+        if self.weights is not None:
+            for name, weight in self.weights.items():
+                if weight < 0:
+                    raise ValueError(f"weights.{name}: must be >= 0, got {weight}")
+            if sum(self.weights.values()) <= 0:
+                raise ValueError("weights: at least one teacher needs a weight above 0")
+        return self
 
 
 class DedupConfig(_Strict):
@@ -265,6 +343,19 @@ class JobConfig(_Strict):
         description="Dataset directory, or an object-storage URI: s3://bucket/prefix.",
     )
     curation: CurationConfig = Field(default_factory=CurationConfig)
+    routing: RoutingConfig = Field(default_factory=RoutingConfig)
+    n: int = Field(
+        default=1,
+        ge=1,
+        le=1000,
+        description="Samples per prompt and teacher: sample_index 0..n-1, each its own request "
+        "with seed = params.seed (or 0) + index; sample 0 keeps the teacher's params.",
+    )
+    temperatures: list[float] | None = Field(
+        default=None,
+        min_length=1,
+        description="Temperature schedule: sample i is sent with temperatures[i % len].",
+    )
     budget_usd: float | None = Field(
         default=None,
         gt=0,
@@ -303,6 +394,13 @@ class JobConfig(_Strict):
             raise ValueError(
                 f"curation.judge.teacher.name {judge.teacher.name!r} is also a teacher's name"
             )
+        if judge is not None and judge.teacher.budget_usd is not None:
+            raise ValueError("curation.judge.teacher.budget_usd: not supported for the judge")
+        for name in (self.routing.weights or {}).keys() - seen:
+            raise ValueError(f"routing.weights.{name}: no teacher of that name")
+        for index, temperature in enumerate(self.temperatures or []):
+            if not 0 <= temperature <= 2:
+                raise ValueError(f"temperatures[{index}]: must be within 0..2, got {temperature}")
         return self
 
     def config_hash(self) -> str:
@@ -371,9 +469,14 @@ def load_config(path: Path) -> JobConfig:
             message = "unknown field"
         raise ConfigError(f"{path}: {field}: {message}{more}") from exc
     base = path.resolve().parent
+    prompts = job.prompts
+    if prompts.path is not None:
+        prompts = prompts.model_copy(update={"path": base / prompts.path})
+    if isinstance(prompts.data, Path):
+        prompts = prompts.model_copy(update={"data": base / prompts.data})
     return job.model_copy(
         update={
-            "prompts": job.prompts.model_copy(update={"path": base / job.prompts.path}),
+            "prompts": prompts,
             "output": job.output if isinstance(job.output, str) else base / job.output,
             "terms_file": base / job.terms_file if job.terms_file else None,
             "prices_file": base / job.prices_file if job.prices_file else None,

@@ -1,4 +1,4 @@
-"""The generate flow: prompts x teachers, fanned out as one Prefect task per batch.
+"""The generate flow: prompts routed to teachers, fanned out as one Prefect task per batch.
 
 Thin by design: loading, sending and writing live in ``generators/`` and ``storage/``. What
 lives here is the orchestration — which requests are still to make (a re-run of a run id sends
@@ -35,6 +35,7 @@ from distillery.generators.curation.apply import Curator, build_curator
 from distillery.generators.curation.minhash import DEFAULT_PARAMS
 from distillery.generators.prompts import load_prompts, template_hash
 from distillery.generators.records import RunContext, teacher_facts
+from distillery.generators.routing import Router
 from distillery.storage.compact import compact_partition
 from distillery.storage.location import Location, as_location, resolve_output
 from distillery.storage.shards import next_part_number, partition_dir, read_column, write_shard
@@ -47,6 +48,7 @@ class BatchSummary(BaseModel):
     rejected: dict[str, int] = Field(default_factory=dict)
     failures: int
     not_sent: int
+    fell_back: int = 0
     failures_by_class: dict[str, int]
     prompt_tokens: int
     completion_tokens: int
@@ -70,6 +72,12 @@ class RunSummary(BaseModel):
     )
     failures: int = 0
     not_sent: int = 0
+    fell_back: int = Field(
+        default=0, description="Failures after which the prompt went to the next teacher."
+    )
+    unusable: dict[str, str] = Field(
+        default_factory=dict, description="Teachers routing fell back past, and why."
+    )
     failures_by_class: dict[str, int] = Field(default_factory=dict)
     prompt_tokens: int = 0
     completion_tokens: int = 0
@@ -152,6 +160,7 @@ async def generate_batch(
         rejected=dict(Counter(str(row["reason"]) for row in rejected)),
         failures=len(rows.failures),
         not_sent=rows.not_sent,
+        fell_back=rows.fell_back,
         failures_by_class=dict(by_class),
         prompt_tokens=sum(int(r["prompt_tokens"] or 0) for r in rows.samples),
         completion_tokens=sum(int(r["completion_tokens"] or 0) for r in rows.samples),
@@ -179,7 +188,8 @@ def _batches(plan: list[list[WorkItem]], batch_size: int) -> list[list[WorkItem]
 
 @flow(name="generate", flow_run_name="{job.name}/{run_id}", persist_result=False)
 async def generate(job: JobConfig, run_id: str, config_path: str | None = None) -> RunSummary:
-    """Generate samples for every prompt from every teacher of ``job`` into ``job.output``."""
+    """Generate ``job.n`` samples per prompt from the teachers its routing picks, into
+    ``job.output``."""
     logger = get_run_logger()
     started_at = datetime.now(UTC)
     clock = time.perf_counter()
@@ -199,17 +209,20 @@ async def generate(job: JobConfig, run_id: str, config_path: str | None = None) 
         for table in ("samples", "rejected")
         for sample_id in read_column(output, table, run_id, "sample_id")
     }
-    plan = plan_work(prompts, job.teachers, done)
+    router = Router(job)
+    plan = plan_work(prompts, router, done)
     planned = sum(len(items) for items in plan)
-    skipped = len(prompts) * len(job.teachers) - planned
+    skipped = len(prompts) * router.chains_per_prompt - planned
     listener = get_listener()
     if listener is not None:
         listener.planned(planned, skipped)
     logger.info(
-        "run %s: %d prompts x %d teachers, %d requests to send, %d already answered",
+        "run %s: %d prompts x %d requests each (routing %s, n=%d), %d to send, %d already answered",
         run_id,
         len(prompts),
-        len(job.teachers),
+        router.chains_per_prompt,
+        router.mode,
+        job.n,
         planned,
         skipped,
     )
@@ -240,14 +253,24 @@ async def generate(job: JobConfig, run_id: str, config_path: str | None = None) 
     results: list[BatchSummary] = []
     removed: dict[str, int] = {}
     try:
+        spent = _spent_by_teacher(output, run_id)
         budget = None
         if job.budget_usd is not None:
-            spent = sum(float(c or 0.0) for c in read_column(output, "samples", run_id, "cost_usd"))
-            budget = Budget(job.budget_usd, spent)
+            budget = Budget(job.budget_usd, sum(spent.values()))
+        teacher_budgets = {
+            t.name: Budget(t.budget_usd, spent.get(t.name, 0.0))
+            for t in job.teachers
+            if t.budget_usd is not None
+        }
         prices = {name: facts.price for name, facts in ctx.teachers.items()}
         shared = {t.name: await shared_limits_for(t) for t in job.teachers if t.limits.shared}
         async with TeacherPool(
-            job, stop=lambda: STOP.requested, prices=prices, budget=budget, shared=shared
+            job,
+            stop=lambda: STOP.requested,
+            prices=prices,
+            budget=budget,
+            shared=shared,
+            teacher_budgets=teacher_budgets,
         ) as pool:
             gate = asyncio.Semaphore(job.max_batches_in_flight)
 
@@ -268,8 +291,10 @@ async def generate(job: JobConfig, run_id: str, config_path: str | None = None) 
                         await progress.advance(len(items))
 
             await asyncio.gather(*(one(i, items) for i, items in enumerate(batches)))
+            summary.unusable = {name: str(exc) for name, exc in pool.unusable.items()}
             if pool.fatal is not None:
                 raise pool.fatal
+        spent_teachers = [n for n, b in teacher_budgets.items() if b.exhausted]
         if STOP.requested:
             summary.status = "stopped"
         elif budget is not None and budget.exhausted:
@@ -279,6 +304,9 @@ async def generate(job: JobConfig, run_id: str, config_path: str | None = None) 
                 budget.limit_usd,
                 budget.spent_usd,
             )
+        elif spent_teachers and sum(r.not_sent for r in results):
+            summary.status = "budget_reached"
+            logger.warning("budget of %s reached; requests left unsent", ", ".join(spent_teachers))
         else:
             summary.status = "completed"
         if job.curation.dedup.enabled and not STOP.requested:
@@ -300,6 +328,17 @@ async def generate(job: JobConfig, run_id: str, config_path: str | None = None) 
     return summary
 
 
+def _spent_by_teacher(output: Location, run_id: str) -> dict[str, float]:
+    """What earlier invocations of the run paid per teacher: every answer, kept or rejected."""
+    spent: dict[str, float] = {}
+    for table in ("samples", "rejected"):
+        names = read_column(output, table, run_id, "teacher_name")
+        costs = read_column(output, table, run_id, "cost_usd")
+        for name, cost in zip(names, costs, strict=True):
+            spent[str(name)] = spent.get(str(name), 0.0) + float(cost or 0.0)
+    return spent
+
+
 def _compact_run(output: Location, run_id: str) -> None:
     """Merge the run's per-batch shards: ~50k-row files query 3-5x faster than 500-row ones
     (BENCHMARKS.md). Per-batch shards stay the unit of crash safety while the run is going."""
@@ -319,6 +358,7 @@ def _fold(summary: RunSummary, results: list[BatchSummary], removed: dict[str, i
         summary.samples += result.samples
         summary.failures += result.failures
         summary.not_sent += result.not_sent
+        summary.fell_back += result.fell_back
         summary.prompt_tokens += result.prompt_tokens
         summary.completion_tokens += result.completion_tokens
         summary.maybe_billed_twice += result.maybe_billed_twice

@@ -9,8 +9,9 @@ in flight never exceed a teacher's ``concurrency``.
 from __future__ import annotations
 
 import asyncio
+import logging
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from types import TracebackType
 from typing import Any
 
@@ -26,20 +27,42 @@ from distillery.generators.prompts import Prompt
 from distillery.generators.providers.registry import get_provider
 from distillery.generators.ratelimit import Limiter, Limits, SharedLimits
 from distillery.generators.records import RunContext, failure_row, sample_id_for, sample_row
+from distillery.generators.routing import Router
 from distillery.generators.tokens import count_message_tokens
+
+logger = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
 class WorkItem:
-    """One request to make: a prompt for a teacher (the sample index is 0 until ``n`` lands)."""
+    """One request to make: sample ``sample_index`` of a prompt from a teacher.
+
+    ``teacher`` carries the sample's own parameters (seed, temperature). ``route`` and
+    ``route_step`` say how the teacher was chosen (the mode, and 0 for the first choice, 1
+    after one fallback, ...); ``fallbacks`` are the teachers still to try if this one fails.
+    """
 
     prompt: Prompt
     teacher: TeacherConfig
     sample_index: int = 0
+    route: str = "all"
+    route_step: int = 0
+    fallbacks: tuple[TeacherConfig, ...] = ()
 
     @property
     def sample_id(self) -> str:
         return sample_id_for(self.prompt.prompt_id, self.teacher, self.sample_index)
+
+    def fallback(self) -> WorkItem | None:
+        """The same sample from the next teacher of the chain, if there is one."""
+        if not self.fallbacks:
+            return None
+        return replace(
+            self,
+            teacher=self.fallbacks[0],
+            route_step=self.route_step + 1,
+            fallbacks=self.fallbacks[1:],
+        )
 
 
 class Batch:
@@ -59,14 +82,25 @@ class Batch:
         return len(self.items)
 
 
-def plan_work(
-    prompts: Sequence[Prompt], teachers: Sequence[TeacherConfig], done: set[str]
-) -> list[list[WorkItem]]:
-    """Per prompt, the requests still to make (those whose sample id is not in ``done``)."""
+def plan_work(prompts: Sequence[Prompt], router: Router, done: set[str]) -> list[list[WorkItem]]:
+    """Per prompt, the requests still to make: the first step of every chain and sample index
+    none of whose teachers has an answer in ``done`` (sample ids in samples or rejected).
+
+    A chain an earlier invocation answered through a fallback is done; one that only failed
+    starts again from its first teacher, as any failure is retried on resume.
+    """
     plan: list[list[WorkItem]] = []
     for prompt in prompts:
-        items = [WorkItem(prompt, teacher) for teacher in teachers]
-        todo = [item for item in items if item.sample_id not in done]
+        todo: list[WorkItem] = []
+        for chain in router.chains(prompt.prompt_id):
+            for index in range(router.n):
+                asked = [router.asked(teacher, index) for teacher in chain]
+                items = [
+                    WorkItem(prompt, teacher, index, router.mode, step, tuple(asked[step + 1 :]))
+                    for step, teacher in enumerate(asked)
+                ]
+                if not any(item.sample_id in done for item in items):
+                    todo.append(items[0])
         if todo:
             plan.append(todo)
     return plan
@@ -84,7 +118,9 @@ class TeacherPool:
 
     ``fatal`` is set by the first request proving a teacher unusable; ``stop`` answers True
     after a graceful stop (Ctrl-C). From then on no request is sent anywhere, answers already
-    in flight are still kept, and batches end early.
+    in flight are still kept, and batches end early. A request that may fall back to another
+    teacher instead marks its teacher ``unusable`` (no more requests to it) and the run goes
+    on; so does a teacher whose own budget (``teacher_budgets``) is spent.
     """
 
     def __init__(
@@ -94,10 +130,13 @@ class TeacherPool:
         prices: dict[str, PriceEntry | None] | None = None,
         budget: Budget | None = None,
         shared: dict[str, SharedLimits] | None = None,
+        teacher_budgets: dict[str, Budget] | None = None,
     ) -> None:
         self._stop = stop
         self._prices = prices or {}
         self.budget = budget
+        self.teacher_budgets = teacher_budgets or {}
+        self.unusable: dict[str, TeacherUnusable] = {}
         self._teachers: dict[str, _Teacher] = {}
         for teacher in job.teachers:
             http = make_http_client(
@@ -150,36 +189,56 @@ class TeacherPool:
         exhausted = self.budget is not None and self.budget.exhausted
         return self.fatal is not None or exhausted or self._stop()
 
+    def available(self, name: str) -> bool:
+        """Whether teacher ``name`` still takes requests (not unusable, budget not spent)."""
+        budget = self.teacher_budgets.get(name)
+        return name not in self.unusable and (budget is None or not budget.exhausted)
+
     async def request(self, item: WorkItem) -> Outcome | None:
-        """Send one request under its teacher's cap; None if the run was stopped before it."""
+        """Send one request under its teacher's cap; None if it was not sent: the run is
+        stopping, or (``available``) the teacher is unusable or its budget is spent."""
         teacher = self._teachers[item.teacher.name]
         async with teacher.slots:
-            if self.halted:
+            if self.halted or not self.available(item.teacher.name):
                 return None
             price = self._prices.get(item.teacher.name)
+            budgets = [b for b in (self.budget, self.teacher_budgets.get(item.teacher.name)) if b]
             estimate = 0.0
-            if self.budget is not None and price is not None:
+            if budgets and price is not None:
                 limiter = teacher.client.limiter
                 expected = limiter.estimate_completion() if limiter else 256.0
                 prompt = count_message_tokens(item.prompt.messages, item.teacher.model)
                 estimate = cost_usd(price, prompt, int(expected)) or 0.0
-                if not await self.budget.reserve(estimate):
+            reserved: list[Budget] = []
+            for budget in budgets:
+                if not await budget.reserve(estimate):
+                    for held in reserved:
+                        held.settle(estimate, 0.0)
                     return None
+                reserved.append(budget)
             try:
-                outcome = await teacher.client.complete(item.prompt.messages)
+                outcome = await teacher.client.complete(
+                    item.prompt.messages, params=item.teacher.params
+                )
             except TeacherUnusable as exc:
-                self.fatal = self.fatal or exc
-                if self.budget is not None:
-                    self.budget.settle(estimate, 0.0)
+                for budget in budgets:
+                    budget.settle(estimate, 0.0)
+                if item.fallbacks:
+                    if item.teacher.name not in self.unusable:
+                        logger.warning("%s; its prompts go to the next teacher", exc)
+                    self.unusable.setdefault(item.teacher.name, exc)
+                else:
+                    self.fatal = self.fatal or exc
                 return None
-            if self.budget is not None:
+            if budgets:
                 done = outcome.completion
                 actual = (
                     cost_usd(price, done.prompt_tokens, done.completion_tokens, done.cached_tokens)
                     if done is not None
                     else None
                 )
-                self.budget.settle(estimate, actual or 0.0)
+                for budget in budgets:
+                    budget.settle(estimate, actual or 0.0)
             return outcome
 
 
@@ -190,6 +249,8 @@ class BatchRows:
     samples: list[dict[str, Any]] = field(default_factory=list)
     failures: list[dict[str, Any]] = field(default_factory=list)
     not_sent: int = 0
+    fell_back: int = 0
+    """Failure rows after which the same sample went to the next teacher of its route."""
 
 
 OutcomeListener = Callable[[WorkItem, Outcome | None], None]
@@ -206,25 +267,37 @@ async def run_batch(
     """Send every item concurrently and collect the rows; never raises for one request.
 
     ``sink`` receives each row the moment its answer arrives (the write-ahead spool), before
-    anything else can go wrong with it.
+    anything else can go wrong with it. An item whose request fails for good, or whose
+    teacher is unusable or out of budget, moves on to its next fallback teacher (the failure
+    row stays: it is lineage); ``listener`` hears each item's final outcome once.
     """
     rows = BatchRows()
 
-    async def one(item: WorkItem) -> None:
-        outcome = await pool.request(item)
-        if outcome is None:
-            rows.not_sent += 1
-        else:
-            if outcome.completion is not None:
-                table, build, bucket = "samples", sample_row, rows.samples
-            else:
-                table, build, bucket = "failures", failure_row, rows.failures
-            row = build(ctx, item.prompt, item.teacher, item.sample_index, outcome)
-            if sink is not None:
-                sink(table, row)
-            bucket.append(row)
-        if listener is not None:
-            listener(item, outcome)
+    async def one(first: WorkItem) -> None:
+        item: WorkItem | None = first
+        while item is not None:
+            outcome = await pool.request(item)
+            if outcome is not None:
+                if outcome.completion is not None:
+                    table, build, bucket = "samples", sample_row, rows.samples
+                else:
+                    table, build, bucket = "failures", failure_row, rows.failures
+                row = build(ctx, item.prompt, item.teacher, item.sample_index, outcome)
+                row["route"], row["route_step"] = item.route, item.route_step
+                if sink is not None:
+                    sink(table, row)
+                bucket.append(row)
+            answered = outcome is not None and outcome.completion is not None
+            following = None if answered or pool.halted else item.fallback()
+            if following is None:
+                if outcome is None:
+                    rows.not_sent += 1
+                if listener is not None:
+                    listener(item, outcome)
+                return
+            if outcome is not None:
+                rows.fell_back += 1
+            item = following
 
     await asyncio.gather(*(one(item) for item in items))
     return rows

@@ -25,7 +25,7 @@ from tenacity import (
     stop_after_attempt,
 )
 
-from distillery.config import TeacherConfig
+from distillery.config import GenerationParams, TeacherConfig
 from distillery.errors import FatalRunError
 from distillery.generators.http import classify_transport_error
 from distillery.generators.providers.base import (
@@ -106,10 +106,18 @@ class TeacherClient:
             )
         return key
 
-    async def complete(self, messages: list[Message]) -> Outcome:
-        """Send ``messages``, retrying what is worth retrying; never raises for one request."""
+    async def complete(
+        self, messages: list[Message], params: GenerationParams | None = None
+    ) -> Outcome:
+        """Send ``messages``, retrying what is worth retrying; never raises for one request.
+
+        ``params`` replaces the teacher's parameters for this request (one sample of several
+        asks with its own seed and temperature)."""
         key = self._api_key()
-        call = self.provider.build_call(self.teacher, messages, key)
+        teacher = self.teacher
+        if params is not None and params is not teacher.params:
+            teacher = teacher.model_copy(update={"params": params})
+        call = self.provider.build_call(teacher, messages, key)
         # Counting costs ~1 ms a request: only when a token window (configured, learnt from
         # headers, or shared) will be charged with it.
         prompt_tokens = (

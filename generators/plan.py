@@ -8,6 +8,9 @@ teacher, its thinking budget (or the effort's, see :mod:`.providers.reasoning`).
 tokens are billed as output, so they are in the completion tokens and the cost. The minimum
 wall time is what the rate limits allow at full utilisation: requests / rpm or tokens / tpm,
 whichever binds, for the slowest teacher.
+
+Requests follow the job's routing and ``n``: a teacher counts ``n`` requests per prompt routed
+to it first; fallback teachers count none (they are asked only when an earlier one fails).
 """
 
 from __future__ import annotations
@@ -23,6 +26,7 @@ from distillery.generators.providers.reasoning import (
     expected_reasoning_tokens,
 )
 from distillery.generators.records import teacher_facts
+from distillery.generators.routing import Router
 from distillery.generators.tokens import count_message_tokens
 
 ASSUMED_COMPLETION_TOKENS = 512
@@ -44,26 +48,33 @@ class TeacherPlan:
 
 def plan_job(job: JobConfig, prompts: Sequence[Prompt]) -> list[TeacherPlan]:
     facts = teacher_facts(job)
+    router = Router(job)
+    routed: dict[str, list[Prompt]] = {t.name: [] for t in job.teachers}
+    for prompt in prompts:
+        for chain in router.chains(prompt.prompt_id):
+            routed[chain[0].name].append(prompt)
     plans: list[TeacherPlan] = []
     for teacher in job.teachers:
-        prompt_tokens = sum(count_message_tokens(p.messages, teacher.model) for p in prompts)
+        mine = routed[teacher.name]
+        requests = len(mine) * job.n
+        prompt_tokens = job.n * sum(count_message_tokens(p.messages, teacher.model) for p in mine)
         per_answer, thinking = completion_per_answer(teacher)
-        completion_tokens = per_answer * len(prompts)
+        completion_tokens = per_answer * requests
         price = facts[teacher.name].price
         minutes: dict[str, float] = {}
         if teacher.limits.rpm:
-            minutes["rpm"] = len(prompts) / teacher.limits.rpm
+            minutes["rpm"] = requests / teacher.limits.rpm
         if teacher.limits.tpm:
             minutes["tpm"] = (prompt_tokens + completion_tokens) / teacher.limits.tpm
         binding = max(minutes, key=lambda k: minutes[k]) if minutes else None
         plans.append(
             TeacherPlan(
                 teacher=teacher.name,
-                requests=len(prompts),
+                requests=requests,
                 prompt_tokens=prompt_tokens,
                 completion_tokens=completion_tokens,
                 completion_is_bound=teacher.params.max_tokens is not None,
-                reasoning_tokens=thinking * len(prompts),
+                reasoning_tokens=thinking * requests,
                 cost_usd=cost_usd(price, prompt_tokens, completion_tokens),
                 min_minutes=minutes[binding] if binding else None,
                 binding_limit=binding,

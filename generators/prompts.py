@@ -1,4 +1,5 @@
-"""Prompt sources: JSONL, Parquet or CSV records into :class:`Prompt` objects.
+"""Prompt sources: JSONL, Parquet or CSV records — or a DuckDB query over an earlier output
+(:mod:`.seeds`) — into :class:`Prompt` objects.
 
 A record holds ``prompt`` (a string) or ``messages`` (a chat list), optionally an ``id``; every
 other field is kept as metadata and offered to the Jinja template. Without an ``id`` the prompt id
@@ -144,7 +145,14 @@ def load_prompts(config: PromptsConfig) -> list[Prompt]:
     template = _compile_template(config)
     prompts: list[Prompt] = []
     first_seen: dict[str, tuple[str, list[Message]]] = {}
-    for where, record in _records(config.path):
+    if config.path is not None:
+        records = _records(config.path)
+    else:
+        from distillery.generators.seeds import query_records
+
+        assert config.query is not None and config.data is not None  # PromptsConfig checks
+        records = query_records(config.query, config.data)
+    for where, record in records:
         messages = _messages_of(where, record, template)
         if config.system is not None and messages[0]["role"] != "system":
             messages = [{"role": "system", "content": config.system}, *messages]
@@ -161,5 +169,5 @@ def load_prompts(config: PromptsConfig) -> list[Prompt]:
         if config.limit is not None and len(prompts) >= config.limit:
             break
     if not prompts:
-        raise UserInputError(f"{config.path}: no prompts found")
+        raise UserInputError(f"{config.source}: no prompts found")
     return prompts

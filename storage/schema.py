@@ -40,6 +40,10 @@ _REQUEST_COLUMNS: list[pa.Field[Any]] = [
     pa.field("request_hash", pa.string()),
     pa.field("flow_run_id", pa.string()),
     pa.field("task_run_id", pa.string()),
+    # How the teacher was chosen: all | split | fallback, and 0 for the first choice, 1 after
+    # one fallback, ... (null in shards written before routing existed).
+    pa.field("route", pa.string()),
+    pa.field("route_step", pa.int16()),
 ]
 
 SAMPLE_SCHEMA = pa.schema(
