@@ -233,7 +233,7 @@ def test_a_spent_teacher_budget_falls_back_to_the_next_teacher(
     # Resumed with ten more prompts: the earlier spend still counts against the teacher's
     # budget, so the new prompts go straight to the fallback; the old ones are not re-bought.
     write_prompts(tmp_path / "prompts.jsonl", 40)
-    served = emulator.stats()["served_ok"]
+    served = int(str(emulator.stats()["served_ok"]))
     again = asyncio.run(generate(job=job, run_id="b1"))
     assert (again.requests_planned, again.samples) == (10, 10)
     assert emulator.stats()["served_ok"] == served + 10
