@@ -130,6 +130,58 @@ def test_bad_routing_is_one_line_naming_the_field(
     assert expected in str(caught.value) and "\n" not in str(caught.value)
 
 
+def test_plan_counts_requests_as_routed(tmp_path: Path) -> None:
+    from distillery.generators.plan import plan_job
+
+    job = _job(
+        tmp_path,
+        _teacher("a", DEAD) + _teacher("b", DEAD) + _teacher("c", DEAD),
+        "routing: {mode: split, weights: {a: 1, b: 1}}\nn: 3",
+    )
+    prompts = _prompts(40)
+    plans = {p.teacher: p.requests for p in plan_job(job, prompts)}
+    router = Router(job)
+    to_a = sum(router.chains(p.prompt_id)[0][0].name == "a" for p in prompts)
+    assert plans == {"a": 3 * to_a, "b": 3 * (40 - to_a), "c": 0}
+    fallback = job.model_copy(
+        update={"routing": job.routing.model_copy(update={"mode": "fallback", "weights": None})}
+    )
+    assert [p.requests for p in plan_job(fallback, prompts)] == [120, 0, 0]
+
+
+def test_summary_counts_a_failure_followed_by_a_fallback_as_not_final() -> None:
+    from rich.console import Console
+
+    import distillery.cli as cli_module
+    from distillery.flows.generate import RunSummary
+
+    summary = RunSummary(
+        run_id="r",
+        dataset="d",
+        output="o",
+        status="completed",
+        prompts=10,
+        requests_planned=10,
+        requests_skipped=0,
+        samples=8,
+        failures=5,
+        fell_back=4,
+        failures_by_class={"server_error": 5},
+        unusable={"locked": "teacher 'locked': HTTP 401 (key from X_KEY)"},
+    )
+    console = Console(record=True, width=160)
+    original, cli_module.out = cli_module.out, console
+    try:
+        cli_module._print_summary(summary, "http://ui")
+    finally:
+        cli_module.out = original
+    text = console.export_text()
+    # 8 answered + 1 final failure = 9 of 10: one request was not sent.
+    assert "5 (server_error 5; 4 then sent to the next teacher)" in text
+    assert "not sent" in text and "1 (re-run" in text
+    assert "locked: teacher 'locked': HTTP 401" in text
+
+
 # --- real flows ------------------------------------------------------------------------------
 
 
