@@ -45,13 +45,17 @@ def _source(con: duckdb.DuckDBPyConnection, location: Location, table: str, live
         return _remote_source(con, location, table)
     output = location.local_path
     files = committed_shards(output, table)
-    if files and live:
+    if not files:
+        return _empty(con, table)
+    if live:
         pattern = str(output.resolve() / table / "run_id=*" / "part-*.parquet").replace("'", "''")
-        return f"read_parquet('{pattern}', hive_partitioning = true, union_by_name = true)"
-    if files:
+        scan = f"read_parquet('{pattern}', hive_partitioning = true, union_by_name = true)"
+    else:
         listed = ", ".join("'" + str(path).replace("'", "''") + "'" for path in files)
-        return f"read_parquet([{listed}], hive_partitioning = true, union_by_name = true)"
-    return _empty(con, table)
+        scan = f"read_parquet([{listed}], hive_partitioning = true, union_by_name = true)"
+    # Every column of the schema, even if all shards predate it (null then): queries and
+    # rewrites (dedup) that name a newer column work on older datasets too.
+    return f"(SELECT * FROM {scan} UNION ALL BY NAME SELECT * FROM {_empty(con, table)})"
 
 
 def _empty(con: duckdb.DuckDBPyConnection, table: str) -> str:

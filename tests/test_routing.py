@@ -182,6 +182,45 @@ def test_summary_counts_a_failure_followed_by_a_fallback_as_not_final() -> None:
     assert "locked: teacher 'locked': HTTP 401" in text
 
 
+def test_shards_from_before_routing_read_route_as_null_and_dedup_still_rewrites_them(
+    tmp_path: Path,
+) -> None:
+    from datetime import UTC, datetime
+
+    import pyarrow.parquet as pq
+
+    from distillery.config import DedupConfig
+    from distillery.flows.curate import dedup_run
+    from distillery.storage.shards import write_shard
+
+    rows = [
+        {
+            "sample_id": f"s{i}",
+            "run_id": "old",
+            "prompt_id": f"p{i}",
+            "sample_index": 0,
+            "teacher_name": "t",
+            "teacher_provider": "openai",
+            "teacher_model": "m",
+            "response_text": "the same answer twice",
+            "content_hash": "same",
+            "created_at": datetime(2026, 1, 1, 0, 0, i, tzinfo=UTC),
+        }
+        for i in range(2)
+    ]
+    write_shard(tmp_path, "samples", "old", rows, 0)
+    # Make the shard what an older distillery wrote: no route columns at all.
+    (shard,) = (tmp_path / "samples" / "run_id=old").glob("*.parquet")
+    pq.write_table(pq.read_table(shard).drop_columns(["route", "route_step"]), shard)
+
+    con = open_catalog(tmp_path)
+    assert con.execute("SELECT route, route_step FROM samples").fetchall() == [(None, None)] * 2
+    assert dedup_run(tmp_path, "old", [], DedupConfig()) == {"duplicate": 1}
+    con = open_catalog(tmp_path)
+    assert con.execute("SELECT sample_id, route FROM rejected").fetchall() == [("s1", None)]
+    assert con.execute("SELECT sample_id FROM samples").fetchall() == [("s0",)]
+
+
 # --- real flows ------------------------------------------------------------------------------
 
 
