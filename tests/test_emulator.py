@@ -11,6 +11,7 @@ import subprocess
 import sys
 import time
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
 import httpx
@@ -432,3 +433,28 @@ def test_command_line_serves_until_sigterm() -> None:
         httpx.Client(base_url=emu.url) as http,
     ):
         assert content(http, chat(prompt("tidal energy"))) == served
+
+
+def test_a_dry_run_retargets_the_judge_too(tmp_path: Path) -> None:
+    from distillery.config import JobConfig
+    from distillery.emulator.retarget import emulated
+
+    real = {"base_url": "https://api.openai.com/v1", "api_key_env": "OPENAI_API_KEY"}
+    job = JobConfig.model_validate(
+        {
+            "prompts": {"path": str(tmp_path / "prompts.jsonl")},
+            "teachers": [{"name": "t", "provider": "openai", "model": "gpt-4o-mini", **real}],
+            "curation": {
+                "judge": {
+                    "teacher": {"name": "j", "provider": "anthropic", "model": "claude-x", **real}
+                }
+            },
+        }
+    )
+    with emulated(job) as (dry, url):
+        judge = dry.curation.judge
+        assert judge is not None
+        assert judge.teacher.base_url == url
+        assert judge.teacher.api_key_env is None
+        assert dry.teachers[0].base_url == f"{url}/v1"
+        assert dry.teachers[0].api_key_env is None

@@ -1,8 +1,8 @@
 """Point a whole job at an in-process emulator: a dry run of any job file.
 
-Every teacher keeps its provider, model and parameters; only where requests go changes (and no
-key is sent). Used by ``distillery run --emulator`` and the deployment flow's ``emulator``
-parameter.
+Every teacher — the judge's too — keeps its provider, model and parameters; only where requests
+go changes (and no key is sent), so a dry run never reaches a real API. Used by
+``distillery run --emulator`` and the deployment flow's ``emulator`` parameter.
 """
 
 from __future__ import annotations
@@ -28,4 +28,9 @@ def emulated(
             base = emulator.url + get_provider(teacher.provider).emulator_path
             return teacher.model_copy(update={"base_url": base, "api_key_env": None})
 
-        yield job.model_copy(update={"teachers": [retarget(t) for t in job.teachers]}), emulator.url
+        update: dict[str, object] = {"teachers": [retarget(t) for t in job.teachers]}
+        judge = job.curation.judge
+        if judge is not None:
+            judge = judge.model_copy(update={"teacher": retarget(judge.teacher)})
+            update["curation"] = job.curation.model_copy(update={"judge": judge})
+        yield job.model_copy(update=update), emulator.url
