@@ -323,6 +323,59 @@ class CurationConfig(_Strict):
         return value
 
 
+class ResponseSchemaConfig(_Strict):
+    """Structured output: the JSON every answer must be (``response_schema:`` in the job file).
+
+    Written either as the JSON Schema itself (the short form) or as a mapping with ``python:
+    "module:Model"`` (a pydantic model, imported when the job is loaded) or ``json_schema:``,
+    plus the options below. The schema is checked here, so a bad one fails before anything is
+    sent; :mod:`distillery.generators.structured` turns it into each provider's request field
+    and validates the answers.
+    """
+
+    json_schema: dict[str, Any] | None = Field(
+        default=None, description="The JSON Schema inline (the short form puts it directly)."
+    )
+    python: str | None = Field(
+        default=None,
+        pattern=r"^[A-Za-z_][\w.]*:[A-Za-z_][\w.]*$",
+        description="A pydantic model, as module:Model; its JSON Schema is sent, it validates.",
+    )
+    name: str | None = Field(
+        default=None,
+        pattern=r"^[A-Za-z0-9_-]{1,64}$",
+        description="The schema's name (OpenAI's json_schema.name); default: the model's "
+        "name, the schema's title, or 'response'.",
+    )
+    strict: bool = Field(
+        default=False,
+        description="OpenAI strict mode; needs additionalProperties: false and every property "
+        "required on every object of the schema.",
+    )
+    repair_attempts: int = Field(
+        default=1,
+        ge=0,
+        le=5,
+        description="Follow-up requests per answer that fails to parse or validate, each "
+        "carrying the bad answer and the error.",
+    )
+
+    @model_validator(mode="before")
+    @classmethod
+    def _short_form(cls, value: Any) -> Any:
+        """A mapping without ``python`` or ``json_schema`` is the JSON Schema itself."""
+        if isinstance(value, dict) and "python" not in value and "json_schema" not in value:
+            return {"json_schema": value}
+        return value
+
+    @model_validator(mode="after")
+    def _usable(self) -> ResponseSchemaConfig:
+        from distillery.generators.structured import check_config
+
+        check_config(self)
+        return self
+
+
 class JobConfig(_Strict):
     """A whole generation job, as validated from the YAML file."""
 
@@ -343,6 +396,11 @@ class JobConfig(_Strict):
         description="Dataset directory, or an object-storage URI: s3://bucket/prefix.",
     )
     curation: CurationConfig = Field(default_factory=CurationConfig)
+    response_schema: ResponseSchemaConfig | None = Field(
+        default=None,
+        description="Structured output: a JSON Schema or {python: module:Model} every answer "
+        "must match (the response_json column).",
+    )
     routing: RoutingConfig = Field(default_factory=RoutingConfig)
     n: int = Field(
         default=1,
@@ -456,6 +514,9 @@ def load_config(path: Path) -> JobConfig:
     if not isinstance(raw, dict):
         raise ConfigError(f"{path}: expected a mapping of settings at the top level")
     expanded = expand_env(raw)
+    from distillery.generators.structured import CONFIG_DIR
+
+    folder = CONFIG_DIR.set(path.resolve().parent)
     try:
         job = JobConfig.model_validate(expanded)
     except ValidationError as exc:
@@ -468,6 +529,8 @@ def load_config(path: Path) -> JobConfig:
         if first["type"] == "extra_forbidden":
             message = "unknown field"
         raise ConfigError(f"{path}: {field}: {message}{more}") from exc
+    finally:
+        CONFIG_DIR.reset(folder)
     base = path.resolve().parent
     prompts = job.prompts
     if prompts.path is not None:

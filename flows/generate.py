@@ -36,6 +36,7 @@ from distillery.generators.curation.minhash import DEFAULT_PARAMS
 from distillery.generators.prompts import load_prompts, template_hash
 from distillery.generators.records import RunContext, teacher_facts
 from distillery.generators.routing import Router
+from distillery.generators.structured import build_structured
 from distillery.storage.compact import compact_partition
 from distillery.storage.location import Location, as_location, resolve_output
 from distillery.storage.shards import next_part_number, partition_dir, read_column, write_shard
@@ -196,7 +197,8 @@ async def generate(job: JobConfig, run_id: str, config_path: str | None = None) 
     flow_run_id, _ = _current_ids()
     output = as_location(job.output)
     prompts = load_prompts(job.prompts)
-    curator = build_curator(job.curation)
+    structured = build_structured(job.response_schema)
+    curator = build_curator(job.curation, structured)
     recovered = recover(output, run_id, curator.curate)
     if any(recovered.values()):
         logger.warning(
@@ -271,6 +273,7 @@ async def generate(job: JobConfig, run_id: str, config_path: str | None = None) 
             budget=budget,
             shared=shared,
             teacher_budgets=teacher_budgets,
+            structured=structured,
         ) as pool:
             gate = asyncio.Semaphore(job.max_batches_in_flight)
 

@@ -24,10 +24,12 @@ from distillery.generators.curation.judge import Judge
 from distillery.generators.http import make_http_client
 from distillery.generators.pricing import PriceEntry, cost_usd
 from distillery.generators.prompts import Prompt
+from distillery.generators.providers.base import Message
 from distillery.generators.providers.registry import get_provider
 from distillery.generators.ratelimit import Limiter, Limits, SharedLimits
 from distillery.generators.records import RunContext, failure_row, sample_id_for, sample_row
 from distillery.generators.routing import Router
+from distillery.generators.structured import StructuredOutput, repair
 from distillery.generators.tokens import count_message_tokens
 
 logger = logging.getLogger(__name__)
@@ -131,8 +133,12 @@ class TeacherPool:
         budget: Budget | None = None,
         shared: dict[str, SharedLimits] | None = None,
         teacher_budgets: dict[str, Budget] | None = None,
+        structured: StructuredOutput | None = None,
     ) -> None:
         self._stop = stop
+        self.structured = structured
+        #: Per teacher, the body fields asking for the schema (empty without one).
+        self._schema_fields: dict[str, dict[str, Any]] = {}
         self._prices = prices or {}
         self.budget = budget
         self.teacher_budgets = teacher_budgets or {}
@@ -151,6 +157,8 @@ class TeacherPool:
                 refund_below_reservation=not provider.rate_limit_counts_max_tokens,
             )
             client = TeacherClient(teacher, provider, http, limiter)
+            if structured is not None:
+                self._schema_fields[teacher.name] = structured.request_fields(provider)
             self._teachers[teacher.name] = _Teacher(
                 client, http, asyncio.Semaphore(teacher.concurrency)
             )
@@ -196,50 +204,69 @@ class TeacherPool:
 
     async def request(self, item: WorkItem) -> Outcome | None:
         """Send one request under its teacher's cap; None if it was not sent: the run is
-        stopping, or (``available``) the teacher is unusable or its budget is spent."""
+        stopping, or (``available``) the teacher is unusable or its budget is spent.
+
+        With a response schema, an answer that does not match it is repaired (up to the
+        configured follow-ups) in the same slot: see :mod:`distillery.generators.structured`.
+        """
         teacher = self._teachers[item.teacher.name]
         async with teacher.slots:
-            if self.halted or not self.available(item.teacher.name):
+            outcome = await self._send(teacher, item, item.prompt.messages)
+            if outcome is None or self.structured is None:
+                return outcome
+
+            async def send(messages: list[Message]) -> Outcome | None:
+                return await self._send(teacher, item, messages)
+
+            return await repair(self.structured, item.prompt.messages, outcome, send)
+
+    async def _send(
+        self, teacher: _Teacher, item: WorkItem, messages: list[Message]
+    ) -> Outcome | None:
+        """One request of ``item`` (the original or a repair), within the budgets."""
+        if self.halted or not self.available(item.teacher.name):
+            return None
+        price = self._prices.get(item.teacher.name)
+        budgets = [b for b in (self.budget, self.teacher_budgets.get(item.teacher.name)) if b]
+        estimate = 0.0
+        if budgets and price is not None:
+            limiter = teacher.client.limiter
+            expected = limiter.estimate_completion() if limiter else 256.0
+            prompt = count_message_tokens(messages, item.teacher.model)
+            estimate = cost_usd(price, prompt, int(expected)) or 0.0
+        reserved: list[Budget] = []
+        for budget in budgets:
+            if not await budget.reserve(estimate):
+                for held in reserved:
+                    held.settle(estimate, 0.0)
                 return None
-            price = self._prices.get(item.teacher.name)
-            budgets = [b for b in (self.budget, self.teacher_budgets.get(item.teacher.name)) if b]
-            estimate = 0.0
-            if budgets and price is not None:
-                limiter = teacher.client.limiter
-                expected = limiter.estimate_completion() if limiter else 256.0
-                prompt = count_message_tokens(item.prompt.messages, item.teacher.model)
-                estimate = cost_usd(price, prompt, int(expected)) or 0.0
-            reserved: list[Budget] = []
+            reserved.append(budget)
+        try:
+            outcome = await teacher.client.complete(
+                messages,
+                params=item.teacher.params,
+                extra_body=self._schema_fields.get(item.teacher.name),
+            )
+        except TeacherUnusable as exc:
             for budget in budgets:
-                if not await budget.reserve(estimate):
-                    for held in reserved:
-                        held.settle(estimate, 0.0)
-                    return None
-                reserved.append(budget)
-            try:
-                outcome = await teacher.client.complete(
-                    item.prompt.messages, params=item.teacher.params
-                )
-            except TeacherUnusable as exc:
-                for budget in budgets:
-                    budget.settle(estimate, 0.0)
-                if item.fallbacks:
-                    if item.teacher.name not in self.unusable:
-                        logger.warning("%s; its prompts go to the next teacher", exc)
-                    self.unusable.setdefault(item.teacher.name, exc)
-                else:
-                    self.fatal = self.fatal or exc
-                return None
-            if budgets:
-                done = outcome.completion
-                actual = (
-                    cost_usd(price, done.prompt_tokens, done.completion_tokens, done.cached_tokens)
-                    if done is not None
-                    else None
-                )
-                for budget in budgets:
-                    budget.settle(estimate, actual or 0.0)
-            return outcome
+                budget.settle(estimate, 0.0)
+            if item.fallbacks:
+                if item.teacher.name not in self.unusable:
+                    logger.warning("%s; its prompts go to the next teacher", exc)
+                self.unusable.setdefault(item.teacher.name, exc)
+            else:
+                self.fatal = self.fatal or exc
+            return None
+        if budgets:
+            done = outcome.completion
+            actual = (
+                cost_usd(price, done.prompt_tokens, done.completion_tokens, done.cached_tokens)
+                if done is not None
+                else None
+            )
+            for budget in budgets:
+                budget.settle(estimate, actual or 0.0)
+        return outcome
 
 
 @dataclass

@@ -14,8 +14,9 @@ import hashlib
 import json
 import os
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
+from typing import Any
 
 import httpx
 from tenacity import (
@@ -78,6 +79,8 @@ class Outcome:
     request_hash: str | None = None
     latency_ms: float = 0.0
     started_at: datetime = field(default_factory=lambda: datetime.now(UTC))
+    #: Follow-up requests made to repair a structured answer (None: the job has no schema).
+    repairs: int | None = None
 
 
 class TeacherClient:
@@ -107,17 +110,24 @@ class TeacherClient:
         return key
 
     async def complete(
-        self, messages: list[Message], params: GenerationParams | None = None
+        self,
+        messages: list[Message],
+        params: GenerationParams | None = None,
+        extra_body: dict[str, Any] | None = None,
     ) -> Outcome:
         """Send ``messages``, retrying what is worth retrying; never raises for one request.
 
         ``params`` replaces the teacher's parameters for this request (one sample of several
-        asks with its own seed and temperature)."""
+        asks with its own seed and temperature). ``extra_body`` is merged into the provider's
+        request body, nested mappings key by key (structured output's fields, e.g. Gemini's
+        inside ``generationConfig``)."""
         key = self._api_key()
         teacher = self.teacher
         if params is not None and params is not teacher.params:
             teacher = teacher.model_copy(update={"params": params})
         call = self.provider.build_call(teacher, messages, key)
+        if extra_body:
+            call = replace(call, body=merge_body(call.body, extra_body))
         # Counting costs ~1 ms a request: only when a token window (configured, learnt from
         # headers, or shared) will be charged with it.
         prompt_tokens = (
@@ -227,6 +237,18 @@ class TeacherClient:
             retry_after_s=verdict.retry_after_s,
             rate_limits=self.provider.parse_rate_limits(lowered),
         )
+
+
+def merge_body(body: dict[str, Any], extra: dict[str, Any]) -> dict[str, Any]:
+    """``body`` with ``extra`` laid over it; where both hold a mapping, merged recursively."""
+    merged = dict(body)
+    for name, value in extra.items():
+        current = merged.get(name)
+        if isinstance(current, dict) and isinstance(value, dict):
+            merged[name] = merge_body(current, value)
+        else:
+            merged[name] = value
+    return merged
 
 
 def request_hash(body: dict[str, object]) -> str:

@@ -139,6 +139,7 @@ def sample_row(
         ),
         "rate_limits": _json(completion.rate_limits),
         "content_hash": content_hash(completion.text),
+        "schema_repairs": outcome.repairs,
     }
 
 

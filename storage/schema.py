@@ -2,8 +2,8 @@
 
 One schema per table, declared once: shards from different runs and versions stay readable
 together by DuckDB, Polars or pandas, and a column never changes type because one batch happened
-to hold only nulls. ``params``, ``prompt_meta`` and ``rate_limits`` are JSON (Parquet's JSON
-logical type), so DuckDB reads them as JSON: ``params->>'temperature'``.
+to hold only nulls. ``params``, ``prompt_meta``, ``rate_limits`` and ``response_json`` are JSON
+(Parquet's JSON logical type), so DuckDB reads them as JSON: ``params->>'temperature'``.
 """
 
 from __future__ import annotations
@@ -72,6 +72,10 @@ SAMPLE_SCHEMA = pa.schema(
         pa.field("judge_response_id", pa.string()),
         pa.field("judge_text", pa.string()),
         pa.field("judge_cost_usd", pa.float64()),
+        # Structured output (generators/structured.py): the validated answer, and how many
+        # repair requests it took (their tokens and cost are in this row's totals).
+        pa.field("response_json", JSON),
+        pa.field("schema_repairs", pa.int16()),
     ]
 )
 

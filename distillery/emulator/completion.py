@@ -11,8 +11,9 @@ import hashlib
 import json
 from dataclasses import dataclass
 from enum import Enum
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
+from distillery.emulator import structured
 from distillery.emulator import text as answer_text
 from distillery.generators.tokens import (
     count_message_tokens,
@@ -46,7 +47,8 @@ class ChatRequest:
     """A parsed chat request.
 
     ``messages`` are normalised to string values (multi-part content joined), the shape token
-    counting takes. ``seed`` is the request's own seed parameter, if any.
+    counting takes. ``seed`` is the request's own seed parameter, if any. ``schema`` is the
+    JSON Schema of a structured-output request (``{}``: any JSON), None for prose.
     """
 
     model: str
@@ -55,6 +57,7 @@ class ChatRequest:
     seed: int | None = None
     #: The request's ask to reason (:mod:`.reasoning`); None: answer without a trace.
     thinking: Thinking | None = None
+    schema: dict[str, Any] | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -98,7 +101,10 @@ def complete(chat: ChatRequest, seed: int, prompt_tokens: int | None = None) -> 
     prompt = "\n".join(m.get("content", "") for m in chat.messages if m.get("role") != "assistant")
     key = request_key(chat, seed)
     text = answer_text.generate(key, prompt)
-    if JUDGE_INSTRUCTION in prompt:
+    if chat.schema is not None:
+        # Asked for JSON: a document matching the schema, its strings taken from the prose.
+        text = structured.answer_text(chat.schema, key, text)
+    elif JUDGE_INSTRUCTION in prompt:
         # Asked to grade (an LLM judge): answer with a deterministic score, as a judge would.
         score = 1 + int.from_bytes(hashlib.blake2b(key).digest()[:4]) % 10
         text = f"Score: {score}\n{text}"

@@ -21,7 +21,8 @@ import time
 from dataclasses import replace
 from enum import StrEnum
 
-from distillery.emulator.completion import Answer, ChatRequest, Finish, cut
+from distillery.emulator import structured
+from distillery.emulator.completion import Answer, ChatRequest, Finish, answer_with, cut
 from distillery.generators.tokens import count_tokens
 
 
@@ -50,9 +51,16 @@ class Fault(StrEnum):
     CONTENT_FILTER = "content-filter"  # answer withheld by a safety filter
     EMPTY = "empty"  # success with no text
     REFUSAL = "refusal"  # the model declines
+    INVALID_JSON = "invalid-json"  # structured output: the answer text is not JSON
+    SCHEMA_MISMATCH = "schema-mismatch"  # structured output: JSON that breaks the schema
 
 
-FAULT_NAMES: tuple[str, ...] = tuple(fault.value for fault in Fault)
+#: Faults that spoil a structured-output answer; a prose answer has nothing for them to spoil
+#: (it is served as it is, though counted as flagged). Drawn only when named.
+SCHEMA_FAULTS = frozenset({Fault.INVALID_JSON, Fault.SCHEMA_MISMATCH})
+#: The default menu: every fault but the structured-output ones.
+FAULT_NAMES: tuple[str, ...] = tuple(f.value for f in Fault if f not in SCHEMA_FAULTS)
+ALL_FAULT_NAMES: tuple[str, ...] = tuple(fault.value for fault in Fault)
 
 #: Answered with an HTTP error status, rendered by the format.
 HTTP_ERRORS = frozenset(
@@ -86,7 +94,9 @@ RATE_LIMITS = frozenset(
     }
 )
 #: Successful answers whose content is unusable or incomplete (counted as ``served_flagged``).
-FLAGGED = frozenset({Fault.LENGTH, Fault.CONTENT_FILTER, Fault.EMPTY, Fault.REFUSAL})
+FLAGGED = frozenset(
+    {Fault.LENGTH, Fault.CONTENT_FILTER, Fault.EMPTY, Fault.REFUSAL, *SCHEMA_FAULTS}
+)
 #: No complete HTTP response reaches the client; ``by_status`` counts them under their name.
 TRANSPORT = frozenset({Fault.TIMEOUT, Fault.RESET, Fault.TRUNCATE})
 
@@ -111,7 +121,7 @@ REFUSAL_TEXT = "I'm sorry, but I can't help with that request."
 
 def unknown_faults(names: list[str]) -> list[str]:
     """The names in ``names`` that are not faults, in order."""
-    return [name for name in names if name not in FAULT_NAMES]
+    return [name for name in names if name not in ALL_FAULT_NAMES]
 
 
 class FaultPicker:
@@ -167,7 +177,18 @@ def flag(answer: Answer, fault: Fault, chat: ChatRequest) -> Answer:
     - ``content-filter``: no text and no billed output, finish ``CONTENT_FILTER``.
     - ``empty``: no text, finish ``STOP`` (the model simply said nothing).
     - ``refusal``: a short refusal sentence, finish ``REFUSAL``.
+    - ``invalid-json``: a chatty preface and half the JSON, finish ``STOP``.
+    - ``schema-mismatch``: JSON that parses but breaks the schema, finish ``STOP``.
     """
+    if fault in SCHEMA_FAULTS:
+        if chat.schema is None:
+            return answer
+        text = (
+            structured.invalid_json(answer.text)
+            if fault is Fault.INVALID_JSON
+            else structured.mismatch(chat.schema, answer.text)
+        )
+        return answer_with(text, chat, answer.prompt_tokens)
     if fault is Fault.LENGTH:
         shorter = cut(answer, max(1, answer.completion_tokens // 2), chat.model)
         return replace(shorter, finish=Finish.LENGTH)  # even a one-token answer

@@ -6,7 +6,7 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationInfo, field_validator
 
-from distillery.emulator.faults import FAULT_NAMES, unknown_faults
+from distillery.emulator.faults import ALL_FAULT_NAMES, FAULT_NAMES, unknown_faults
 from distillery.emulator.limits import SECONDS_PER_MINUTE, token_allowance
 
 
@@ -25,8 +25,9 @@ class EmulatorOptions(BaseModel):
     require_key: str | None = None
     #: Share of API requests (0..1) answered with a fault instead of a clean answer.
     fault_rate: float = Field(default=0.0, ge=0.0, le=1.0)
-    #: Faults to draw from, uniformly (names of :class:`.faults.Fault`); default: all of them.
-    #: A name listed twice is drawn twice as often.
+    #: Faults to draw from, uniformly (names of :class:`.faults.Fault`); default: all of them
+    #: but the structured-output ones (``invalid-json``, ``schema-mismatch``), drawn only when
+    #: named. A name listed twice is drawn twice as often.
     faults: list[str] = Field(default_factory=lambda: list(FAULT_NAMES), min_length=1)
     #: How long the ``timeout`` fault holds a request before closing the connection unanswered.
     hang_s: float = Field(default=600.0, ge=0.0)
@@ -74,7 +75,7 @@ class EmulatorOptions(BaseModel):
         unknown = unknown_faults(value)
         if unknown:
             names = ", ".join(repr(name) for name in unknown)
-            raise ValueError(f"unknown fault {names}; valid faults: {', '.join(FAULT_NAMES)}")
+            raise ValueError(f"unknown fault {names}; valid faults: {', '.join(ALL_FAULT_NAMES)}")
         return value
 
     @field_validator("window_s")

@@ -13,7 +13,8 @@ from typing import Any
 
 from distillery.config import CurationConfig
 from distillery.generators.curation.minhash import DEFAULT_PARAMS, MinHashParams, band_keys
-from distillery.generators.filters import Filter, build_filters
+from distillery.generators.filters import KEEP, Filter, Verdict, build_filters
+from distillery.generators.structured import FILTER_NAME, SchemaCheck, StructuredOutput
 
 
 @dataclass
@@ -22,6 +23,8 @@ class Curator:
 
     filters: list[Filter[Any]] = field(default_factory=list)
     params: MinHashParams | None = DEFAULT_PARAMS
+    #: The job's response_schema check, the last gate after the filters (None: no schema).
+    schema: SchemaCheck | None = None
 
     def curate(
         self, rows: list[dict[str, Any]]
@@ -33,24 +36,26 @@ class Curator:
                 row["dedup_bands"] = bands
         kept: list[dict[str, Any]] = []
         rejected: list[dict[str, Any]] = []
-        for row in rows:
+        schema = self.schema.annotate(rows) if self.schema is not None else [KEEP] * len(rows)
+        for row, schema_verdict in zip(rows, schema, strict=True):
             for check in self.filters:
                 verdict = check(row)
                 if not verdict.keep:
-                    rejected.append(
-                        {
-                            **row,
-                            "filter": check.name,
-                            "reason": verdict.reason or "dropped",
-                            "detail": verdict.detail,
-                        }
-                    )
+                    rejected.append(_rejected(row, check.name, verdict))
                     break
             else:
-                kept.append(row)
+                if schema_verdict.keep:
+                    kept.append(row)
+                else:
+                    rejected.append(_rejected(row, FILTER_NAME, schema_verdict))
         return kept, rejected
 
 
-def build_curator(config: CurationConfig) -> Curator:
+def _rejected(row: dict[str, Any], name: str, verdict: Verdict) -> dict[str, Any]:
+    return {**row, "filter": name, "reason": verdict.reason or "dropped", "detail": verdict.detail}
+
+
+def build_curator(config: CurationConfig, structured: StructuredOutput | None = None) -> Curator:
     near = config.dedup.enabled and config.dedup.near
-    return Curator(build_filters(config.filters), DEFAULT_PARAMS if near else None)
+    schema = SchemaCheck(structured) if structured is not None else None
+    return Curator(build_filters(config.filters), DEFAULT_PARAMS if near else None, schema)

@@ -8,6 +8,7 @@ from collections.abc import Mapping
 from typing import Any, ClassVar
 
 import jsonschema
+from jsonschema.protocols import Validator
 from pydantic import Field, field_validator
 
 from distillery.generators.filters.base import (
@@ -37,12 +38,38 @@ class JsonOptions(FilterOptions):
     @classmethod
     def _valid_schema(cls, value: dict[str, Any] | None) -> dict[str, Any] | None:
         if value is not None:
-            validator = jsonschema.validators.validator_for(value)
-            try:
-                validator.check_schema(value)
-            except jsonschema.SchemaError as exc:
-                raise ValueError(f"not a valid JSON Schema: {exc.message}") from None
+            schema_validator(value)
         return value
+
+
+def schema_validator(schema: dict[str, Any]) -> Validator:
+    """A validator for ``schema`` (its own ``$schema`` picks the draft; default the latest);
+    ``ValueError`` naming the problem if ``schema`` is not a valid JSON Schema."""
+    cls = jsonschema.validators.validator_for(schema)
+    try:
+        cls.check_schema(schema)
+    except jsonschema.SchemaError as exc:
+        raise ValueError(f"not a valid JSON Schema: {exc.message}") from None
+    return cls(schema)
+
+
+def parse_json(text: str, strip_code_fence: bool = True) -> tuple[Any, Verdict]:
+    """(the parsed document, KEEP) or (None, the ``invalid_json`` drop with line and column)."""
+    if strip_code_fence and (fenced := _FENCE.match(text)):
+        text = fenced.group("body")
+    try:
+        return json.loads(text), KEEP
+    except json.JSONDecodeError as exc:
+        return None, drop("invalid_json", f"line {exc.lineno} column {exc.colno}: {exc.msg}")
+
+
+def schema_verdict(validator: Validator, document: Any) -> Verdict:
+    """KEEP, or the ``schema_mismatch`` drop with jsonschema's ``best_match`` and its path."""
+    error = jsonschema.exceptions.best_match(validator.iter_errors(document))
+    if error is None:
+        return KEEP
+    where = "/".join(str(part) for part in error.absolute_path) or "(root)"
+    return drop("schema_mismatch", f"{where}: {error.message}")
 
 
 @register
@@ -56,21 +83,11 @@ class JsonFilter(Filter[JsonOptions]):
     def __init__(self, options: JsonOptions | None = None) -> None:
         super().__init__(options)
         schema = self.options.json_schema
-        self._validator = (
-            jsonschema.validators.validator_for(schema)(schema) if schema is not None else None
-        )
+        self._validator = schema_validator(schema) if schema is not None else None
 
     def check(self, sample: Mapping[str, Any]) -> Verdict:
         text = text_of(sample, self.options.field)
-        if self.options.strip_code_fence and (fenced := _FENCE.match(text)):
-            text = fenced.group("body")
-        try:
-            document = json.loads(text)
-        except json.JSONDecodeError as exc:
-            return drop("invalid_json", f"line {exc.lineno} column {exc.colno}: {exc.msg}")
-        if self._validator is not None:
-            error = jsonschema.exceptions.best_match(self._validator.iter_errors(document))
-            if error is not None:
-                where = "/".join(str(part) for part in error.absolute_path) or "(root)"
-                return drop("schema_mismatch", f"{where}: {error.message}")
-        return KEEP
+        document, verdict = parse_json(text, self.options.strip_code_fence)
+        if verdict.keep and self._validator is not None:
+            return schema_verdict(self._validator, document)
+        return verdict

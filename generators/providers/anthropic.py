@@ -72,6 +72,11 @@ class AnthropicProvider(Provider):
             headers["x-api-key"] = api_key
         return HttpCall(url=f"{teacher.base_url}/v1/messages", headers=headers, body=body)
 
+    def structured_output(self, schema: dict[str, Any], name: str, strict: bool) -> dict[str, Any]:
+        # Structured outputs, generally available: no beta header (the beta's ``output_format``
+        # is deprecated). The schema has no name here; strictness is the API's own.
+        return {"output_config": {"format": {"type": "json_schema", "schema": schema}}}
+
     def parse_success(self, payload: Any, headers: dict[str, str]) -> Completion:
         try:
             blocks = payload["content"]

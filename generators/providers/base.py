@@ -98,6 +98,12 @@ class Provider(ABC):
     def parse_success(self, payload: Any, headers: dict[str, str]) -> Completion:
         """Read a 2xx JSON body; raise :class:`MalformedResponse` if it is not well-formed."""
 
+    def structured_output(self, schema: dict[str, Any], name: str, strict: bool) -> dict[str, Any]:
+        """Request-body fields asking for an answer that is JSON matching ``schema`` (merged
+        into the body, nested mappings key by key); see :mod:`distillery.generators.structured`.
+        """
+        raise NotImplementedError(f"provider {self.name!r} does not support response_schema")
+
     def parse_rate_limits(self, headers: dict[str, str]) -> dict[str, float]:
         """Rate-limit state from a response's headers, in normalised keys (see
         :mod:`distillery.generators.ratelimit_headers`); empty when the provider sends none."""

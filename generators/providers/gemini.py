@@ -84,6 +84,12 @@ class GeminiProvider(Provider):
         url = f"{teacher.base_url}/v1beta/models/{teacher.model}:generateContent"
         return HttpCall(url=url, headers=headers, body=body)
 
+    def structured_output(self, schema: dict[str, Any], name: str, strict: bool) -> dict[str, Any]:
+        # responseJsonSchema takes JSON Schema as written; responseSchema would need the
+        # OpenAPI subset (upper-case types), which a pydantic model's schema is not.
+        config = {"responseMimeType": "application/json", "responseJsonSchema": schema}
+        return {"generationConfig": config}
+
     def parse_success(self, payload: Any, headers: dict[str, str]) -> Completion:
         try:
             candidates = payload.get("candidates") or []

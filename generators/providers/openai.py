@@ -64,6 +64,10 @@ class OpenAIProvider(Provider):
             headers["authorization"] = f"Bearer {api_key}"
         return HttpCall(url=f"{teacher.base_url}/chat/completions", headers=headers, body=body)
 
+    def structured_output(self, schema: dict[str, Any], name: str, strict: bool) -> dict[str, Any]:
+        json_schema = {"name": name, "schema": schema, "strict": strict}
+        return {"response_format": {"type": "json_schema", "json_schema": json_schema}}
+
     def parse_success(self, payload: Any, headers: dict[str, str]) -> Completion:
         try:
             choice = payload["choices"][0]

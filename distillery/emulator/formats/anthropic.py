@@ -130,6 +130,22 @@ def _text(content: object, where: str) -> str:
     return "\n".join(texts)
 
 
+def _output_schema(data: dict[str, Any]) -> dict[str, Any] | None:
+    """The schema of ``output_config.format`` (or the deprecated beta ``output_format``)."""
+    config = data.get("output_config")
+    if config is not None and not isinstance(config, dict):
+        raise _invalid("output_config: Input should be a valid dictionary")
+    spec = (config or {}).get("format") or data.get("output_format")
+    if spec is None:
+        return None
+    if not isinstance(spec, dict) or spec.get("type") != "json_schema":
+        raise _invalid("output_config.format.type: Input should be 'json_schema'")
+    schema = spec.get("schema")
+    if not isinstance(schema, dict):
+        raise _invalid("output_config.format.schema: Field required")
+    return schema
+
+
 def _request_id() -> str:
     return "req_011C" + "".join(_ids.choices(_ALNUM, k=20))
 
@@ -225,7 +241,13 @@ class AnthropicFormat:
                 raise _invalid(f"{where}.content: Field required")
             messages.append({"role": role, "content": _text(raw["content"], f"{where}.content")})
         thinking = _thinking(data, max_tokens)
-        return ChatRequest(model=model, messages=messages, max_tokens=max_tokens, thinking=thinking)
+        return ChatRequest(
+            model=model,
+            messages=messages,
+            max_tokens=max_tokens,
+            thinking=thinking,
+            schema=_output_schema(data),
+        )
 
     def render(self, chat: ChatRequest, answer: Answer, served: Served) -> web.Response:
         content: list[dict[str, Any]] = []

@@ -26,6 +26,7 @@ from distillery.emulator.formats.base import LOADING_BODY, ApiError, Problem, Se
 from distillery.emulator.limits import Refusal, Refused
 from distillery.emulator.reasoning import EFFORT_TOKENS, Thinking
 from distillery.emulator.snapshots import snapshot_date
+from distillery.emulator.structured import openapi_to_json_schema
 
 _ID_CHARS = string.ascii_letters + string.digits + "-_"
 _ids = random.Random()  # ids need uniqueness, not secrecy
@@ -189,6 +190,25 @@ def _error(
     return json_response(code, {"error": error}, {})
 
 
+def _response_schema(config: dict[str, Any]) -> dict[str, Any] | None:
+    """The schema of a JSON request: ``responseJsonSchema`` as it is, ``responseSchema``
+    (OpenAPI subset) converted; any JSON object for ``application/json`` without a schema."""
+    mime = config.get("responseMimeType", config.get("response_mime_type"))
+    json_schema = config.get("responseJsonSchema", config.get("response_json_schema"))
+    openapi = config.get("responseSchema", config.get("response_schema"))
+    if json_schema is None and openapi is None:
+        return {"type": "object"} if mime == "application/json" else None
+    if json_schema is not None and openapi is not None:
+        raise _invalid("responseSchema and responseJsonSchema cannot both be set.")
+    if mime != "application/json":
+        raise _invalid(
+            "* GenerationConfig.response_mime_type: response_mime_type must be "
+            "application/json when a response schema is set."
+        )
+    schema = json_schema if json_schema is not None else openapi_to_json_schema(openapi)
+    return schema if isinstance(schema, dict) else {}
+
+
 class GeminiFormat:
     """generateContent, non-streaming, one candidate (``candidateCount`` is ignored)."""
 
@@ -231,6 +251,7 @@ class GeminiFormat:
             max_tokens=max_tokens,
             seed=_int_field(config, "seed", "seed"),
             thinking=_thinking(config),
+            schema=_response_schema(config),
         )
 
     def render(self, chat: ChatRequest, answer: Answer, served: Served) -> web.Response:

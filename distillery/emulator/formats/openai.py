@@ -9,6 +9,7 @@ from __future__ import annotations
 import hashlib
 import json
 import random
+import re
 import string
 import time
 from functools import lru_cache
@@ -29,6 +30,7 @@ from distillery.generators.tokens import count_message_tokens
 OPENAI_VERSION = "2020-10-01"
 _ROLES = ("system", "assistant", "user", "function", "tool", "developer")
 _ALNUM = string.ascii_letters + string.digits
+_SCHEMA_NAME = re.compile(r"^[a-zA-Z0-9_-]{1,64}$")
 _ids = random.Random()  # ids need uniqueness, not secrecy; far cheaper than os.urandom
 
 # Aliases with the snapshot the real API currently serves; other names get a hash-derived date.
@@ -217,6 +219,44 @@ def _optional_int(data: dict[str, Any], param: str, minimum: int | None) -> int 
     return value
 
 
+def _response_schema(response_format: object) -> dict[str, Any] | None:
+    """The JSON Schema a ``response_format`` asks for: ``json_schema``'s schema, ``{}`` (any
+    JSON object) for ``json_object``, None for text."""
+    if response_format is None:
+        return None
+    if not isinstance(response_format, dict):
+        raise _invalid_type("response_format", "an object", response_format)
+    kind = response_format.get("type")
+    if kind == "json_object":
+        return {"type": "object"}
+    if kind == "json_schema":
+        spec = response_format.get("json_schema")
+        if not isinstance(spec, dict):
+            raise _missing("response_format.json_schema")
+        name = spec.get("name")
+        if not isinstance(name, str) or not _SCHEMA_NAME.match(name):
+            raise ApiError(
+                400,
+                Problem.INVALID_REQUEST,
+                f"Invalid 'response_format.json_schema.name': string does not match pattern. "
+                f"Expected a string that matches the pattern '{_SCHEMA_NAME.pattern}'.",
+                param="response_format.json_schema.name",
+                code="invalid_value",
+            )
+        schema = spec.get("schema", {})
+        return schema if isinstance(schema, dict) else {}
+    if kind == "text":
+        return None
+    raise ApiError(
+        400,
+        Problem.INVALID_REQUEST,
+        f"Invalid value: {json.dumps(kind)}. Supported values are: 'text', 'json_object' and "
+        "'json_schema'.",
+        param="response_format.type",
+        code="invalid_value",
+    )
+
+
 def _request_id() -> str:
     return f"req_{_ids.getrandbits(128):032x}"
 
@@ -289,6 +329,7 @@ class OpenAIFormat:
             max_tokens=max_tokens,
             seed=_optional_int(data, "seed", None),
             thinking=_thinking(data, model),
+            schema=_response_schema(data.get("response_format")),
         )
 
     def render(self, chat: ChatRequest, answer: Answer, served: Served) -> web.Response:
