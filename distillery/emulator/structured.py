@@ -158,8 +158,13 @@ def _bounds(schema: dict[str, Any], low: float, high: float) -> tuple[float, flo
         high = float(schema["maximum"])
     if "exclusiveMaximum" in schema and not isinstance(schema["exclusiveMaximum"], bool):
         high = float(schema["exclusiveMaximum"]) - 1
-    if high < low:
-        high = low + 100 if "maximum" not in schema else low
+    if high < low:  # one bound given, beyond the other's default: move the default
+        capped = "maximum" in schema or "exclusiveMaximum" in schema
+        floored = "minimum" in schema or "exclusiveMinimum" in schema
+        if capped and not floored:
+            low = high - 100
+        else:
+            high = low if capped else low + 100
     return low, high
 
 
