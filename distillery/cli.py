@@ -595,7 +595,10 @@ def emulator_command(
     ] = 0.0,
     faults: Annotated[
         str | None,
-        typer.Option(help="Comma-separated faults to draw from (default: all), e.g. 429,reset."),
+        typer.Option(
+            help="Comma-separated faults to draw from (default: all but invalid-json and "
+            "schema-mismatch), e.g. 429,reset."
+        ),
     ] = None,
     hang_s: Annotated[
         float, typer.Option(help="Seconds the 'timeout' fault holds a request before closing it.")

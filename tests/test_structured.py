@@ -6,6 +6,9 @@ from __future__ import annotations
 
 import asyncio
 import json
+import os
+import subprocess
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -23,7 +26,7 @@ from distillery.generators.providers.registry import get_provider
 from distillery.generators.structured import StructuredOutput, build_structured
 from distillery.storage.catalog import open_catalog
 
-from .conftest import write_prompts
+from .conftest import REPO, write_prompts
 
 SCHEMA: dict[str, Any] = {
     "title": "fact card",
@@ -40,7 +43,7 @@ SCHEMA: dict[str, Any] = {
 }
 PROVIDERS = (
     ("gpt", "openai", "gpt-4o-mini", "/v1"),
-    ("claude", "anthropic", "claude-sonnet-4-5", ""),
+    ("claude", "anthropic", "claude-sonnet-4-6", ""),
     ("gemini", "gemini", "gemini-2.5-flash", ""),
 )
 
@@ -292,7 +295,7 @@ def test_official_sdks_parse_the_structured_answers() -> None:
         )
         claude = anthropic.Anthropic(base_url=emu.url, api_key="k", max_retries=0)
         message = claude.messages.parse(
-            model="claude-sonnet-4-5", max_tokens=800, messages=messages, output_format=Recipe
+            model="claude-sonnet-4-6", max_tokens=800, messages=messages, output_format=Recipe
         )
         gemini = genai.Client(
             api_key="k",
@@ -310,7 +313,7 @@ def test_official_sdks_parse_the_structured_answers() -> None:
 
 def test_schema_faults_are_not_in_the_default_menu() -> None:
     assert "invalid-json" not in EmulatorOptions().faults
-    assert EmulatorOptions(faults="invalid-json,schema-mismatch").faults == [
+    assert EmulatorOptions.model_validate({"faults": "invalid-json,schema-mismatch"}).faults == [
         "invalid-json",
         "schema-mismatch",
     ]
@@ -366,7 +369,7 @@ def test_bad_answers_are_repaired_and_every_paid_answer_counted(
         assert row["response_text"]  # the text is kept
     # Every answer the emulator served and billed is in exactly one row's totals.
     rows = samples + rejected
-    served = stats["served_ok"] + stats["served_flagged"]
+    served = int(str(stats["served_ok"])) + int(str(stats["served_flagged"]))
     assert sum(row["attempts"] for row in rows) == served
     assert sum(row["prompt_tokens"] for row in rows) == stats["prompt_tokens"]
     assert sum(row["completion_tokens"] for row in rows) == stats["completion_tokens"]
@@ -406,3 +409,21 @@ def test_pydantic_model_validates_the_answers(prefect_api: str, tmp_path: Path) 
         recipe = Recipe.model_validate_json(row["response_text"])
         assert recipe.steps and 1 <= recipe.servings <= 12
         assert json.loads(row["response_json"]) == recipe.model_dump(mode="json")
+
+
+@pytest.mark.slow
+def test_the_recipe_example_runs_on_the_emulator(prefect_api: str, tmp_path: Path) -> None:
+    out = tmp_path / "recipe"
+    example = REPO / "examples" / "recipes" / "structured.yaml"
+    run = [sys.executable, "-m", "distillery", "run", str(example), "--emulator", "-o", str(out)]
+    env = {**os.environ, "PREFECT_API_URL": prefect_api, "COLUMNS": "200"}
+    result = subprocess.run(run, env=env, capture_output=True, text=True, timeout=240)
+    assert result.returncode == 0, result.stderr[-2000:]
+    con = open_catalog(out)
+    counted = con.execute(
+        """SELECT count(*), count(response_json), count(DISTINCT teacher_provider),
+                  bool_and(response_json->>'category' IN
+                      ('bikes', 'kitchen', 'furniture', 'electronics', 'kids', 'books', 'other'))
+           FROM samples"""
+    ).fetchall()
+    assert counted == [(24, 24, 3, True)]
