@@ -172,6 +172,47 @@ def test_config_errors_are_one_line(tmp_path: Path, schema_yaml: str, expected: 
     assert expected in message
 
 
+def test_curation_fills_response_json_and_rejects_after_the_filters() -> None:
+    from distillery.config import CurationConfig
+    from distillery.generators.curation.apply import build_curator
+
+    structured = StructuredOutput(SCHEMA, "card")
+    curator = build_curator(CurationConfig(), structured)
+    good = {"topic": "bees", "difficulty": "easy", "score": 3, "facts": ["x"], "source": None}
+    texts = [
+        json.dumps(good),
+        "```json\n" + json.dumps(good) + "\n```",  # one fenced block is accepted
+        json.dumps(good | {"score": 9}),
+        '{"topic": "bees", ',
+        "",  # the empty filter names the real cause first
+    ]
+    rows = [{"sample_id": str(i), "response_text": text} for i, text in enumerate(texts)]
+    kept, rejected = curator.curate(rows)
+    assert [json.loads(row["response_json"]) for row in kept] == [good, good]
+    verdicts = [(r["sample_id"], r["filter"], r["reason"], r["response_json"]) for r in rejected]
+    assert verdicts == [
+        ("2", "response_schema", "schema_mismatch", None),
+        ("3", "response_schema", "invalid_json", None),
+        ("4", "empty", "empty", None),
+    ]
+    assert rejected[0]["detail"] == "score: 9 is greater than the maximum of 5"
+
+
+def test_repair_request_quotes_the_error() -> None:
+    structured = StructuredOutput(SCHEMA, "card")
+    asked = [{"role": "user", "content": "Bees."}]
+    assert structured.repair_messages(asked, json.dumps({"topic": "bees"})) == [
+        *asked,
+        {"role": "assistant", "content": '{"topic": "bees"}'},
+        {
+            "role": "user",
+            "content": "Your previous answer was not valid: (root): 'difficulty' is a required "
+            "property\nAnswer again with only the corrected JSON, matching the required "
+            "schema exactly.",
+        },
+    ]
+
+
 # --- request fields and the emulator ---------------------------------------------------------
 
 

@@ -19,7 +19,11 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--latency-ms", type=float, default=0.0, help="mean added latency")
     parser.add_argument("--require-key", default=None, help="answer 401 to any other key")
     parser.add_argument("--fault-rate", type=float, default=0.0, help="share of faulted requests")
-    parser.add_argument("--faults", default=None, help="comma-separated names (default: most)")
+    parser.add_argument(
+        "--faults",
+        default=None,
+        help="comma-separated names (default: all but invalid-json, schema-mismatch)",
+    )
     parser.add_argument("--hang-s", type=float, default=600.0, help="hang of the timeout fault")
     parser.add_argument("--rpm", type=int, default=None, help="enforced requests per minute")
     parser.add_argument("--tpm", type=int, default=None, help="enforced tokens per minute")
