@@ -198,6 +198,30 @@ def test_curation_fills_response_json_and_rejects_after_the_filters() -> None:
     assert rejected[0]["detail"] == "score: 9 is greater than the maximum of 5"
 
 
+def test_spool_replay_decides_as_the_live_run(tmp_path: Path) -> None:
+    """A resumed run's replayed answers get the same response_json and rejections."""
+    from distillery.config import CurationConfig
+    from distillery.generators.curation.apply import build_curator
+    from distillery.storage.spool import Spool, recover
+
+    from .test_storage import sample
+
+    good = {"topic": "bees", "difficulty": "easy", "score": 3, "facts": ["x"], "source": None}
+    spool = Spool(tmp_path, "r1")
+    spool.append("samples", sample("a") | {"response_text": json.dumps(good)})
+    spool.append("samples", sample("b") | {"response_text": "not json", "schema_repairs": 1})
+    spool.close()
+    curator = build_curator(CurationConfig(), StructuredOutput(SCHEMA, "card"))
+    assert recover(tmp_path, "r1", curator.curate) == {"samples": 1, "rejected": 1, "failures": 0}
+    con = open_catalog(tmp_path)
+    assert con.execute("SELECT sample_id, response_json->>'topic' FROM samples").fetchall() == [
+        ("a", "bees")
+    ]
+    assert con.execute(
+        "SELECT sample_id, filter, reason, schema_repairs FROM rejected"
+    ).fetchall() == [("b", "response_schema", "invalid_json", 1)]
+
+
 def test_repair_request_quotes_the_error() -> None:
     structured = StructuredOutput(SCHEMA, "card")
     asked = [{"role": "user", "content": "Bees."}]
