@@ -22,6 +22,7 @@ from distillery.emulator.structured import document, openapi_to_json_schema
 from distillery.errors import ConfigError
 from distillery.flows.generate import generate
 from distillery.generators.client import merge_body
+from distillery.generators.providers.anthropic import supported_schema
 from distillery.generators.providers.registry import get_provider
 from distillery.generators.structured import StructuredOutput, build_structured
 from distillery.storage.catalog import open_catalog
@@ -250,7 +251,15 @@ def test_each_provider_asks_in_its_own_field() -> None:
         }
     }
     anthropic = structured.request_fields(get_provider("anthropic"))
-    assert anthropic == {"output_config": {"format": {"type": "json_schema", "schema": SCHEMA}}}
+    sent = anthropic["output_config"]["format"]
+    assert sent["type"] == "json_schema" and set(anthropic) == {"output_config"}
+    # The keywords the Messages API refuses move into descriptions, as the SDK sends them.
+    props = sent["schema"]["properties"]
+    assert props["score"] == {"type": "integer", "description": "{minimum: 1, maximum: 5}"}
+    assert props["facts"]["minItems"] == 1 and props["facts"]["description"] == "{maxItems: 4}"
+    assert props["source"] == {"type": ["string", "null"], "format": "uri"}
+    assert sent["schema"]["required"] == SCHEMA["required"]
+    assert sent["schema"]["additionalProperties"] is False
     gemini = structured.request_fields(get_provider("gemini"))
     assert gemini == {
         "generationConfig": {"responseMimeType": "application/json", "responseJsonSchema": SCHEMA}
@@ -285,9 +294,14 @@ VARIED_SCHEMAS: list[dict[str, Any]] = [
 
 @pytest.mark.parametrize("schema", VARIED_SCHEMAS)
 def test_emulator_documents_validate(schema: dict[str, Any]) -> None:
+    # Also when the bounds only travel in descriptions (Anthropic's form of the schema);
+    # prefixItems has no place in that form, so a schema using it is checked as written.
+    sent = supported_schema(schema)
+    forms = [schema] if "prefixItems" in json.dumps(schema) else [schema, sent]
     for index in range(25):
-        value = document(schema, f"key-{index}".encode(), "some words for the strings here")
-        jsonschema.validate(value, schema, format_checker=jsonschema.FormatChecker())
+        for asked in forms:
+            value = document(asked, f"key-{index}".encode(), "some words for the strings here")
+            jsonschema.validate(value, schema, format_checker=jsonschema.FormatChecker())
 
 
 def test_gemini_openapi_schema_is_understood() -> None:

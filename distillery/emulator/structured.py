@@ -8,7 +8,8 @@ words of the prose answer, numbers and choices come from a RNG seeded by the key
 Covered: ``type`` (a name or a list; Gemini's upper-case OpenAPI names too), ``properties`` and
 ``required``, ``items`` and ``prefixItems`` with ``minItems``/``maxItems``, ``enum``,
 ``const``, ``anyOf``/``oneOf``/``allOf``, local ``$ref`` (``#/$defs/...``), ``nullable``,
-numeric bounds, string lengths and the common ``format``s. Not covered: ``pattern`` (any
+numeric bounds, string lengths and the common ``format``s, also when a client moved them into
+the description (``{minimum: 1}``) because the API refuses them. Not covered: ``pattern`` (any
 string is sent), ``not``, conditionals and ``uniqueItems`` beyond what chance gives.
 """
 
@@ -18,12 +19,24 @@ import datetime as dt
 import hashlib
 import json
 import random
+import re
 import uuid
 from typing import Any
 
 import jsonschema
 
 _MAX_DEPTH = 12
+_HINT = re.compile(r"(\w+): (-?\d+(?:\.\d+)?)\b")
+_NUMERIC = {
+    "minimum",
+    "maximum",
+    "exclusiveMinimum",
+    "exclusiveMaximum",
+    "minLength",
+    "maxLength",
+    "minItems",
+    "maxItems",
+}
 _INVALID_PREFIX = "Sure! Here is the JSON you asked for:\n"
 
 
@@ -48,7 +61,7 @@ class _Builder:
         return {}
 
     def value(self, schema: Any, depth: int = 0) -> Any:
-        schema = self.resolve(schema)
+        schema = with_hints(self.resolve(schema))
         if depth > _MAX_DEPTH:
             return None
         if "const" in schema:
@@ -133,6 +146,21 @@ class _Builder:
         if "maxLength" in schema:
             text = text[: int(schema["maxLength"])]
         return text
+
+
+def with_hints(schema: dict[str, Any]) -> dict[str, Any]:
+    """``schema`` plus the numeric constraints a client moved into its description (as
+    Anthropic's SDK and distillery do: ``"...{minimum: 1, maxItems: 4}"``), read as a model
+    reading the description would follow them."""
+    description = schema.get("description")
+    if not isinstance(description, str) or not description.endswith("}"):
+        return schema
+    hints = {
+        key: float(number) if "." in number else int(number)
+        for key, number in _HINT.findall(description[description.rfind("{") :])
+        if key in _NUMERIC and key not in schema
+    }
+    return {**schema, **hints} if hints else schema
 
 
 def _type_of(schema: dict[str, Any]) -> str:

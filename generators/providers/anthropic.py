@@ -75,7 +75,8 @@ class AnthropicProvider(Provider):
     def structured_output(self, schema: dict[str, Any], name: str, strict: bool) -> dict[str, Any]:
         # Structured outputs, generally available: no beta header (the beta's ``output_format``
         # is deprecated). The schema has no name here; strictness is the API's own.
-        return {"output_config": {"format": {"type": "json_schema", "schema": schema}}}
+        format_ = {"type": "json_schema", "schema": supported_schema(schema)}
+        return {"output_config": {"format": format_}}
 
     def parse_success(self, payload: Any, headers: dict[str, str]) -> Completion:
         try:
@@ -140,6 +141,74 @@ def _thinking(blocks: list[dict[str, Any]], model: str) -> tuple[str | None, Vis
         # display: omitted sends the blocks (and their signatures) without the text.
         return None, "hidden" if thinking else "none"
     return trace, "full" if model.startswith("claude-3") else "summary"
+
+
+# What Anthropic's structured outputs take; other keywords are refused with a 400.
+_KEPT = {"type", "enum", "const", "anyOf", "allOf", "description", "title", "$ref", "$defs"}
+_KEPT_BY_TYPE = {"object": {"properties", "required"}, "array": {"items"}, "string": set()}
+_FORMATS = {
+    "date-time",
+    "time",
+    "date",
+    "duration",
+    "email",
+    "hostname",
+    "uri",
+    "ipv4",
+    "ipv6",
+    "uuid",
+}
+
+
+def supported_schema(schema: Any) -> Any:
+    """``schema`` in the subset the Messages API accepts, as the official SDK sends it: every
+    object closed (``additionalProperties: false``), ``oneOf`` as ``anyOf``, and keywords the
+    API refuses (numeric bounds, lengths, ``minItems`` above 1, ...) moved into the
+    description, where the model still reads them. The answer is still validated against the
+    full schema, so nothing is lost: a bound the API could not enforce is enforced by repair.
+    """
+    if not isinstance(schema, dict):
+        return schema
+    rest = dict(schema)
+    if "oneOf" in rest and "anyOf" not in rest:
+        rest["anyOf"] = rest.pop("oneOf")
+    declared = rest.get("type")
+    kinds = set(declared) if isinstance(declared, list) else {declared}
+    # Only a declared object is closed: allOf parts (and an object built of them) stay open.
+    closed = "object" in kinds and "allOf" not in rest
+    if declared is None:
+        kinds = {"object"} if "properties" in rest else {"array"} if "items" in rest else set()
+    allowed = set(_KEPT)
+    for kind in kinds:
+        allowed |= _KEPT_BY_TYPE.get(str(kind), set())
+    out: dict[str, Any] = {}
+    for key in list(rest):
+        value = rest[key]
+        if key == "properties" and key in allowed:
+            value = {name: supported_schema(sub) for name, sub in value.items()}
+        elif key in ("items", "anyOf", "allOf") and key in allowed:
+            value = (
+                [supported_schema(v) for v in value]
+                if isinstance(value, list)
+                else supported_schema(value)
+            )
+        elif key == "$defs":
+            value = {name: supported_schema(sub) for name, sub in value.items()}
+        elif (key == "minItems" and "array" in kinds and value in (0, 1)) or (
+            key == "format" and "string" in kinds and value in _FORMATS
+        ):
+            allowed.add(key)
+        if key in allowed:
+            out[key] = value
+            del rest[key]
+    rest.pop("additionalProperties", None)
+    if closed:
+        out["additionalProperties"] = False
+    if rest:
+        moved = ", ".join(f"{key}: {json.dumps(value)}" for key, value in rest.items())
+        description = out.get("description")
+        out["description"] = (f"{description}\n\n" if description else "") + "{" + moved + "}"
+    return out
 
 
 def _error_fields(body: bytes) -> tuple[str | None, str]:
