@@ -188,7 +188,7 @@ def flag(answer: Answer, fault: Fault, chat: ChatRequest) -> Answer:
             if fault is Fault.INVALID_JSON
             else structured.mismatch(chat.schema, answer.text)
         )
-        return answer_with(text, chat, answer.prompt_tokens)
+        return replace(answer_with(text, chat, answer.prompt_tokens), trace=answer.trace)
     if fault is Fault.LENGTH:
         shorter = cut(answer, max(1, answer.completion_tokens // 2), chat.model)
         return replace(shorter, finish=Finish.LENGTH)  # even a one-token answer
