@@ -266,6 +266,37 @@ def test_each_provider_asks_in_its_own_field() -> None:
     }
 
 
+@pytest.mark.parametrize(
+    ("provider", "model", "reasoning"),
+    [
+        ("anthropic", "claude-sonnet-4-6", {"effort": "low"}),
+        ("gemini", "gemini-2.5-flash", {"budget_tokens": 512}),
+    ],
+)
+def test_schema_fields_merge_with_reasoning_fields(
+    provider: str, model: str, reasoning: dict[str, Any]
+) -> None:
+    teacher = TeacherConfig.model_validate(
+        {
+            "name": "t",
+            "provider": provider,
+            "model": model,
+            "base_url": "http://127.0.0.1:9",
+            "reasoning": reasoning,
+        }
+    )
+    adapter = get_provider(provider)
+    call = adapter.build_call(teacher, [{"role": "user", "content": "Bees."}], None)
+    body = merge_body(call.body, StructuredOutput(SCHEMA, "card").request_fields(adapter))
+    if provider == "anthropic":
+        assert body["output_config"]["effort"] == "low"
+        assert body["output_config"]["format"]["type"] == "json_schema"
+    else:
+        config = body["generationConfig"]
+        assert config["thinkingConfig"]["thinkingBudget"] == 512
+        assert config["responseJsonSchema"] == SCHEMA
+
+
 VARIED_SCHEMAS: list[dict[str, Any]] = [
     SCHEMA,
     {
