@@ -376,6 +376,45 @@ class ResponseSchemaConfig(_Strict):
         return self
 
 
+class TaskRunnerConfig(_Strict):
+    """Where the batches of a run execute.
+
+    ``thread`` (the default): in the flow's own process, on its event loop, every batch sharing
+    one set of connections, limiters and the budget. ``dask``: on a Dask cluster (the
+    ``prefect-dask`` task runner, extra ``distillery[dask]``) for multi-process and
+    multi-machine fan-out — a temporary local cluster of ``workers`` processes, or the running
+    scheduler at ``address``. Each worker process then holds its own teacher clients, so a
+    teacher's ``concurrency`` and (unless ``limits.shared``) its ``rpm``/``tpm`` are split
+    evenly between the processes (docs/production.md).
+    """
+
+    type: Literal["thread", "dask"] = "thread"
+    address: str | None = Field(
+        default=None,
+        pattern=r"^(tcp|tls|ucx|inproc)://\S+$",
+        description="A running Dask scheduler, e.g. tcp://scheduler:8786; null: a local cluster.",
+    )
+    workers: int = Field(default=2, ge=1, le=256, description="Processes of a local cluster.")
+    threads_per_worker: int = Field(
+        default=2,
+        ge=1,
+        le=64,
+        description="Batches one local worker process runs at once (on one event loop).",
+    )
+
+    @model_validator(mode="after")
+    def _consistent(self) -> TaskRunnerConfig:
+        if self.type == "thread" and self.address is not None:
+            raise ValueError("address needs type: dask")
+        sized = {"workers", "threads_per_worker"} & self.model_fields_set
+        if self.address is not None and sized:
+            raise ValueError(
+                f"{sorted(sized)[0]} sizes a local cluster; a remote one (address) is sized "
+                "by the dask worker commands that join it"
+            )
+        return self
+
+
 class JobConfig(_Strict):
     """A whole generation job, as validated from the YAML file."""
 
@@ -429,6 +468,10 @@ class JobConfig(_Strict):
         default="aiohttp",
         description="aiohttp: httpx API on aiohttp's transport (fast); httpx: httpx's own.",
     )
+    task_runner: TaskRunnerConfig = Field(
+        default_factory=TaskRunnerConfig,
+        description="thread (in this process) or dask (worker processes, local or remote).",
+    )
 
     @field_validator("output")
     @classmethod
@@ -461,9 +504,42 @@ class JobConfig(_Strict):
                 raise ValueError(f"temperatures[{index}]: must be within 0..2, got {temperature}")
         return self
 
+    @model_validator(mode="after")
+    def _dask_limits(self) -> JobConfig:
+        """What a Dask run can not enforce is refused here, before anything is sent.
+
+        The budget is one in-process ledger: worker processes can not reserve against it
+        together. A remote cluster can grow while a run is going, so an evenly split limit
+        could be exceeded: there, limits must be held by the Prefect server (``shared``).
+        """
+        if self.task_runner.type != "dask":
+            return self
+        if self.budget_usd is not None:
+            raise ValueError(
+                "budget_usd is enforced in one process only; remove it or use "
+                "task_runner.type: thread"
+            )
+        for index, teacher in enumerate(self.teachers):
+            if teacher.budget_usd is not None:
+                raise ValueError(
+                    f"teachers[{index}].budget_usd is enforced in one process only; remove it "
+                    "or use task_runner.type: thread"
+                )
+        if self.task_runner.address is not None:
+            for index, teacher in enumerate(self.teachers):
+                limits = teacher.limits
+                if (limits.rpm is not None or limits.tpm is not None) and not limits.shared:
+                    raise ValueError(
+                        f"teachers[{index}].limits.shared must be true with a remote Dask "
+                        f"cluster (task_runner.address), so its workers share the limit"
+                    )
+        return self
+
     def config_hash(self) -> str:
         """A short, stable fingerprint of everything that shapes the output."""
-        canonical = json.dumps(self.model_dump(mode="json"), sort_keys=True)
+        # Where batches execute does not shape the output (and must not split a run's lineage).
+        dumped = self.model_dump(mode="json", exclude={"task_runner"})
+        canonical = json.dumps(dumped, sort_keys=True)
         return hashlib.blake2b(canonical.encode(), digest_size=8).hexdigest()
 
 

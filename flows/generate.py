@@ -13,48 +13,36 @@ import contextlib
 import time
 import uuid
 from collections import Counter
+from collections.abc import Awaitable, Callable
 from dataclasses import replace
 from datetime import UTC, datetime
 from pathlib import Path
 
 from prefect import flow, get_run_logger, task
 from prefect.cache_policies import NO_CACHE
-from prefect.context import get_run_context
 from pydantic import BaseModel, Field
 
 from distillery import __version__
 from distillery.config import JobConfig, load_config, require_api_keys
 from distillery.errors import FatalRunError
 from distillery.flows.artifacts import Progress, publish_run_artifacts
+from distillery.flows.batches import BatchSummary, batch_label, current_ids, send_and_commit
 from distillery.flows.curate import dedup_run_task, earlier_runs
+from distillery.flows.dask_runner import DaskBatches
 from distillery.flows.progress import STOP, get_listener
 from distillery.flows.shared_limits import shared_limits_for
-from distillery.generators.batch import Batch, TeacherPool, WorkItem, plan_work, run_batch
+from distillery.generators.batch import Batch, TeacherPool, WorkItem, plan_work
 from distillery.generators.budget import Budget
 from distillery.generators.curation.apply import Curator, build_curator
 from distillery.generators.curation.minhash import DEFAULT_PARAMS
 from distillery.generators.prompts import load_prompts, template_hash
 from distillery.generators.records import RunContext, teacher_facts
 from distillery.generators.routing import Router
-from distillery.generators.structured import build_structured
+from distillery.generators.structured import StructuredOutput, build_structured
 from distillery.storage.compact import compact_partition
 from distillery.storage.location import Location, as_location, resolve_output
 from distillery.storage.shards import next_part_number, partition_dir, read_column, write_shard
-from distillery.storage.spool import Spool, recover
-
-
-class BatchSummary(BaseModel):
-    index: int
-    samples: int
-    rejected: dict[str, int] = Field(default_factory=dict)
-    failures: int
-    not_sent: int
-    fell_back: int = 0
-    failures_by_class: dict[str, int]
-    prompt_tokens: int
-    completion_tokens: int
-    maybe_billed_twice: int = 0
-    cost_usd: float = 0.0
+from distillery.storage.spool import recover
 
 
 class RunSummary(BaseModel):
@@ -88,19 +76,8 @@ class RunSummary(BaseModel):
     cost_usd: float = 0.0
     elapsed_s: float = 0.0
     flow_run_id: str | None = None
-
-
-def _current_ids() -> tuple[str | None, str | None]:
-    """(flow_run_id, task_run_id) of the Prefect context we are in, for lineage columns."""
-    try:
-        context = get_run_context()
-    except RuntimeError:
-        return None, None
-    flow_run = getattr(context, "flow_run", None)
-    task_run = getattr(context, "task_run", None)
-    return (
-        str(flow_run.id) if flow_run is not None else None,
-        str(task_run.id) if task_run is not None else None,
+    processes: list[str] = Field(
+        default_factory=list, description="host:pid of every process that ran a batch."
     )
 
 
@@ -115,68 +92,19 @@ async def generate_batch(
     part: int,
     curator: Curator,
 ) -> BatchSummary:
-    """Send one batch, curate it, and commit its shards before returning."""
-    logger = get_run_logger()
-    ctx = replace(ctx, task_run_id=_current_ids()[1])
-    started = time.perf_counter()
+    """Send one batch from the flow's own pool; commit its shards before returning."""
     listener = get_listener()
-    spool = Spool(output, ctx.run_id)
-    try:
-        rows = await run_batch(
-            batch.items, pool, ctx, listener.outcome if listener else None, sink=spool.append
-        )
-    finally:
-        spool.close()
-    kept, rejected = curator.curate(rows.samples)
-    if pool.judge is not None and kept:
-        kept, judged_out = await pool.judge.apply(kept)
-        rejected += judged_out
-    if kept:
-        write_shard(output, "samples", ctx.run_id, kept, part)
-    if rejected:
-        write_shard(output, "rejected", ctx.run_id, rejected, part)
-    if rows.failures:
-        write_shard(output, "failures", ctx.run_id, rows.failures, part)
-    spool.discard()
-    elapsed = time.perf_counter() - started
-    by_class = Counter(str(row["error_class"]) for row in rows.failures)
-    rate_limited = sum(
-        list(row["attempt_statuses"]).count("429") for row in (*rows.samples, *rows.failures)
-    )
-    logger.info(
-        "batch %d: %d samples, %d rejected, %d failures, %d not sent, %d answered 429 "
-        "in %.1fs (%.1f req/s)",
+    return await send_and_commit(
         index,
-        len(kept),
-        len(rejected),
-        len(rows.failures),
-        rows.not_sent,
-        rate_limited,
-        elapsed,
-        (len(rows.samples) + len(rows.failures)) / elapsed if elapsed > 0 else 0.0,
+        batch.items,
+        pool,
+        replace(ctx, task_run_id=current_ids()[1]),
+        output,
+        part,
+        curator,
+        get_run_logger(),
+        listener.outcome if listener else None,
     )
-    return BatchSummary(
-        index=index,
-        samples=len(kept),
-        rejected=dict(Counter(str(row["reason"]) for row in rejected)),
-        failures=len(rows.failures),
-        not_sent=rows.not_sent,
-        fell_back=rows.fell_back,
-        failures_by_class=dict(by_class),
-        prompt_tokens=sum(int(r["prompt_tokens"] or 0) for r in rows.samples),
-        completion_tokens=sum(int(r["completion_tokens"] or 0) for r in rows.samples),
-        maybe_billed_twice=sum(
-            int(r["maybe_billed_twice"] or 0) for r in (*rows.samples, *rows.failures)
-        ),
-        cost_usd=sum(float(r["cost_usd"] or 0.0) for r in rows.samples),
-    )
-
-
-def _label(index: int, items: list[WorkItem]) -> str:
-    """A task run's name in the UI: the batch and the teachers it asks."""
-    teachers = sorted({item.teacher.name for item in items})
-    shown = ", ".join(teachers[:3]) + (f" +{len(teachers) - 3}" if len(teachers) > 3 else "")
-    return f"batch-{index:05d} [{shown}]"
 
 
 def _batches(plan: list[list[WorkItem]], batch_size: int) -> list[list[WorkItem]]:
@@ -194,7 +122,7 @@ async def generate(job: JobConfig, run_id: str, config_path: str | None = None) 
     logger = get_run_logger()
     started_at = datetime.now(UTC)
     clock = time.perf_counter()
-    flow_run_id, _ = _current_ids()
+    flow_run_id, _ = current_ids()
     output = as_location(job.output)
     prompts = load_prompts(job.prompts)
     structured = build_structured(job.response_schema)
@@ -264,39 +192,28 @@ async def generate(job: JobConfig, run_id: str, config_path: str | None = None) 
             for t in job.teachers
             if t.budget_usd is not None
         }
-        prices = {name: facts.price for name, facts in ctx.teachers.items()}
-        shared = {t.name: await shared_limits_for(t) for t in job.teachers if t.limits.shared}
-        async with TeacherPool(
-            job,
-            stop=lambda: STOP.requested,
-            prices=prices,
-            budget=budget,
-            shared=shared,
-            teacher_budgets=teacher_budgets,
-            structured=structured,
-        ) as pool:
-            gate = asyncio.Semaphore(job.max_batches_in_flight)
 
-            async def one(index: int, items: list[WorkItem]) -> None:
-                async with gate:
-                    if not pool.halted:
-                        result = await generate_batch(
-                            _label(index, items),
-                            index,
-                            Batch(items),
-                            pool,
-                            ctx,
-                            output,
-                            first_part + index,
-                            curator,
-                        )
-                        results.append(result)
-                        await progress.advance(len(items))
+        async def finished(result: BatchSummary, items: list[WorkItem]) -> None:
+            results.append(result)
+            await progress.advance(len(items))
 
-            await asyncio.gather(*(one(i, items) for i, items in enumerate(batches)))
-            summary.unusable = {name: str(exc) for name, exc in pool.unusable.items()}
-            if pool.fatal is not None:
-                raise pool.fatal
+        parts = {index: first_part + index for index in range(len(batches))}
+        if job.task_runner.type == "dask":
+            await _run_on_dask(job, ctx, batches, parts, finished, summary)
+        else:
+            await _run_here(
+                job,
+                ctx,
+                batches,
+                parts,
+                finished,
+                output,
+                curator,
+                budget,
+                teacher_budgets,
+                summary,
+                structured,
+            )
         spent_teachers = [n for n, b in teacher_budgets.items() if b.exhausted]
         if STOP.requested:
             summary.status = "stopped"
@@ -329,6 +246,103 @@ async def generate(job: JobConfig, run_id: str, config_path: str | None = None) 
     # publish_run_artifacts only hands ``output`` to open_catalog, which takes any Location.
     await publish_run_artifacts(output, job.name, run_id)
     return summary
+
+
+Done = Callable[[BatchSummary, list[WorkItem]], Awaitable[None]]
+
+
+async def _run_here(
+    job: JobConfig,
+    ctx: RunContext,
+    batches: list[list[WorkItem]],
+    parts: dict[int, int],
+    done: Done,
+    output: Location,
+    curator: Curator,
+    budget: Budget | None,
+    teacher_budgets: dict[str, Budget],
+    summary: RunSummary,
+    structured: StructuredOutput | None,
+) -> None:
+    """The thread runner: every batch on this event loop, sharing one pool (and the budgets)."""
+    prices = {name: facts.price for name, facts in ctx.teachers.items()}
+    shared = {t.name: await shared_limits_for(t) for t in job.teachers if t.limits.shared}
+    async with TeacherPool(
+        job,
+        stop=lambda: STOP.requested,
+        prices=prices,
+        budget=budget,
+        shared=shared,
+        teacher_budgets=teacher_budgets,
+        structured=structured,
+    ) as pool:
+        gate = asyncio.Semaphore(job.max_batches_in_flight)
+
+        async def one(index: int, items: list[WorkItem]) -> None:
+            async with gate:
+                if not pool.halted:
+                    result = await generate_batch(
+                        batch_label(index, items),
+                        index,
+                        Batch(items),
+                        pool,
+                        ctx,
+                        output,
+                        parts[index],
+                        curator,
+                    )
+                    await done(result, items)
+
+        await asyncio.gather(*(one(i, items) for i, items in enumerate(batches)))
+        summary.unusable = {name: str(exc) for name, exc in pool.unusable.items()}
+        if pool.fatal is not None:
+            raise pool.fatal
+
+
+async def _run_on_dask(
+    job: JobConfig,
+    ctx: RunContext,
+    batches: list[list[WorkItem]],
+    parts: dict[int, int],
+    done: Done,
+    summary: RunSummary,
+) -> None:
+    """The Dask runner: batches on worker processes; a stop or a fatal error reaches them all."""
+    logger = get_run_logger()
+    listener = get_listener()
+    fatal: list[str] = []
+    async with DaskBatches(job, ctx.run_id) as cluster:
+        logger.info("running batches on %d Dask worker processes", cluster.processes)
+        gate = asyncio.Semaphore(job.max_batches_in_flight)
+        stopped = asyncio.Event()
+
+        async def watch() -> None:
+            while not (STOP.requested or fatal):
+                await asyncio.sleep(0.2)
+            stopped.set()
+            await cluster.stop()
+
+        async def one(index: int, items: list[WorkItem]) -> None:
+            async with gate:
+                if stopped.is_set():
+                    return
+                result = await cluster.submit(index, items, ctx, parts[index])
+                summary.unusable.update(result.unusable)
+                if result.fatal is not None:
+                    fatal.append(result.fatal)
+                if listener is not None:
+                    listener.advanced(len(items) - result.not_sent, result.failures)
+                await done(result, items)
+
+        watcher = asyncio.create_task(watch())
+        try:
+            await asyncio.gather(*(one(i, items) for i, items in enumerate(batches)))
+        finally:
+            watcher.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await watcher
+    if fatal:
+        raise FatalRunError(fatal[0])
 
 
 def _spent_by_teacher(output: Location, run_id: str) -> dict[str, float]:
@@ -369,6 +383,7 @@ def _fold(summary: RunSummary, results: list[BatchSummary], removed: dict[str, i
         by_class.update(result.failures_by_class)
     summary.failures_by_class = dict(by_class)
     summary.rejected = dict(rejected)
+    summary.processes = sorted({result.process for result in results if result.process})
 
 
 def _write_run_record(

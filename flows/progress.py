@@ -20,6 +20,9 @@ class RunListener(Protocol):
     def outcome(self, item: WorkItem, outcome: Outcome | None) -> None:
         """One request ended (``None``: not sent because the run is stopping)."""
 
+    def advanced(self, requests: int, failed: int) -> None:
+        """Requests that ended in another process (a Dask worker), told when their batch ends."""
+
 
 _listener: RunListener | None = None
 

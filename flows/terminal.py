@@ -57,15 +57,17 @@ class ProgressBar:
         self._task = self._progress.add_task("run", total=total, rate=0.0, failed=0)
 
     def outcome(self, item: WorkItem, outcome: Outcome | None) -> None:
+        self.advanced(1, int(outcome is not None and outcome.failure is not None))
+
+    def advanced(self, requests: int, failed: int) -> None:
         if self._task is None:
             return
-        self._done += 1
-        if outcome is not None and outcome.failure is not None:
-            self._failed += 1
+        self._done += requests
+        self._failed += failed
         elapsed = time.perf_counter() - self._started
         self._progress.update(
             self._task,
-            advance=1,
+            advance=requests,
             rate=self._done / elapsed if elapsed > 0 else 0.0,
             failed=self._failed,
         )

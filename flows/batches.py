@@ -1,0 +1,141 @@
+"""One batch from requests to committed shards, whichever process runs it.
+
+The thread runner runs this on the flow's event loop, the Dask runner on a worker process's
+(:mod:`distillery.flows.dask_worker`); both wrap it in a Prefect task. Every answer is spooled
+the moment it arrives (the spool file's name is random, so processes writing the same run never
+share one), and the shard numbers are per batch index, with a taken number falling to the next
+free one (``storage/shards.py``), so several processes commit into one run partition safely.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import socket
+import time
+from collections import Counter
+from typing import Any
+
+from prefect.context import get_run_context
+from pydantic import BaseModel, Field
+
+from distillery.generators.batch import OutcomeListener, TeacherPool, WorkItem, run_batch
+from distillery.generators.curation.apply import Curator
+from distillery.generators.records import RunContext
+from distillery.storage.location import Location
+from distillery.storage.shards import write_shard
+from distillery.storage.spool import Spool
+
+
+class BatchSummary(BaseModel):
+    index: int
+    samples: int
+    rejected: dict[str, int] = Field(default_factory=dict)
+    failures: int
+    not_sent: int
+    fell_back: int = 0
+    failures_by_class: dict[str, int]
+    prompt_tokens: int
+    completion_tokens: int
+    maybe_billed_twice: int = 0
+    cost_usd: float = 0.0
+    process: str = Field(default="", description="host:pid of the process that ran the batch.")
+    fatal: str | None = Field(
+        default=None, description="Why a teacher proved unusable during this batch (stop the run)."
+    )
+    unusable: dict[str, str] = Field(
+        default_factory=dict, description="Teachers this batch's process fell back past, and why."
+    )
+
+
+def current_ids() -> tuple[str | None, str | None]:
+    """(flow_run_id, task_run_id) of the Prefect context we are in, for lineage columns."""
+    try:
+        context = get_run_context()
+    except RuntimeError:
+        return None, None
+    flow_run = getattr(context, "flow_run", None)
+    task_run = getattr(context, "task_run", None)
+    return (
+        str(flow_run.id) if flow_run is not None else None,
+        str(task_run.id) if task_run is not None else None,
+    )
+
+
+def batch_label(index: int, items: list[WorkItem]) -> str:
+    """A task run's name in the UI: the batch and the teachers it asks."""
+    teachers = sorted({item.teacher.name for item in items})
+    shown = ", ".join(teachers[:3]) + (f" +{len(teachers) - 3}" if len(teachers) > 3 else "")
+    return f"batch-{index:05d} [{shown}]"
+
+
+def this_process() -> str:
+    return f"{socket.gethostname()}:{os.getpid()}"
+
+
+async def send_and_commit(
+    index: int,
+    items: list[WorkItem],
+    pool: TeacherPool,
+    ctx: RunContext,
+    output: Location,
+    part: int,
+    curator: Curator,
+    logger: logging.Logger | logging.LoggerAdapter[Any],
+    listener: OutcomeListener | None = None,
+) -> BatchSummary:
+    """Send one batch, curate it, and commit its shards before returning."""
+    started = time.perf_counter()
+    spool = Spool(output, ctx.run_id)
+    try:
+        rows = await run_batch(items, pool, ctx, listener, sink=spool.append)
+    finally:
+        spool.close()
+    kept, rejected = curator.curate(rows.samples)
+    if pool.judge is not None and kept:
+        kept, judged_out = await pool.judge.apply(kept)
+        rejected += judged_out
+    if kept:
+        write_shard(output, "samples", ctx.run_id, kept, part)
+    if rejected:
+        write_shard(output, "rejected", ctx.run_id, rejected, part)
+    if rows.failures:
+        write_shard(output, "failures", ctx.run_id, rows.failures, part)
+    spool.discard()
+    elapsed = time.perf_counter() - started
+    by_class = Counter(str(row["error_class"]) for row in rows.failures)
+    rate_limited = sum(
+        list(row["attempt_statuses"]).count("429") for row in (*rows.samples, *rows.failures)
+    )
+    process = this_process()
+    logger.info(
+        "batch %d: %d samples, %d rejected, %d failures, %d not sent, %d answered 429 "
+        "in %.1fs (%.1f req/s) on %s",
+        index,
+        len(kept),
+        len(rejected),
+        len(rows.failures),
+        rows.not_sent,
+        rate_limited,
+        elapsed,
+        (len(rows.samples) + len(rows.failures)) / elapsed if elapsed > 0 else 0.0,
+        process,
+    )
+    return BatchSummary(
+        index=index,
+        samples=len(kept),
+        rejected=dict(Counter(str(row["reason"]) for row in rejected)),
+        failures=len(rows.failures),
+        not_sent=rows.not_sent,
+        fell_back=rows.fell_back,
+        failures_by_class=dict(by_class),
+        prompt_tokens=sum(int(r["prompt_tokens"] or 0) for r in rows.samples),
+        completion_tokens=sum(int(r["completion_tokens"] or 0) for r in rows.samples),
+        maybe_billed_twice=sum(
+            int(r["maybe_billed_twice"] or 0) for r in (*rows.samples, *rows.failures)
+        ),
+        cost_usd=sum(float(r["cost_usd"] or 0.0) for r in rows.samples),
+        process=process,
+        fatal=str(pool.fatal) if pool.fatal is not None else None,
+        unusable={name: str(exc) for name, exc in pool.unusable.items()},
+    )

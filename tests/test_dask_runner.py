@@ -1,0 +1,177 @@
+"""``task_runner: {type: dask}``: batches on Dask worker processes, a teacher's limit divided
+between them, a stop reaching them all — a real LocalCluster, a real Prefect flow run, a
+limiting emulator over loopback, and DuckDB reading the shards."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import sys
+from pathlib import Path
+
+import pytest
+
+from distillery.config import TaskRunnerConfig, load_config
+from distillery.emulator import EmulatorOptions, RunningEmulator
+from distillery.errors import ConfigError
+from distillery.flows.dask_runner import dask_task_runner, process_share
+from distillery.flows.generate import generate
+from distillery.flows.progress import STOP, set_listener
+from distillery.generators.batch import WorkItem
+from distillery.generators.client import Outcome
+from distillery.generators.prompts import Prompt
+from distillery.storage.catalog import open_catalog
+from distillery.storage.spool import leftover_spools
+
+from .conftest import write_job
+
+
+def _job(tmp_path: Path, url: str, extra: str, limits: str = "", prompts: int = 12) -> Path:
+    config = write_job(tmp_path, url, prompts=prompts, extra=extra)
+    if limits:
+        text = config.read_text()
+        config.write_text(text.replace("    max_attempts: 2", f"    max_attempts: 2\n{limits}"))
+    return config
+
+
+@pytest.mark.parametrize(
+    ("extra", "limits", "message"),
+    [
+        (
+            "budget_usd: 5\ntask_runner: {type: dask}",
+            "",
+            "config: budget_usd is enforced in one process only",
+        ),
+        (
+            "task_runner: {type: dask, address: 'tcp://10.0.0.5:8786'}",
+            "    limits: {rpm: 600}",
+            "teachers[0].limits.shared must be true with a remote Dask cluster",
+        ),
+        ("task_runner: {address: 'tcp://10.0.0.5:8786'}", "", "address needs type: dask"),
+        (
+            "task_runner: {type: dask, address: 'tcp://h:8786', workers: 4}",
+            "",
+            "workers sizes a local cluster",
+        ),
+        ("task_runner: {type: dask, address: 'h:8786'}", "", "task_runner.address: String"),
+        ("task_runner: {type: ray}", "", "task_runner.type: Input should be 'thread' or 'dask'"),
+    ],
+)
+def test_what_a_dask_run_can_not_enforce_is_one_line(
+    tmp_path: Path, extra: str, limits: str, message: str
+) -> None:
+    with pytest.raises(ConfigError) as caught:
+        load_config(_job(tmp_path, "http://127.0.0.1:9", extra, limits))
+    assert message in str(caught.value)
+    assert "\n" not in str(caught.value)
+
+
+def test_a_remote_cluster_with_shared_limits_is_accepted(tmp_path: Path) -> None:
+    extra = "task_runner: {type: dask, address: 'tcp://10.0.0.5:8786'}"
+    job = load_config(
+        _job(tmp_path, "http://127.0.0.1:9", extra, "    limits: {rpm: 600, shared: true}")
+    )
+    assert job.task_runner.address == "tcp://10.0.0.5:8786"
+
+
+def test_the_runner_does_not_change_the_config_hash(tmp_path: Path) -> None:
+    """Lineage: resuming a run under another runner must not look like another config."""
+    job = load_config(_job(tmp_path, "http://127.0.0.1:9", ""))
+    dask = job.model_copy(update={"task_runner": TaskRunnerConfig(type="dask", workers=3)})
+    slower = job.model_copy(update={"batch_size": 7})
+    assert dask.config_hash() == job.config_hash() != slower.config_hash()
+
+
+def test_each_process_gets_an_even_share(tmp_path: Path) -> None:
+    (tmp_path / "a").mkdir()
+    config = _job(tmp_path / "a", "http://127.0.0.1:9", "", "    limits: {rpm: 900, tpm: 3000}")
+    config.write_text(config.read_text().replace("concurrency: 8", "concurrency: 7"))
+    job = load_config(config)
+    share = process_share(job, 3).teachers[0]
+    assert (share.concurrency, share.limits.rpm, share.limits.tpm) == (2, 300, 1000)
+    # Sample ids do not depend on limits or concurrency: both runners name a sample the same.
+    assert WorkItem(_prompt(), share).sample_id == WorkItem(_prompt(), job.teachers[0]).sample_id
+    shared = job.teachers[0].model_copy(
+        update={"limits": job.teachers[0].limits.model_copy(update={"shared": True})}
+    )
+    held = process_share(job.model_copy(update={"teachers": [shared]}), 3).teachers[0]
+    assert (held.concurrency, held.limits.rpm) == (2, 900)  # the Prefect server holds it
+
+
+def _prompt() -> Prompt:
+    return Prompt("p0", [{"role": "user", "content": "hi"}])
+
+
+def test_without_prefect_dask_the_error_names_the_extra(monkeypatch: pytest.MonkeyPatch) -> None:
+    # As if it were not installed: the import system raises ImportError for None entries.
+    monkeypatch.setitem(sys.modules, "prefect_dask", None)
+    monkeypatch.setitem(sys.modules, "prefect_dask.task_runners", None)
+    with pytest.raises(ConfigError, match=r"pip install 'distillery\[dask\]'"):
+        dask_task_runner(TaskRunnerConfig(type="dask"))
+
+
+class _StopAfterFirstBatch:
+    """Presses Ctrl-C (the CLI's graceful stop) as soon as the first batch has ended."""
+
+    def __init__(self) -> None:
+        self.batches = 0
+
+    def planned(self, total: int, skipped: int) -> None:
+        pass
+
+    def outcome(self, item: WorkItem, outcome: Outcome | None) -> None:
+        raise AssertionError("requests end in the workers, not in the flow's process")
+
+    def advanced(self, requests: int, failed: int) -> None:
+        self.batches += 1
+        STOP.request()
+
+
+PROMPTS = 60
+RPM, WINDOW = 1200, 2.0  # 40 requests in any 2 s, so 20 per worker process
+
+
+@pytest.mark.slow
+def test_a_local_cluster_shares_the_limit_stops_and_resumes(
+    prefect_api: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("EMULATOR_API_KEY", "test-key-123")  # inherited by the worker processes
+    options = EmulatorOptions(seed=5, latency_ms=20, rpm=RPM, window_s=WINDOW)
+    with RunningEmulator(options) as emulator:
+        limits = f"    limits: {{rpm: {RPM}, window_s: {WINDOW}}}"
+        extra = "task_runner: {type: dask, workers: 2, threads_per_worker: 2}"
+        job = load_config(_job(tmp_path, emulator.url, extra, limits, prompts=PROMPTS))
+        listener = _StopAfterFirstBatch()
+        set_listener(listener)
+        try:
+            first = asyncio.run(generate(job=job, run_id="dask"))
+        finally:
+            set_listener(None)
+            STOP.requested = False
+        second = asyncio.run(generate(job=job, run_id="dask"))
+        stats = emulator.stats()
+
+    # The stop: no batch was submitted after it, and what had landed was kept.
+    assert first.status == "stopped" and listener.batches >= 1
+    assert 0 < first.samples < PROMPTS
+    assert second.status == "completed"
+    assert second.requests_skipped == first.samples
+    # Every prompt answered exactly once across the two invocations, nothing bought twice.
+    con = open_catalog(job.output)
+    counts = con.execute("SELECT count(*), count(DISTINCT sample_id) FROM samples").fetchall()
+    assert counts == [(PROMPTS, PROMPTS)]
+    assert stats["served_ok"] == PROMPTS
+    assert leftover_spools(Path(job.output), "dask") == []
+    # The two processes together stayed under the teacher's limit: the emulator, enforcing it
+    # as a provider does, refused nothing.
+    assert stats["rate_limited"] == 0
+    # The batches really ran in two processes, neither of them this one.
+    processes = set(first.processes) | set(second.processes)
+    assert len(processes) >= 2
+    assert all(not p.endswith(f":{os.getpid()}") for p in processes)
+    # Lineage from the workers: each sample names its flow run and its batch's task run.
+    lineage = con.execute(
+        "SELECT count(*) FILTER (task_run_id IS NULL), list(DISTINCT flow_run_id) FROM samples"
+    ).fetchall()[0]
+    assert lineage[0] == 0
+    assert set(lineage[1]) == {first.flow_run_id, second.flow_run_id}
