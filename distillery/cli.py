@@ -295,6 +295,8 @@ def _print_summary(summary: RunSummary, ui: str) -> None:
             f"{summary.maybe_billed_twice} retries after an answer may have been produced",
         )
     table.add_row("time", f"{summary.elapsed_s:.1f}s ({rate:.1f} requests/s)")
+    if len(summary.processes) > 1:
+        table.add_row("processes", f"{len(summary.processes)} ran batches (task_runner: dask)")
     table.add_row("output", summary.output)
     if summary.flow_run_id:
         table.add_row("Prefect UI", f"{ui}/runs/flow-run/{summary.flow_run_id}")
