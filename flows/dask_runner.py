@@ -27,7 +27,12 @@ from typing import Any
 from distillery.config import JobConfig, TaskRunnerConfig, TeacherConfig
 from distillery.errors import ConfigError, FatalRunError
 from distillery.flows.batches import BatchSummary, batch_label
-from distillery.flows.dask_worker import WorkerRun, close_run, generate_batch_on_worker
+from distillery.flows.dask_worker import (
+    WorkerRun,
+    close_run,
+    generate_batch_on_worker,
+    ignore_interrupts,
+)
 from distillery.generators.batch import Batch, WorkItem
 from distillery.generators.records import RunContext
 
@@ -115,6 +120,7 @@ class DaskBatches:
             self.processes = len(client.nthreads())
         else:
             self.processes = config.workers
+            client.run(ignore_interrupts)
         self._run = WorkerRun(
             self._key, process_share(self._job, self.processes), f"distillery-stop-{self._key}"
         )

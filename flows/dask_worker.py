@@ -21,6 +21,7 @@ import asyncio
 import concurrent.futures
 import contextlib
 import logging
+import signal
 import threading
 from dataclasses import dataclass, replace
 from typing import Any
@@ -153,6 +154,19 @@ def generate_batch_on_worker(
             if not stopping and stop.is_set():  # type: ignore[no-untyped-call]
                 stopping = True
                 loop.call_soon_threadsafe(_stop, run.key)
+
+
+def ignore_interrupts() -> bool:
+    """Leave Ctrl-C to the flow (run on each worker of a local cluster when it starts).
+
+    A terminal sends SIGINT to its whole process group, a local cluster's workers included;
+    a worker dying there would drop its batches' answers in flight. The flow's first Ctrl-C
+    stops the workers through the run's stop event instead, and the cluster ends with the flow.
+    """
+    if threading.current_thread() is not threading.main_thread():
+        return False
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    return True
 
 
 async def _close(key: str) -> bool:

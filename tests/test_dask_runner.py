@@ -6,8 +6,11 @@ from __future__ import annotations
 
 import asyncio
 import os
+import signal
 import sys
+import time
 from pathlib import Path
+from subprocess import PIPE, Popen
 
 import pytest
 
@@ -16,9 +19,7 @@ from distillery.emulator import EmulatorOptions, RunningEmulator
 from distillery.errors import ConfigError
 from distillery.flows.dask_runner import dask_task_runner, process_share
 from distillery.flows.generate import generate
-from distillery.flows.progress import STOP, set_listener
 from distillery.generators.batch import WorkItem
-from distillery.generators.client import Outcome
 from distillery.generators.prompts import Prompt
 from distillery.storage.catalog import open_catalog
 from distillery.storage.spool import leftover_spools
@@ -110,29 +111,24 @@ def test_without_prefect_dask_the_error_names_the_extra(monkeypatch: pytest.Monk
         dask_task_runner(TaskRunnerConfig(type="dask"))
 
 
-class _StopAfterFirstBatch:
-    """Presses Ctrl-C (the CLI's graceful stop) as soon as the first batch has ended."""
-
-    def __init__(self) -> None:
-        self.batches = 0
-
-    def planned(self, total: int, skipped: int) -> None:
-        pass
-
-    def outcome(self, item: WorkItem, outcome: Outcome | None) -> None:
-        raise AssertionError("requests end in the workers, not in the flow's process")
-
-    def advanced(self, requests: int, failed: int) -> None:
-        self.batches += 1
-        STOP.request()
-
-
 PROMPTS = 60
 RPM, WINDOW = 1200, 2.0  # 40 requests in any 2 s, so 20 per worker process
 
 
+def _wait_for_requests(emulator: RunningEmulator, at_least: int, process: Popen[str]) -> None:
+    deadline = time.monotonic() + 240
+    while time.monotonic() < deadline and process.poll() is None:
+        requests = emulator.stats()["requests"]
+        assert isinstance(requests, int)
+        if requests >= at_least:
+            return
+        time.sleep(0.05)
+    _, stderr = process.communicate(timeout=60)
+    raise AssertionError(f"the run sent fewer than {at_least} requests: {stderr[-2000:]}")
+
+
 @pytest.mark.slow
-def test_a_local_cluster_shares_the_limit_stops_and_resumes(
+def test_a_local_cluster_shares_the_limit_and_stops_on_ctrl_c(
     prefect_api: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     monkeypatch.setenv("EMULATOR_API_KEY", "test-key-123")  # inherited by the worker processes
@@ -140,38 +136,42 @@ def test_a_local_cluster_shares_the_limit_stops_and_resumes(
     with RunningEmulator(options) as emulator:
         limits = f"    limits: {{rpm: {RPM}, window_s: {WINDOW}}}"
         extra = "task_runner: {type: dask, workers: 2, threads_per_worker: 2}"
-        job = load_config(_job(tmp_path, emulator.url, extra, limits, prompts=PROMPTS))
-        listener = _StopAfterFirstBatch()
-        set_listener(listener)
-        try:
-            first = asyncio.run(generate(job=job, run_id="dask"))
-        finally:
-            set_listener(None)
-            STOP.requested = False
-        second = asyncio.run(generate(job=job, run_id="dask"))
+        config = _job(tmp_path, emulator.url, extra, limits, prompts=PROMPTS)
+        job = load_config(config)
+        process = Popen(
+            [sys.executable, "-m", "distillery", "run", str(config), "--run-id", "dask"],
+            env={**os.environ, "PREFECT_API_URL": prefect_api},
+            stdout=PIPE,
+            stderr=PIPE,
+            text=True,
+            start_new_session=True,
+        )
+        _wait_for_requests(emulator, 10, process)
+        # A terminal's Ctrl-C: SIGINT to the whole process group, the cluster's workers too.
+        os.killpg(process.pid, signal.SIGINT)
+        _, stderr = process.communicate(timeout=240)
+        assert process.returncode == 130, stderr[-2000:]
+        assert "--run-id dask" in stderr
+        con = open_catalog(job.output)
+        partial = con.execute("SELECT count(*) FROM samples").fetchall()[0][0]
+        assert 0 < partial < PROMPTS  # batches stopped, and what had been sent was kept
+        resumed = asyncio.run(generate(job=job, run_id="dask"))
         stats = emulator.stats()
 
-    # The stop: no batch was submitted after it, and what had landed was kept.
-    assert first.status == "stopped" and listener.batches >= 1
-    assert 0 < first.samples < PROMPTS
-    assert second.status == "completed"
-    assert second.requests_skipped == first.samples
-    # Every prompt answered exactly once across the two invocations, nothing bought twice.
+    assert resumed.status == "completed" and resumed.requests_skipped == partial
     con = open_catalog(job.output)
     counts = con.execute("SELECT count(*), count(DISTINCT sample_id) FROM samples").fetchall()
-    assert counts == [(PROMPTS, PROMPTS)]
+    assert counts == [(PROMPTS, PROMPTS)]  # every prompt answered exactly once
+    # Every answer in flight at Ctrl-C landed and was kept by its worker: nothing bought twice.
     assert stats["served_ok"] == PROMPTS
     assert leftover_spools(Path(job.output), "dask") == []
+    assert con.execute("SELECT status, invocations FROM runs").fetchall() == [("completed", 2)]
     # The two processes together stayed under the teacher's limit: the emulator, enforcing it
     # as a provider does, refused nothing.
     assert stats["rate_limited"] == 0
     # The batches really ran in two processes, neither of them this one.
-    processes = set(first.processes) | set(second.processes)
-    assert len(processes) >= 2
-    assert all(not p.endswith(f":{os.getpid()}") for p in processes)
-    # Lineage from the workers: each sample names its flow run and its batch's task run.
-    lineage = con.execute(
-        "SELECT count(*) FILTER (task_run_id IS NULL), list(DISTINCT flow_run_id) FROM samples"
-    ).fetchall()[0]
-    assert lineage[0] == 0
-    assert set(lineage[1]) == {first.flow_run_id, second.flow_run_id}
+    assert len(resumed.processes) >= 2
+    assert all(not p.endswith(f":{os.getpid()}") for p in resumed.processes)
+    # Lineage from the workers: each sample names its batch's task run.
+    missing = con.execute("SELECT count(*) FILTER (task_run_id IS NULL) FROM samples")
+    assert missing.fetchall() == [(0,)]
