@@ -107,7 +107,17 @@ class DaskBatches:
     def _start(self) -> None:
         config = self._job.task_runner
         self._runner.__enter__()
-        client = self._runner.client
+        try:
+            client = self._runner.client
+        except (OSError, TimeoutError) as exc:
+            self._runner.__exit__(None, None, None)
+            where = config.address or "a local cluster"
+            first_line = (
+                str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+            )
+            raise FatalRunError(
+                f"task_runner: cannot start or reach {where}: {first_line}"
+            ) from None
         if config.address is not None:
             try:
                 client.wait_for_workers(1, timeout=WORKER_WAIT_S)

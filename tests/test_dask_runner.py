@@ -16,8 +16,8 @@ import pytest
 
 from distillery.config import TaskRunnerConfig, load_config
 from distillery.emulator import EmulatorOptions, RunningEmulator
-from distillery.errors import ConfigError
-from distillery.flows.dask_runner import dask_task_runner, process_share
+from distillery.errors import ConfigError, FatalRunError
+from distillery.flows.dask_runner import DaskBatches, dask_task_runner, process_share
 from distillery.flows.generate import generate
 from distillery.generators.batch import WorkItem
 from distillery.generators.prompts import Prompt
@@ -109,6 +109,25 @@ def test_without_prefect_dask_the_error_names_the_extra(monkeypatch: pytest.Monk
     monkeypatch.setitem(sys.modules, "prefect_dask.task_runners", None)
     with pytest.raises(ConfigError, match=r"pip install 'distillery\[dask\]'"):
         dask_task_runner(TaskRunnerConfig(type="dask"))
+
+
+def test_an_unreachable_scheduler_is_one_line(tmp_path: Path) -> None:
+    import dask
+
+    extra = "task_runner: {type: dask, address: 'tcp://127.0.0.1:9'}"
+    job = load_config(_job(tmp_path, "http://127.0.0.1:9", extra))
+
+    async def start() -> None:
+        async with DaskBatches(job, "unreachable"):
+            raise AssertionError("connected to a closed port")
+
+    with (
+        dask.config.set({"distributed.comm.timeouts.connect": "1s"}),
+        pytest.raises(FatalRunError) as caught,
+    ):
+        asyncio.run(start())
+    assert str(caught.value).startswith("task_runner: cannot start or reach tcp://127.0.0.1:9: ")
+    assert "\n" not in str(caught.value)
 
 
 PROMPTS = 60
