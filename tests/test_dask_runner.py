@@ -48,6 +48,11 @@ def _job(tmp_path: Path, url: str, extra: str, limits: str = "", prompts: int = 
             "    limits: {rpm: 600}",
             "teachers[0].limits.shared must be true with a remote Dask cluster",
         ),
+        (
+            "task_runner: {type: dask}",
+            "    budget_usd: 2",
+            "config: teachers[0].budget_usd is enforced in one process only",
+        ),
         ("task_runner: {address: 'tcp://10.0.0.5:8786'}", "", "address needs type: dask"),
         (
             "task_runner: {type: dask, address: 'tcp://h:8786', workers: 4}",
@@ -113,6 +118,10 @@ def test_without_prefect_dask_the_error_names_the_extra(monkeypatch: pytest.Monk
 
 def test_an_unreachable_scheduler_is_one_line(tmp_path: Path) -> None:
     import dask
+
+    # Imported first: it registers its config defaults, which the override below must not
+    # undo when it restores the config it found.
+    import distributed  # noqa: F401
 
     extra = "task_runner: {type: dask, address: 'tcp://127.0.0.1:9'}"
     job = load_config(_job(tmp_path, "http://127.0.0.1:9", extra))
