@@ -16,7 +16,7 @@ import json
 import os
 import re
 from pathlib import Path
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
@@ -415,6 +415,105 @@ class TaskRunnerConfig(_Strict):
         return self
 
 
+USER_TEMPLATE = """You are role-playing the user in a conversation with an AI assistant.
+
+Here is the conversation so far:
+
+{{ transcript }}
+
+Write the user's next message: a natural follow-up that asks for more detail, challenges a point
+or takes the topic further. Reply with the message only, without a "User:" prefix."""
+
+
+class ConversationRecipe(_Strict):
+    """Multi-turn conversations: a teacher plays the user between the assistant's answers."""
+
+    type: Literal["conversation"]
+    turns: int = Field(default=3, ge=1, le=50, description="Assistant answers per conversation.")
+    user_teacher: str | None = Field(
+        default=None,
+        description="Name of the teacher that writes the user's turns; default: the assistant.",
+    )
+    user_template: str = Field(
+        default=USER_TEMPLATE,
+        description="Jinja with {{ transcript }} and {{ turn }}: the request for a user turn.",
+    )
+
+    @field_validator("user_template")
+    @classmethod
+    def _compiles(cls, value: str) -> str:
+        return _check_jinja(value)
+
+
+class SelfInstructRecipe(_Strict):
+    """Self-instruct: seed tasks -> new instructions (deduplicated) -> answers."""
+
+    type: Literal["self_instruct"]
+    instructions_per_request: int = Field(default=5, ge=1, le=100)
+    seeds_per_request: int = Field(
+        default=3, ge=1, le=50, description="Example tasks shown in each request."
+    )
+    rounds: int = Field(
+        default=1, ge=1, le=10, description="Each round asks again with the last round's output."
+    )
+    generator: str | None = Field(
+        default=None, description="Teacher that writes instructions; default: the first one."
+    )
+    similarity_threshold: float = Field(
+        default=0.7,
+        gt=0,
+        le=1,
+        description="Drop a new instruction whose word-set Jaccard with a known one is >= this.",
+    )
+
+
+EVOLVE_OPERATIONS = ("deepen", "constrain", "concretize", "reasoning", "breadth")
+
+
+class EvolInstructRecipe(_Strict):
+    """Evol-instruct: rewrite each instruction for ``generations`` rounds, then answer them."""
+
+    type: Literal["evol_instruct"]
+    generations: int = Field(default=2, ge=1, le=10)
+    operations: list[str] = Field(
+        default_factory=lambda: ["deepen", "constrain", "concretize"], min_length=1
+    )
+    evolver: str | None = Field(
+        default=None, description="Teacher that rewrites instructions; default: the first one."
+    )
+    answer_seeds: bool = Field(
+        default=False, description="Also answer the seed instructions (generation 0)."
+    )
+
+    @field_validator("operations")
+    @classmethod
+    def _known_operations(cls, value: list[str]) -> list[str]:
+        for operation in value:
+            if operation not in EVOLVE_OPERATIONS:
+                raise ValueError(
+                    f"unknown operation {operation!r}; known: {', '.join(EVOLVE_OPERATIONS)}"
+                )
+        if len(set(value)) != len(value):
+            raise ValueError("operations are listed more than once")
+        return value
+
+
+RecipeConfig = Annotated[
+    ConversationRecipe | SelfInstructRecipe | EvolInstructRecipe, Field(discriminator="type")
+]
+RECIPE_TEACHER_FIELDS = ("user_teacher", "generator", "evolver")
+
+
+def _check_jinja(value: str) -> str:
+    import jinja2
+
+    try:
+        jinja2.Environment().parse(value)
+    except jinja2.TemplateSyntaxError as exc:
+        raise ValueError(f"{exc.message} (line {exc.lineno})") from exc
+    return value
+
+
 class JobConfig(_Strict):
     """A whole generation job, as validated from the YAML file."""
 
@@ -464,6 +563,10 @@ class JobConfig(_Strict):
     prices_file: Path | None = Field(
         default=None, description="Extra price entries (YAML), tried before the shipped ones."
     )
+    recipe: RecipeConfig | None = Field(
+        default=None,
+        description="How prompts become samples (docs/recipes.md); default: one answer each.",
+    )
     http_transport: Literal["aiohttp", "httpx"] = Field(
         default="aiohttp",
         description="aiohttp: httpx API on aiohttp's transport (fast); httpx: httpx's own.",
@@ -502,6 +605,19 @@ class JobConfig(_Strict):
         for index, temperature in enumerate(self.temperatures or []):
             if not 0 <= temperature <= 2:
                 raise ValueError(f"temperatures[{index}]: must be within 0..2, got {temperature}")
+        if self.recipe is not None and self.response_schema is not None:
+            raise ValueError(
+                f"recipe: {self.recipe.type} cannot be combined with response_schema yet "
+                "(its intermediate requests would be asked for the schema's JSON too)"
+            )
+        if self.recipe is not None and self.task_runner.type == "dask":
+            raise ValueError(
+                f"recipe: {self.recipe.type} runs on task_runner thread only, not dask (yet)"
+            )
+        for key in RECIPE_TEACHER_FIELDS:
+            chosen = getattr(self.recipe, key, None)
+            if chosen is not None and chosen not in seen:
+                raise ValueError(f"recipe.{key}: {chosen!r} is not the name of one of the teachers")
         return self
 
     @model_validator(mode="after")
@@ -569,6 +685,8 @@ def _join(prefix: str, key: str) -> str:
 
 
 def _field_path(location: tuple[int | str, ...]) -> str:
+    if len(location) > 1 and location[0] == "recipe":
+        location = (location[0], *location[2:])  # drop the union's tag: recipe.turns
     path = ""
     for part in location:
         path = f"{path}[{part}]" if isinstance(part, int) else _join(path, part)

@@ -92,7 +92,7 @@ async def send_and_commit(
     finally:
         spool.close()
     kept, rejected = curator.curate(rows.samples)
-    if pool.judge is not None and kept:
+    if pool.judge is not None and kept and curator.judge:
         kept, judged_out = await pool.judge.apply(kept)
         rejected += judged_out
     if kept:

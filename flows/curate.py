@@ -21,6 +21,7 @@ from prefect.cache_policies import NO_CACHE
 
 from distillery.config import DedupConfig
 from distillery.generators.curation.dedup import find_duplicates
+from distillery.generators.recipes.base import INTERMEDIATE_STAGES
 from distillery.storage.catalog import open_catalog
 from distillery.storage.location import Location, as_location
 from distillery.storage.schema import REJECTED_SCHEMA, SAMPLE_SCHEMA
@@ -65,11 +66,17 @@ def dedup_run(
     con = open_catalog(output)
     scope = ", ".join(_quote(r) for r in [run_id, *history])
     bands = "dedup_bands" if config.near else "NULL::UBIGINT[]"
+    # A recipe's intermediate rows (instructions to answer) are not training samples: an
+    # evolved instruction is a near copy of its parent by design.
+    # Shards written before recipes existed have no stage column.
+    stages = ", ".join(_quote(stage) for stage in INTERMEDIATE_STAGES)
+    columns = {column[0] for column in con.execute("SELECT * FROM samples LIMIT 0").description}
+    not_intermediate = f"coalesce(stage, '') NOT IN ({stages})" if "stage" in columns else "true"
     con.execute(
         f"""CREATE TEMP VIEW dedup_source AS
             SELECT sample_id, epoch_us(created_at) AS rank, run_id = {_quote(run_id)} AS is_new,
                    content_hash, {bands} AS bands, response_text
-            FROM samples WHERE run_id IN ({scope})"""
+            FROM samples WHERE run_id IN ({scope}) AND {not_intermediate}"""
     )
     result = find_duplicates(con, "dedup_source", threshold=config.threshold)
     if not result.duplicates:

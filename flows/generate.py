@@ -13,7 +13,7 @@ import contextlib
 import time
 import uuid
 from collections import Counter
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Iterator
 from dataclasses import replace
 from datetime import UTC, datetime
 from pathlib import Path
@@ -31,13 +31,13 @@ from distillery.flows.curate import dedup_run_task, earlier_runs
 from distillery.flows.dask_runner import DaskBatches
 from distillery.flows.progress import STOP, get_listener
 from distillery.flows.shared_limits import shared_limits_for
-from distillery.generators.batch import Batch, TeacherPool, WorkItem, plan_work
+from distillery.generators.batch import Batch, TeacherPool, WorkItem
 from distillery.generators.budget import Budget
 from distillery.generators.curation.apply import Curator, build_curator
 from distillery.generators.curation.minhash import DEFAULT_PARAMS
 from distillery.generators.prompts import load_prompts, template_hash
+from distillery.generators.recipes import Stage, build_recipe, stage_reader
 from distillery.generators.records import RunContext, teacher_facts
-from distillery.generators.routing import Router
 from distillery.generators.structured import StructuredOutput, build_structured
 from distillery.storage.compact import compact_partition
 from distillery.storage.location import Location, as_location, resolve_output
@@ -107,6 +107,13 @@ async def generate_batch(
     )
 
 
+def _plan_stage(stage: Stage, done: set[str]) -> tuple[list[list[WorkItem]], int, int]:
+    """A stage's requests still to make, how many, and how many were made before."""
+    plan = stage.plan(done)
+    planned = sum(len(items) for items in plan)
+    return plan, planned, stage.size() - planned
+
+
 def _batches(plan: list[list[WorkItem]], batch_size: int) -> list[list[WorkItem]]:
     """``batch_size`` prompts per batch, each with its requests to every teacher."""
     return [
@@ -139,20 +146,21 @@ async def generate(job: JobConfig, run_id: str, config_path: str | None = None) 
         for table in ("samples", "rejected")
         for sample_id in read_column(output, table, run_id, "sample_id")
     }
-    router = Router(job)
-    plan = plan_work(prompts, router, done)
-    planned = sum(len(items) for items in plan)
-    skipped = len(prompts) * router.chains_per_prompt - planned
+    # A recipe runs in stages, each built from what the ones before committed; without one
+    # there is a single stage: prompts routed to teachers (``routing``, ``n``).
+    stages = build_recipe(job).stages(prompts, stage_reader(output, run_id))
+    stage = next(stages)
+    plan, planned, skipped = _plan_stage(stage, done)
     listener = get_listener()
     if listener is not None:
         listener.planned(planned, skipped)
     logger.info(
         "run %s: %d prompts x %d requests each (routing %s, n=%d), %d to send, %d already answered",
         run_id,
-        len(prompts),
-        router.chains_per_prompt,
-        router.mode,
-        job.n,
+        len(stage.prompts),
+        stage.router.chains_per_prompt,
+        stage.router.mode,
+        stage.router.n,
         planned,
         skipped,
     )
@@ -198,17 +206,41 @@ async def generate(job: JobConfig, run_id: str, config_path: str | None = None) 
             await progress.advance(len(items))
 
         parts = {index: first_part + index for index in range(len(batches))}
-        if job.task_runner.type == "dask":
+
+        def stage_plans() -> Iterator[StagePlan]:
+            """The first stage's batches, then each later stage's, built only once the stage
+            before it ran (they read what it committed)."""
+            yield batches, parts, stage.curator(curator)
+            offset = len(batches)
+            for following in stages:
+                more_plan, more, again = _plan_stage(following, done)
+                summary.requests_planned += more
+                summary.requests_skipped += again
+                progress.planned += more
+                if listener is not None:
+                    listener.planned(more, again)
+                logger.info(
+                    "stage %s: %d prompts x %d requests each, %d to send, %d already answered",
+                    following.label or following.name,
+                    len(following.prompts),
+                    following.router.chains_per_prompt,
+                    more,
+                    again,
+                )
+                more_batches = _batches(more_plan, job.batch_size)
+                more_parts = {i: first_part + offset + i for i in range(len(more_batches))}
+                yield more_batches, more_parts, following.curator(curator)
+                offset += len(more_batches)
+
+        if job.task_runner.type == "dask":  # one stage: recipes are refused with dask
             await _run_on_dask(job, ctx, batches, parts, finished, summary)
         else:
             await _run_here(
                 job,
                 ctx,
-                batches,
-                parts,
+                stage_plans(),
                 finished,
                 output,
-                curator,
                 budget,
                 teacher_budgets,
                 summary,
@@ -251,20 +283,26 @@ async def generate(job: JobConfig, run_id: str, config_path: str | None = None) 
 Done = Callable[[BatchSummary, list[WorkItem]], Awaitable[None]]
 
 
+StagePlan = tuple[list[list[WorkItem]], dict[int, int], Curator]
+"""One stage's batches, their shard part numbers, and its curator."""
+
+
 async def _run_here(
     job: JobConfig,
     ctx: RunContext,
-    batches: list[list[WorkItem]],
-    parts: dict[int, int],
+    plans: Iterator[StagePlan],
     done: Done,
     output: Location,
-    curator: Curator,
     budget: Budget | None,
     teacher_budgets: dict[str, Budget],
     summary: RunSummary,
     structured: StructuredOutput | None,
 ) -> None:
-    """The thread runner: every batch on this event loop, sharing one pool (and the budgets)."""
+    """The thread runner: every batch on this event loop, sharing one pool (and the budgets).
+
+    A recipe's stages run one after the other through the same pool; a stop, a spent budget
+    or an unusable teacher ends the run before the next stage is built.
+    """
     prices = {name: facts.price for name, facts in ctx.teachers.items()}
     shared = {t.name: await shared_limits_for(t) for t in job.teachers if t.limits.shared}
     async with TeacherPool(
@@ -278,25 +316,30 @@ async def _run_here(
     ) as pool:
         gate = asyncio.Semaphore(job.max_batches_in_flight)
 
-        async def one(index: int, items: list[WorkItem]) -> None:
+        async def one(index: int, items: list[WorkItem], part: int, curator: Curator) -> None:
             async with gate:
                 if not pool.halted:
                     result = await generate_batch(
-                        batch_label(index, items),
+                        batch_label(part, items),
                         index,
                         Batch(items),
                         pool,
                         ctx,
                         output,
-                        parts[index],
+                        part,
                         curator,
                     )
                     await done(result, items)
 
-        await asyncio.gather(*(one(i, items) for i, items in enumerate(batches)))
-        summary.unusable = {name: str(exc) for name, exc in pool.unusable.items()}
-        if pool.fatal is not None:
-            raise pool.fatal
+        for batches, parts, curator in plans:
+            await asyncio.gather(
+                *(one(i, items, parts[i], curator) for i, items in enumerate(batches))
+            )
+            summary.unusable = {name: str(exc) for name, exc in pool.unusable.items()}
+            if pool.fatal is not None:
+                raise pool.fatal
+            if pool.halted:
+                break
 
 
 async def _run_on_dask(

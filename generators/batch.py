@@ -13,7 +13,7 @@ import logging
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field, replace
 from types import TracebackType
-from typing import Any
+from typing import Any, Protocol
 
 import httpx
 
@@ -42,6 +42,9 @@ class WorkItem:
     ``teacher`` carries the sample's own parameters (seed, temperature). ``route`` and
     ``route_step`` say how the teacher was chosen (the mode, and 0 for the first choice, 1
     after one fallback, ...); ``fallbacks`` are the teachers still to try if this one fails.
+
+    ``runner`` is set by recipes whose row takes more than one request (a multi-turn
+    conversation, ``generators/recipes/``); such an item does not fall back.
     """
 
     prompt: Prompt
@@ -50,6 +53,7 @@ class WorkItem:
     route: str = "all"
     route_step: int = 0
     fallbacks: tuple[TeacherConfig, ...] = ()
+    runner: ItemRunner | None = field(default=None, compare=False)
 
     @property
     def sample_id(self) -> str:
@@ -284,6 +288,18 @@ OutcomeListener = Callable[[WorkItem, Outcome | None], None]
 RowSink = Callable[[str, dict[str, Any]], None]
 
 
+class ItemRunner(Protocol):
+    """Makes one item's row from several requests (each through ``pool.request``).
+
+    Returns the row's table ("samples" or "failures") with the row, or None if nothing was
+    paid for (the run stopped first); ``sink`` takes intermediate rows worth spooling.
+    """
+
+    async def __call__(
+        self, item: WorkItem, pool: TeacherPool, ctx: RunContext, sink: RowSink | None
+    ) -> tuple[str, dict[str, Any], Outcome | None] | None: ...
+
+
 async def run_batch(
     items: Sequence[WorkItem],
     pool: TeacherPool,
@@ -301,6 +317,9 @@ async def run_batch(
     rows = BatchRows()
 
     async def one(first: WorkItem) -> None:
+        if first.runner is not None:
+            await run_recipe_item(first)
+            return
         item: WorkItem | None = first
         while item is not None:
             outcome = await pool.request(item)
@@ -325,6 +344,20 @@ async def run_batch(
             if outcome is not None:
                 rows.fell_back += 1
             item = following
+
+    async def run_recipe_item(item: WorkItem) -> None:
+        assert item.runner is not None
+        result = await item.runner(item, pool, ctx, sink)
+        if result is None:
+            rows.not_sent += 1
+        else:
+            table, row, _ = result
+            row["route"], row["route_step"] = item.route, item.route_step
+            if sink is not None:
+                sink(table, row)
+            (rows.samples if table == "samples" else rows.failures).append(row)
+        if listener is not None:
+            listener(item, result[2] if result is not None else None)
 
     await asyncio.gather(*(one(item) for item in items))
     return rows

@@ -31,11 +31,16 @@ _ROLES = {"system", "user", "assistant", "developer"}
 
 @dataclass(frozen=True)
 class Prompt:
-    """One prompt, ready to send: its stable id, chat messages and the record's other fields."""
+    """One prompt, ready to send: its stable id, chat messages and the record's other fields.
+
+    ``lineage`` holds the recipe columns of the rows it leads to (``recipe``, ``stage``,
+    ``parent_sample_id``, ...): a prompt a recipe derived from an earlier answer carries them.
+    """
 
     prompt_id: str
     messages: list[Message]
     meta: dict[str, Any] = field(default_factory=dict)
+    lineage: dict[str, Any] = field(default_factory=dict)
 
     @property
     def text(self) -> str | None:

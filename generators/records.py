@@ -108,6 +108,7 @@ def _common(
         "request_hash": outcome.request_hash,
         "flow_run_id": ctx.flow_run_id,
         "task_run_id": ctx.task_run_id,
+        **prompt.lineage,
     }
 
 

@@ -44,6 +44,14 @@ _REQUEST_COLUMNS: list[pa.Field[Any]] = [
     # one fallback, ... (null in shards written before routing existed).
     pa.field("route", pa.string()),
     pa.field("route_step", pa.int16()),
+    # Recipes (docs/recipes.md); null for plain one-shot answers.
+    pa.field("recipe", pa.string()),
+    pa.field("stage", pa.string()),
+    pa.field("generation", pa.int16()),
+    pa.field("parent_sample_id", pa.string()),
+    pa.field("operation", pa.string()),
+    pa.field("conversation", pa.list_(MESSAGE)),
+    pa.field("recipe_meta", JSON),
 ]
 
 SAMPLE_SCHEMA = pa.schema(

@@ -13,7 +13,7 @@ from dataclasses import dataclass
 from enum import Enum
 from typing import TYPE_CHECKING, Any
 
-from distillery.emulator import structured
+from distillery.emulator import instructions, structured
 from distillery.emulator import text as answer_text
 from distillery.generators.tokens import (
     count_message_tokens,
@@ -100,7 +100,12 @@ def complete(chat: ChatRequest, seed: int, prompt_tokens: int | None = None) -> 
     """
     prompt = "\n".join(m.get("content", "") for m in chat.messages if m.get("role") != "assistant")
     key = request_key(chat, seed)
-    text = answer_text.generate(key, prompt)
+    # Instruction-synthesis requests get answers in the shape their recipe parses.
+    text = (
+        instructions.task_list(key, prompt)
+        or instructions.rewrite(key, prompt)
+        or answer_text.generate(key, prompt)
+    )
     if chat.schema is not None:
         # Asked for JSON: a document matching the schema, its strings taken from the prose.
         text = structured.answer_text(chat.schema, key, text)

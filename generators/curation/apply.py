@@ -19,12 +19,17 @@ from distillery.generators.structured import FILTER_NAME, SchemaCheck, Structure
 
 @dataclass
 class Curator:
-    """The run's filters and MinHash parameters."""
+    """The run's filters and MinHash parameters, and whether the LLM judge grades the rows.
+
+    A recipe's intermediate stages (instructions to be answered later) use a curator without
+    the judge and with only the ``empty`` check: the job's filters are about final answers.
+    """
 
     filters: list[Filter[Any]] = field(default_factory=list)
     params: MinHashParams | None = DEFAULT_PARAMS
     #: The job's response_schema check, the last gate after the filters (None: no schema).
     schema: SchemaCheck | None = None
+    judge: bool = True
 
     def curate(
         self, rows: list[dict[str, Any]]
