@@ -1,0 +1,138 @@
+"""The recipes' pure parts: parsing, dedup of instructions, evolution choices, config errors."""
+
+import re
+from pathlib import Path
+
+import pytest
+
+from distillery.config import USER_TEMPLATE, load_config
+from distillery.emulator import instructions as emulated
+from distillery.errors import ConfigError
+from distillery.generators.recipes.conversation import transcript
+from distillery.generators.recipes.evol_instruct import (
+    GIVEN_MARKER,
+    choose_operation,
+    clean_evolution,
+    eliminated,
+    evolution_request,
+)
+from distillery.generators.recipes.self_instruct import (
+    LIST_MARKER,
+    TEMPLATE,
+    InstructionPool,
+    instruction_id,
+    parse_instructions,
+)
+
+from .test_config import BASE, write
+
+
+def test_parse_numbered_list_with_preamble_and_continuations() -> None:
+    text = """Sure! Here are new tasks:
+
+1. Explain tides to a child.
+2) Write a haiku about rust
+   that mentions autumn.
+3: Compare "two" sorting algorithms.
+4. Plan a trip."""
+    assert parse_instructions(text, 3) == [
+        "Explain tides to a child.",
+        "Write a haiku about rust that mentions autumn.",
+        'Compare "two" sorting algorithms.',
+    ]
+
+
+def test_parse_json_fenced_bullets_and_nothing() -> None:
+    assert parse_instructions('```json\n["a task", "another"]\n```', 5) == ["a task", "another"]
+    assert parse_instructions('{"tasks": [{"instruction": "x y"}, "z"]}', 5) == ["x y", "z"]
+    assert parse_instructions("- first\n* second\n\nnot an item", 5) == ["first", "second"]
+    assert parse_instructions("no list at all", 5) == []
+
+
+def test_instruction_pool_drops_exact_and_near_duplicates() -> None:
+    pool = InstructionPool(threshold=0.7)
+    assert pool.add("Explain how tides work, with an example.")
+    assert not pool.add("explain  how TIDES work, with an example.")  # same after normalising
+    assert not pool.add("Explain how tides work with one example.")  # word Jaccard 5/7 >= 0.7
+    assert pool.add("Write a poem about volcanoes.")
+    assert instruction_id("A  Task") == instruction_id("a task")
+    assert instruction_id("a task") != instruction_id("another task")
+
+
+def test_operations_are_chosen_by_hash_and_cover_the_list() -> None:
+    operations = ["deepen", "constrain", "concretize", "reasoning", "breadth"]
+    chosen = [choose_operation(f"p{i}", 1, operations) for i in range(200)]
+    assert chosen == [choose_operation(f"p{i}", 1, operations) for i in range(200)]
+    assert set(chosen) == set(operations)
+    assert chosen != [choose_operation(f"p{i}", 2, operations) for i in range(200)]
+
+
+def test_evolution_requests_and_elimination() -> None:
+    request = evolution_request("Explain tides.", "constrain")
+    assert "Add one more constraint" in request and "Explain tides." in request
+    assert "#Created Prompt#" in evolution_request("Explain tides.", "breadth")
+    assert clean_evolution('#Rewritten Prompt#: "Explain tides in 3 steps."') == (
+        "Explain tides in 3 steps."
+    )
+    assert eliminated("", "a", "stop") == "empty"
+    assert eliminated("Explain tides and more", "Explain tides.", "length") == "truncated"
+    assert eliminated("explain  TIDES.", "Explain tides.", "stop") == "unchanged"
+    assert eliminated("#Rewritten Prompt#: x", "y", "stop") == "copied_markers"
+    assert eliminated("Explain tides in 3 steps.", "Explain tides.", "stop") is None
+
+
+def test_emulator_answers_the_recipes_requests_in_their_shape() -> None:
+    import jinja2
+
+    examples = ["Explain tides to a child.", "Write a haiku about rust."]
+    request = jinja2.Template(TEMPLATE).render(examples=examples, n=6)
+    assert LIST_MARKER in request
+    answer = emulated.task_list(b"key", request)
+    assert answer is not None
+    tasks = parse_instructions(answer, 10)
+    assert len(tasks) == 6
+    assert answer == emulated.task_list(b"key", request)  # deterministic
+    assert emulated.task_list(b"key", "Explain tides.") is None
+
+    rewrite = evolution_request("Explain tides to a child.", "deepen")
+    assert GIVEN_MARKER == emulated.GIVEN_PROMPT and GIVEN_MARKER in rewrite
+    evolved = [emulated.rewrite(str(i).encode(), rewrite) for i in range(40)]
+    assert all(e is not None and e.startswith("Explain tides to a child.") for e in evolved)
+    assert any(e != "Explain tides to a child." for e in evolved)
+
+
+def test_transcript_names_the_speakers_and_skips_system() -> None:
+    text = transcript(
+        [
+            {"role": "system", "content": "be brief"},
+            {"role": "user", "content": "hi"},
+            {"role": "assistant", "content": "hello"},
+        ]
+    )
+    assert text == "User: hi\n\nAssistant: hello"
+    assert "{{ transcript }}" in USER_TEMPLATE
+
+
+@pytest.mark.parametrize(
+    ("recipe", "message"),
+    [
+        ("{type: conversation, turns: 0}", r"recipe\.turns: Input should be greater than"),
+        ("{type: conversation, tunrs: 2}", r"recipe\.tunrs: unknown field"),
+        ("{type: conversation, user_teacher: zz}", r"recipe\.user_teacher: 'zz' is not"),
+        ("{type: self_instruct, generator: zz}", r"recipe\.generator: 'zz' is not"),
+        ("{type: evol_instruct, operations: [deepen, harder]}", r"unknown operation 'harder'"),
+        ("{type: evol_instruct, generations: 0}", r"recipe\.generations: Input should be"),
+        ("{type: evolve}", r"recipe: Input tag 'evolve' found using 'type' does not match"),
+    ],
+)
+def test_bad_recipe_is_one_line_naming_the_field(tmp_path: Path, recipe: str, message: str) -> None:
+    with pytest.raises(ConfigError, match=message) as error:
+        load_config(write(tmp_path, BASE + f"recipe: {recipe}\n"))
+    assert "\n" not in str(error.value)
+
+
+def test_default_is_no_recipe_and_a_recipe_validates(tmp_path: Path) -> None:
+    assert load_config(write(tmp_path, BASE)).recipe is None
+    job = load_config(write(tmp_path, BASE + "recipe: {type: evol_instruct, evolver: a}\n"))
+    assert job.recipe is not None and job.recipe.type == "evol_instruct"
+    assert re.fullmatch(r"[0-9a-f]{16}", job.config_hash())
