@@ -315,9 +315,11 @@ def plan(config: Annotated[Path, typer.Argument(help="Job file (YAML).")]) -> No
     """Before sending anything: prompts, estimated tokens and cost, minimum wall time."""
     from distillery.generators.plan import ASSUMED_COMPLETION_TOKENS, plan_job
     from distillery.generators.prompts import load_prompts
+    from distillery.generators.recipes import plan_note
 
     job = load_config(config)
-    plans = plan_job(job, load_prompts(job.prompts))
+    prompts = load_prompts(job.prompts)
+    plans = plan_job(job, prompts)
     table = Table(title=f"plan for {job.name}")
     for column in (
         "teacher",
@@ -367,6 +369,9 @@ def plan(config: Annotated[Path, typer.Argument(help="Job file (YAML).")]) -> No
             f"routing: {job.routing.mode}, n={job.n}"
             + ("; fallback teachers are asked only when an earlier one fails" if fallback else "")
         )
+    note = plan_note(job, len(prompts))
+    if note is not None:
+        out.print(note)
 
 
 def _minutes(value: float) -> str:
