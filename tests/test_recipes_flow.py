@@ -35,12 +35,18 @@ def _served(emulator: RunningEmulator) -> int:
 def test_conversations_one_row_each_with_every_turn_and_summed_usage(
     prefect_api: str, emulator: RunningEmulator, tmp_path: Path
 ) -> None:
-    recipe = "recipe: {type: conversation, turns: 3, user_teacher: t1}\n"
+    recipe = f"""recipe: {{type: conversation, turns: 3, user_teacher: t1}}
+curation:
+  judge:
+    teacher: {{name: grader, provider: anthropic, model: claude-3-5-haiku,
+              base_url: "{emulator.url}", api_key_env: EMULATOR_API_KEY}}
+    threshold: 1
+"""
     job = load_config(write_job(tmp_path, emulator.url, prompts=4, teachers=2, extra=recipe))
     summary = asyncio.run(generate(job=job, run_id="chat"))
     assert summary.samples == 8 and summary.failures == 0
-    # Per conversation: 3 assistant answers and 2 user turns.
-    assert _served(emulator) == 8 * 5
+    # Per conversation: 3 assistant answers and 2 user turns; then one grading each.
+    assert _served(emulator) == 8 * 5 + 8
     con = open_catalog(job.output)
     rows = con.execute(
         """SELECT messages, conversation, response_text, recipe, stage,
@@ -48,6 +54,8 @@ def test_conversations_one_row_each_with_every_turn_and_summed_usage(
            FROM samples ORDER BY prompt_id, teacher_name"""
     ).fetchall()
     assert len(rows) == 8
+    graded = con.execute("SELECT count(judge_score) FROM samples").fetchall()
+    assert graded == [(8,)]  # the judge grades each conversation's last answer
     for messages, chat, response, recipe_name, stage, tokens_in, tokens_out, *rest in rows:
         attempts, meta = rest
         assert (recipe_name, stage) == ("conversation", "conversation")
@@ -61,10 +69,10 @@ def test_conversations_one_row_each_with_every_turn_and_summed_usage(
         # Usage is the sum over every turn: more than the user teacher's share alone.
         assert tokens_in > meta["user_prompt_tokens"] > 0
         assert tokens_out > meta["user_completion_tokens"] > 0
-    # The judge, filters and dedup see the final answer; resume sends nothing.
+    # Resume sends nothing.
     again = asyncio.run(generate(job=job, run_id="chat"))
     assert again.requests_planned == 0 and again.requests_skipped == 8
-    assert _served(emulator) == 40
+    assert _served(emulator) == 48
 
 
 def test_conversation_failing_half_way_keeps_its_paid_turns(

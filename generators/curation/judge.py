@@ -50,8 +50,11 @@ class Judge:
         self.template = environment.from_string(config.template)
 
     async def grade(self, row: dict[str, Any]) -> Grade:
-        prompt = row.get("prompt") or "\n\n".join(
-            f"{m['role']}: {m['content']}" for m in row.get("messages") or []
+        # A conversation (recipe) is graded on its last answer, after everything said before it.
+        conversation = row.get("conversation") or []
+        said = conversation[:-1]
+        prompt = (None if said else row.get("prompt")) or "\n\n".join(
+            f"{m['role']}: {m['content']}" for m in said or row.get("messages") or []
         )
         content = self.template.render(prompt=prompt, response=row.get("response_text") or "")
         outcome = await self.client.complete([{"role": "user", "content": content}])
