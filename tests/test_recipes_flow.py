@@ -32,6 +32,7 @@ def _served(emulator: RunningEmulator) -> int:
     return served
 
 
+@pytest.mark.slow  # 40 requests and 8 gradings, two teachers
 def test_conversations_one_row_each_with_every_turn_and_summed_usage(
     prefect_api: str, emulator: RunningEmulator, tmp_path: Path
 ) -> None:
