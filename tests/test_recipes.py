@@ -136,3 +136,37 @@ def test_default_is_no_recipe_and_a_recipe_validates(tmp_path: Path) -> None:
     job = load_config(write(tmp_path, BASE + "recipe: {type: evol_instruct, evolver: a}\n"))
     assert job.recipe is not None and job.recipe.type == "evol_instruct"
     assert re.fullmatch(r"[0-9a-f]{16}", job.config_hash())
+
+
+def test_stage_reader_sees_kept_and_dedup_removed_rows_of_one_stage(tmp_path: Path) -> None:
+    from distillery.generators.recipes import stage_reader
+    from distillery.storage.location import as_location
+    from distillery.storage.shards import write_shard
+
+    def row(sample_id: str, stage: str | None, **extra: str) -> dict[str, object]:
+        return {
+            "sample_id": sample_id,
+            "run_id": "r",
+            "prompt_id": f"p-{sample_id}",
+            "sample_index": 0,
+            "teacher_name": "t",
+            "teacher_provider": "openai",
+            "teacher_model": "m",
+            "stage": stage,
+            "generation": 1,
+            "response_text": sample_id,
+            **extra,
+        }
+
+    output = as_location(tmp_path)
+    write_shard(output, "samples", "r", [row("b", "evolve"), row("a", "answer"), row("c", None)], 0)
+    rejected = [
+        row("d", "evolve", filter="dedup", reason="near_duplicate"),
+        row("e", "evolve", filter="empty", reason="empty"),
+    ]
+    write_shard(output, "rejected", "r", rejected, 0)
+    read = stage_reader(output, "r")
+    assert [r["sample_id"] for r in read("evolve")] == ["b", "d"]
+    assert [r["sample_id"] for r in read("answer")] == ["a"]
+    assert read("instructions") == []
+    assert stage_reader(output, "other-run")("evolve") == []

@@ -19,6 +19,9 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field, replace
 from typing import Any, Protocol
 
+import pyarrow as pa
+import pyarrow.compute as pc
+
 from distillery.config import JobConfig, RoutingConfig
 from distillery.generators.batch import ItemRunner, WorkItem, plan_work
 from distillery.generators.curation.apply import Curator
@@ -117,13 +120,16 @@ def stage_reader(output: Location, run_id: str) -> StageRows:
     def read(stage: str) -> list[dict[str, Any]]:
         rows: list[dict[str, Any]] = []
         for table in ("samples", "rejected"):
+            columns = [*STAGE_COLUMNS, "filter"] if table == "rejected" else list(STAGE_COLUMNS)
             for shard in committed_shards(output, table, run_id):
-                data = read_shard(shard)
-                if "stage" not in data.column_names:
-                    continue  # written before recipes existed
-                for row in data.to_pylist():
-                    if row["stage"] == stage and (table == "samples" or row["filter"] == "dedup"):
-                        rows.append({column: row.get(column) for column in STAGE_COLUMNS})
+                try:
+                    data = read_shard(shard, columns=columns)
+                except pa.ArrowInvalid:
+                    continue  # written before recipes existed: no stage column
+                keep = pc.equal(data["stage"], pa.scalar(stage))
+                if table == "rejected":
+                    keep = pc.and_(keep, pc.equal(data["filter"], pa.scalar("dedup")))
+                rows += data.filter(keep).select(list(STAGE_COLUMNS)).to_pylist()
         rows.sort(key=lambda row: (str(row["prompt_id"]), str(row["teacher_name"])))
         return rows
 

@@ -24,6 +24,7 @@ from __future__ import annotations
 import json
 from collections.abc import Iterator
 from dataclasses import dataclass
+from functools import cache
 from typing import Any
 
 import jinja2
@@ -67,9 +68,7 @@ class ConversationRunner:
     async def __call__(
         self, item: WorkItem, pool: TeacherPool, ctx: RunContext, sink: RowSink | None
     ) -> tuple[str, dict[str, Any], Outcome | None] | None:
-        template = jinja2.Environment(undefined=jinja2.StrictUndefined).from_string(
-            self.user_template
-        )
+        template = _compile(self.user_template)
         user_teacher = self.user_teacher or item.teacher
         conversation: list[Message] = list(item.prompt.messages)
         done: list[_Turn] = []
@@ -211,6 +210,11 @@ async def _ask(
         return False
     conversation.append({"role": role, "content": outcome.completion.text})
     return True
+
+
+@cache
+def _compile(template: str) -> jinja2.Template:
+    return jinja2.Environment(undefined=jinja2.StrictUndefined).from_string(template)
 
 
 def user(content: str) -> Message:
