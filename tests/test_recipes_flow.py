@@ -128,6 +128,8 @@ def test_a_crash_mid_conversation_leaves_every_paid_turn_in_failures_log(
     spool.close()
     assert len(spooled) == 3 * 4  # every turn but the last of each conversation
     assert {row["error_class"] for _, row in spooled} == {"conversation_interrupted"}
+    roles = [json.loads(row["recipe_meta"])["role"] for _, row in spooled]
+    assert roles.count("assistant") == 3 * 2 and roles.count("user") == 3 * 2
     paid = _served(emulator)
     assert paid == 3 * 5
 

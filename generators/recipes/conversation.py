@@ -94,7 +94,7 @@ class ConversationRunner:
         )
         if finished:
             row = sample_row(ctx, item.prompt, item.teacher, item.sample_index, last)
-            row.update(self._totals(ctx, done, item.teacher))
+            row.update(self._totals(ctx, done))
             row.update(conversation=conversation, recipe_meta=self._meta(ctx, done, user_teacher))
             return "samples", row, last
         failed = last.failure is not None
@@ -135,7 +135,10 @@ class ConversationRunner:
             route=item.route,
             route_step=item.route_step,
             conversation=list(conversation),
-            recipe_meta=json.dumps(_usage(ctx, [turn]), sort_keys=True),
+            recipe_meta=json.dumps(
+                {**_usage(ctx, [turn]), "role": turn.role, "teacher": turn.teacher.name},
+                sort_keys=True,
+            ),
         )
         sink("failures", row)
 
@@ -150,7 +153,7 @@ class ConversationRunner:
     ) -> dict[str, Any]:
         last = _failed(done[-1].outcome, failure)
         row = failure_row(ctx, item.prompt, item.teacher, item.sample_index, last)
-        totals = self._totals(ctx, done, item.teacher)
+        totals = self._totals(ctx, done)
         for key in ("attempts", "attempt_statuses", "maybe_billed_twice", "latency_ms"):
             row[key] = totals[key]
         row["created_at"] = totals["created_at"]
@@ -159,9 +162,7 @@ class ConversationRunner:
         row.update(conversation=conversation, recipe_meta=json.dumps(meta, sort_keys=True))
         return row
 
-    def _totals(
-        self, ctx: RunContext, done: list[_Turn], assistant: TeacherConfig
-    ) -> dict[str, Any]:
+    def _totals(self, ctx: RunContext, done: list[_Turn]) -> dict[str, Any]:
         usage = _usage(ctx, done)
         return {
             "prompt_tokens": usage["prompt_tokens"],
