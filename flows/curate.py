@@ -68,10 +68,8 @@ def dedup_run(
     bands = "dedup_bands" if config.near else "NULL::UBIGINT[]"
     # A recipe's intermediate rows (instructions to answer) are not training samples: an
     # evolved instruction is a near copy of its parent by design.
-    # Shards written before recipes existed have no stage column.
     stages = ", ".join(_quote(stage) for stage in INTERMEDIATE_STAGES)
-    columns = {column[0] for column in con.execute("SELECT * FROM samples LIMIT 0").description}
-    not_intermediate = f"coalesce(stage, '') NOT IN ({stages})" if "stage" in columns else "true"
+    not_intermediate = f"coalesce(stage, '') NOT IN ({stages})"
     con.execute(
         f"""CREATE TEMP VIEW dedup_source AS
             SELECT sample_id, epoch_us(created_at) AS rank, run_id = {_quote(run_id)} AS is_new,

@@ -84,3 +84,31 @@ def test_samples_then_seed_recipes(prefect_api: str, tmp_path: Path) -> None:
         .fetchall()
     )
     assert linked == [(rejected_prompts,)]
+
+
+def test_conversation_and_instruction_synthesis_recipes(prefect_api: str, tmp_path: Path) -> None:
+    summary, output = _run("conversation", "chat")
+    assert (summary.status, summary.samples) == ("completed", 8)
+    con = open_catalog(output)
+    # 8 prompts, 3 answers and 2 user turns each, after the prompt's system and user messages.
+    assert con.execute(
+        "SELECT min(len(conversation)), max(len(conversation)) FROM samples"
+    ).fetchall() == [(7, 7)]
+
+    summary, output = _run("self-instruct", "si")
+    assert summary.status == "completed"
+    stages = open_catalog(output).execute(
+        "SELECT stage, min(generation), max(generation) FROM samples GROUP BY ALL ORDER BY 1"
+    )
+    assert stages.fetchall() == [("answer", 1, 2), ("instructions", 1, 2)]
+
+    summary, output = _run("evol-instruct", "evol")
+    assert summary.status == "completed"
+    counts = open_catalog(output).execute(
+        """SELECT count(*) FILTER (stage = 'evolve' AND generation = 1),
+                  count(*) FILTER (stage = 'answer' AND parent_sample_id IS NULL),
+                  count(*) FILTER (stage = 'answer' AND generation = 2)
+           FROM samples"""
+    )
+    first, orphans, second = counts.fetchall()[0]
+    assert (first, orphans) == (10, 0) and second > 0

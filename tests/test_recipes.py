@@ -170,3 +170,26 @@ def test_stage_reader_sees_kept_and_dedup_removed_rows_of_one_stage(tmp_path: Pa
     assert [r["sample_id"] for r in read("answer")] == ["a"]
     assert read("instructions") == []
     assert stage_reader(output, "other-run")("evolve") == []
+
+
+def test_plan_note_says_what_each_recipe_adds(tmp_path: Path) -> None:
+    from distillery.generators.recipes import plan_note
+
+    notes = {
+        recipe: plan_note(load_config(write(tmp_path, BASE + f"recipe: {recipe}\n")), 10)
+        for recipe in (
+            "{type: conversation, turns: 3}",
+            "{type: self_instruct, seeds_per_request: 3, instructions_per_request: 5}",
+            "{type: evol_instruct, generations: 2}",
+        )
+    }
+    assert [note.split(":")[0] for note in notes.values() if note] == [
+        "recipe conversation",
+        "recipe self_instruct",
+        "recipe evol_instruct",
+    ]
+    conversation, self_instruct, evol = notes.values()
+    assert conversation is not None and "5 requests" in conversation
+    assert self_instruct is not None and "4 instruction requests for up to 20" in self_instruct
+    assert evol is not None and "2 generation(s) of up to 10" in evol
+    assert plan_note(load_config(write(tmp_path, BASE)), 10) is None

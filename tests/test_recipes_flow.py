@@ -18,7 +18,7 @@ from distillery.storage.catalog import open_catalog
 from distillery.storage.location import as_location
 from distillery.storage.spool import Spool
 
-from .conftest import REPO, write_job
+from .conftest import write_job
 
 
 @pytest.fixture(autouse=True)
@@ -262,37 +262,3 @@ def test_evol_instruct_lineage_from_child_to_parent_and_resume(
     again = asyncio.run(generate(job=job, run_id="evol"))
     assert again.requests_planned == 0 and again.requests_skipped == summary.requests_planned
     assert _served(emulator) == served
-
-
-@pytest.mark.slow
-@pytest.mark.parametrize(
-    ("example", "query", "expected"),
-    [
-        ("conversation", "SELECT count(*), min(len(conversation)) FROM samples", [8, 7]),
-        (
-            "self_instruct",
-            "SELECT count(DISTINCT stage), min(generation) FROM samples",
-            [2, 1],
-        ),
-        (
-            "evol_instruct",
-            "SELECT count(*) FILTER (stage = 'evolve' AND generation = 1), "
-            "count(*) FILTER (stage = 'answer' AND parent_sample_id IS NULL) FROM samples",
-            [10, 0],
-        ),
-    ],
-)
-def test_recipe_examples_run_against_the_emulator(
-    prefect_api: str, tmp_path: Path, example: str, query: str, expected: list[int]
-) -> None:
-    from .test_cli import cli
-
-    config = REPO / "examples" / "recipes" / f"{example}.yaml"
-    out = tmp_path / "out"
-    result = cli("run", str(config), "--emulator", "-o", str(out))
-    assert result.returncode == 0, result.stderr
-    rows = cli("query", "-d", str(out), "-f", "csv", query)
-    assert rows.returncode == 0, rows.stderr
-    assert rows.stdout.splitlines()[1].split(",") == [str(v) for v in expected]
-    plan = cli("plan", str(config))
-    assert f"recipe {example}:" in plan.stdout.replace("\n", " ")
