@@ -123,6 +123,10 @@ def test_transcript_names_the_speakers_and_skips_system() -> None:
         ("{type: evol_instruct, operations: [deepen, harder]}", r"unknown operation 'harder'"),
         ("{type: evol_instruct, generations: 0}", r"recipe\.generations: Input should be"),
         ("{type: evolve}", r"recipe: Input tag 'evolve' found using 'type' does not match"),
+        (
+            "{type: self_instruct}\nresponse_schema: {type: object}",
+            r"recipe: self_instruct cannot be combined with response_schema",
+        ),
     ],
 )
 def test_bad_recipe_is_one_line_naming_the_field(tmp_path: Path, recipe: str, message: str) -> None:
