@@ -127,6 +127,10 @@ def test_transcript_names_the_speakers_and_skips_system() -> None:
             "{type: self_instruct}\nresponse_schema: {type: object}",
             r"recipe: self_instruct cannot be combined with response_schema",
         ),
+        (
+            "{type: conversation}\ntask_runner: {type: dask}",
+            r"recipe: conversation runs on task_runner thread only",
+        ),
     ],
 )
 def test_bad_recipe_is_one_line_naming_the_field(tmp_path: Path, recipe: str, message: str) -> None:
