@@ -193,6 +193,8 @@ class TeacherPool:
         tb: TracebackType | None,
     ) -> None:
         await asyncio.gather(*(t.http.aclose() for t in self._teachers.values()))
+        limiters = [t.client.limiter for t in self._teachers.values()]
+        await asyncio.gather(*(x.shared.aclose() for x in limiters if x is not None))
 
     @property
     def halted(self) -> bool:

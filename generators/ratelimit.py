@@ -27,7 +27,8 @@ import math
 import time
 from collections import deque
 from collections.abc import Awaitable, Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+from typing import Protocol
 
 
 class SlidingWindow:
@@ -108,34 +109,234 @@ class AdaptiveConcurrency:
         self.limit = max(float(self.floor), self.limit * self.decrease)
 
 
-LeaseSource = Callable[[str, int], Awaitable[None]]
+class LeasePool(Protocol):
+    """Slots of a limit shared by every worker of a run (``flows/shared_limits.py``: a Prefect
+    global concurrency limit without decay, whose slots are leased and given back)."""
+
+    async def acquire(self, slots: int) -> object | None:
+        """Lease ``slots`` if that many are free now (one round trip); else None."""
+
+    async def free(self) -> int:
+        """Slots free now (a read: cheaper on the server than a refused acquire)."""
+
+    async def release(self, lease: object) -> None:
+        """Give a lease's slots back."""
+
+    async def expire(self, lease: object, after_s: float) -> None:
+        """Let the server give a lease's slots back ``after_s`` from now (or a little later)."""
+
+
+@dataclass
+class _Lease:
+    """Slots leased from the pool, spent locally as a sliding window of their own size."""
+
+    handle: object
+    window: SlidingWindow
+    opened: float
+    retired: bool = False
+
+
+@dataclass
+class Charge:
+    """Part of an admission charged to one lease (to correct when the answer's usage is in)."""
+
+    lease: _Lease
+    entry: list[float]
 
 
 class LeaseGate:
     """Local credit drawn in blocks from a limit shared by every worker of a run.
 
-    A shared limit that holds across processes and machines (Prefect's global rate limits) costs
-    a server round trip per acquisition, so workers lease a *block* at a time and spend it
-    locally. Credit is corrected when a reservation settles (negative when an answer used more
-    tokens than reserved), so over time a worker spends exactly what it leased.
+    A shared limit that holds across processes and machines (a Prefect global concurrency limit)
+    costs a server round trip per acquisition, so a worker leases a *block* of slots at a time
+    and spends it locally. A unit spent at time ``t`` keeps its slot leased until ``t + hold_s``
+    (the window, plus the client's margin), so at any moment every unit spent in the last
+    window is covered by a slot that some worker holds: all workers together never spend more
+    than the pool's size in any window. Within a lease's *slice* (``slice_s`` after it was
+    leased) its expired units are spent again without asking the server; after it, the lease is
+    retired and given back as soon as its last unit leaves the window, so slots circulate
+    between workers. Credit is corrected when a reservation settles (up when an answer used
+    fewer tokens than reserved, down when more).
     """
 
-    def __init__(self, name: str, block: int, source: LeaseSource) -> None:
+    def __init__(
+        self,
+        name: str,
+        block: int,
+        pool: LeasePool,
+        *,
+        limit: int,
+        hold_s: float,
+        slice_s: float,
+        poll_s: float,
+        linger_s: float = 10.0,
+        background: bool = True,
+        clock: Callable[[], float] | None = None,
+        sleep: Callable[[float], Awaitable[None]] | None = None,
+    ) -> None:
         self.name = name
-        self.block = max(1, block)
-        self.credit = 0.0
-        self._source = source
-        self.leases = 0
+        self.limit = max(1, limit)
+        self.block = min(max(1, block), self.limit)
+        self.hold_s = hold_s
+        self.slice_s = slice_s
+        self.poll_s = poll_s
+        self.linger_s = linger_s
+        self._background = background
+        self._pool = pool
+        self._clock = clock or time.monotonic
+        self._sleep = sleep or asyncio.sleep
+        self._leases: list[_Lease] = []
+        self.leases = 0  # leases taken (round trips that got slots)
+        self.refused = 0  # acquisitions the pool refused (full)
+        self._reaper: asyncio.Future[None] | None = None
 
-    async def take(self, amount: float) -> None:
-        while self.credit < amount:
-            await self._source(self.name, self.block)
-            self.credit += self.block
-            self.leases += 1
-        self.credit -= amount
+    @property
+    def held(self) -> int:
+        """Slots this worker holds now."""
+        return sum(int(lease.window.limit) for lease in self._leases)
 
-    def refund(self, amount: float) -> None:
-        self.credit += amount
+    def spent(self, now: float) -> float:
+        """Units spent in the last ``hold_s`` (what the held slots cover)."""
+        return sum(lease.window.used(now) for lease in self._leases)
+
+    def _live(self, now: float) -> list[_Lease]:
+        for lease in self._leases:
+            if not lease.retired and now - lease.opened >= self.slice_s:
+                lease.retired = True
+        return [lease for lease in self._leases if not lease.retired]
+
+    async def reap(self) -> None:
+        """Give back every retired lease whose units have all left the window."""
+        now = self._clock()
+        self._live(now)
+        done = [x for x in self._leases if x.retired and x.window.used(now) <= 1e-9]
+        for lease in done:
+            self._leases.remove(lease)
+        for lease in done:
+            await self._pool.release(lease.handle)
+
+    async def take(self, amount: float) -> list[Charge]:
+        """Wait until ``amount`` units are covered by held slots; charge them to the leases.
+
+        An amount larger than the whole pool is charged as the whole pool (as
+        :class:`SlidingWindow` admits it once its window is empty), or it could never be sent.
+        """
+        amount = min(float(amount), float(self.limit))
+        denied = False
+        while True:
+            await self.reap()
+            now = self._clock()
+            live = self._live(now)
+            room = [(lease, lease.window.limit - lease.window.used(now)) for lease in live]
+            # A lease charged more than its size (an answer that used more tokens than
+            # reserved) takes the excess out of the others' room.
+            available = sum(free for _, free in room)
+            if available + 1e-9 >= amount:
+                return self._charge(room, amount, now)
+            need = math.ceil(amount - available - 1e-9)
+            want = min(max(self.block, need), self.limit)
+            if denied:
+                # Poll with reads; lease what is free as soon as it covers what is missing.
+                free = await self._pool.free()
+                want = min(want, free) if free >= need else 0
+            handle = await self._pool.acquire(want) if want > 0 else None
+            if handle is not None:
+                window = SlidingWindow(want, self.hold_s)
+                self._leases.append(_Lease(handle, window, self._clock()))
+                self.leases += 1
+                if self._background and (self._reaper is None or self._reaper.done()):
+                    self._reaper = asyncio.ensure_future(self._reap_forever())
+                denied = False
+                continue
+            self.refused += 1
+            denied = True
+            await self._sleep(self._wait_s(live, amount, now))
+
+    def _wait_s(self, live: list[_Lease], amount: float, now: float) -> float:
+        """Until the next poll, or sooner when a held lease's own units expire."""
+        waits = [self.poll_s]
+        for lease in live:
+            wait = lease.window.wait_s(min(amount, lease.window.limit), now)
+            if wait > 0 and now + wait < lease.opened + self.slice_s:
+                waits.append(wait)
+        return max(0.001, min(waits))
+
+    def _next_event_s(self, now: float) -> float:
+        """Until a lease may be given back: retired, with its last unit out of the window."""
+        events = [
+            max(lease.opened + self.slice_s - now, lease.window.wait_s(lease.window.limit, now))
+            for lease in self._leases
+        ]
+        return max(0.01, min(events, default=self.poll_s))
+
+    async def _reap_forever(self) -> None:
+        """Give leases back on time even while this worker sends nothing (between batches)."""
+        while self._leases:
+            await self._sleep(self._next_event_s(self._clock()))
+            await self.reap()
+
+    def _charge(self, room: list[tuple[_Lease, float]], amount: float, now: float) -> list[Charge]:
+        charges: list[Charge] = []
+        left = amount
+        for lease, free in room:
+            if left <= 1e-9:
+                break
+            part = min(left, max(0.0, free))
+            if part <= 0:
+                continue
+            charges.append(Charge(lease, lease.window.admit(part, now)))
+            left -= part
+        if left > 1e-9:  # rounding: the last lease takes the remainder
+            lease = room[-1][0]
+            charges.append(Charge(lease, lease.window.admit(left, now)))
+        return charges
+
+    def refund(self, charges: list[Charge], amount: float) -> None:
+        """Settle a reservation: ``amount`` units back (negative: charge that much more)."""
+        now = self._clock()
+        if not charges:
+            return
+        if amount < 0:
+            last = charges[-1]
+            last.lease.window.correct(last.entry, last.entry[1] - amount, now)
+            return
+        for charge in reversed(charges):
+            back = min(amount, charge.entry[1])
+            charge.lease.window.correct(charge.entry, charge.entry[1] - back, now)
+            amount -= back
+            if amount <= 1e-9:
+                break
+
+    async def aclose(self) -> None:
+        """End of run: give every lease back once the units it covers have left the window.
+
+        Waiting is what keeps the invariant: a slot given back while it still covers a unit
+        sent less than a window ago could be spent again by another worker at once. Waits
+        longer than ``linger_s`` are left to the server instead: the lease is cut to expire
+        when its units have left the window (Prefect's shortest lease is 60 s).
+        """
+        if self._reaper is not None:
+            self._reaper.cancel()
+        now = self._clock()
+        for lease in self._leases:
+            lease.retired = True
+        last = max((x.window.wait_s(x.window.limit, now) for x in self._leases), default=0.0)
+        if last > self.linger_s:
+            for lease in self._leases:
+                wait = lease.window.wait_s(lease.window.limit, now)
+                if wait > 0:
+                    await self._pool.expire(lease.handle, wait)
+                else:
+                    await self._pool.release(lease.handle)
+            self._leases.clear()
+            return
+        await self.reap()
+        while self._leases:
+            # At least a millisecond: float rounding can make wait_s say 0 a hair early.
+            now = self._clock()
+            last = max((x.window.wait_s(x.window.limit, now) for x in self._leases), default=0)
+            await self._sleep(max(last, 0.001))
+            await self.reap()
 
 
 @dataclass(frozen=True)
@@ -144,6 +345,11 @@ class SharedLimits:
 
     requests: LeaseGate | None = None
     tokens: LeaseGate | None = None
+
+    async def aclose(self) -> None:
+        for gate in (self.requests, self.tokens):
+            if gate is not None:
+                await gate.aclose()
 
 
 def window_margin_s(window_s: float) -> float:
@@ -157,6 +363,7 @@ class Ticket:
 
     tokens_entry: list[float] | None
     reserved_tokens: float
+    shared_tokens: list[Charge] = field(default_factory=list)
     settled: bool = False
 
 
@@ -246,14 +453,15 @@ class Limiter:
                     break
             if self.shared.requests is not None:
                 await self.shared.requests.take(1)
+            charges = []
             if self.shared.tokens is not None:
-                await self.shared.tokens.take(tokens)
+                charges = await self.shared.tokens.take(tokens)
             now = self._clock()
             if self.requests is not None:
                 self.requests.admit(1, now)
             entry = self.tokens.admit(tokens, now) if self.tokens is not None else None
             self.concurrency.in_flight += 1
-        return Ticket(entry, tokens)
+        return Ticket(entry, tokens, charges)
 
     def release(
         self,
@@ -279,7 +487,7 @@ class Limiter:
         if ticket.tokens_entry is not None and self.tokens is not None and usage_tokens is not None:
             self.tokens.correct(ticket.tokens_entry, usage_tokens, now)
         if self.shared.tokens is not None and usage_tokens is not None:
-            self.shared.tokens.refund(ticket.reserved_tokens - usage_tokens)
+            self.shared.tokens.refund(ticket.shared_tokens, ticket.reserved_tokens - usage_tokens)
         if completion_tokens is not None:
             previous = self._completion_avg
             self._completion_avg = (

@@ -6,7 +6,14 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from distillery.generators.ratelimit import AdaptiveConcurrency, Limiter, Limits, SlidingWindow
+from distillery.generators.ratelimit import (
+    AdaptiveConcurrency,
+    Charge,
+    LeaseGate,
+    Limiter,
+    Limits,
+    SlidingWindow,
+)
 
 # Amounts stay within the smallest limit drawn: a request larger than the whole limit is
 # admitted alone into an empty window by design (or it could never be sent).
@@ -158,40 +165,192 @@ def test_budget_waits_for_reservations_then_stops() -> None:
     asyncio.run(scenario())
 
 
-def test_lease_gate_leases_blocks_and_settles_credit() -> None:
-    from distillery.generators.ratelimit import LeaseGate
+class FakePool:
+    """A shared pool of ``size`` slots, as the Prefect server keeps it (integer counts)."""
 
-    leased: list[tuple[str, int]] = []
+    def __init__(self, size: int) -> None:
+        self.size = size
+        self.active = 0
+        self.open: dict[int, int] = {}
+        self.expiring: dict[int, float] = {}
+        self.round_trips = 0
 
-    async def source(name: str, slots: int) -> None:
-        leased.append((name, slots))
+    async def acquire(self, slots: int) -> object | None:
+        self.round_trips += 1
+        if self.active + slots > self.size:
+            return None
+        self.active += slots
+        handle = len(self.open) + len(self.expiring) + 1000 * self.round_trips
+        self.open[handle] = slots
+        return handle
+
+    async def free(self) -> int:
+        self.round_trips += 1
+        return self.size - self.active
+
+    async def release(self, lease: object) -> None:
+        assert isinstance(lease, int)
+        self.active -= self.open.pop(lease)
+
+    async def expire(self, lease: object, after_s: float) -> None:
+        assert isinstance(lease, int) and lease in self.open
+        self.expiring[lease] = after_s
+
+
+def _gate(
+    pool: FakePool,
+    clock: FakeClock,
+    block: int = 5,
+    *,
+    hold: float = 10.0,
+    poll: float = 0.1,
+    background: bool = False,
+) -> LeaseGate:
+    """A gate on a fake clock; its background reaper (off unless asked) would move the clock
+    by itself, so the step-by-step tests leave it off and call take/aclose only."""
+
+    async def sleep(seconds: float) -> None:
+        clock.now += seconds
+        await asyncio.sleep(0)
+
+    return LeaseGate(
+        "shared",
+        block,
+        pool,
+        limit=pool.size,
+        hold_s=hold,
+        slice_s=2 * hold,
+        poll_s=poll,
+        background=background,
+        clock=clock,
+        sleep=sleep,
+    )
+
+
+@settings(max_examples=60, deadline=None)
+@given(
+    st.lists(
+        st.tuples(
+            st.integers(0, 2),  # which worker
+            st.floats(0, 4, allow_nan=False),  # time before it asks
+            st.integers(1, 12),  # units it reserves
+            st.integers(0, 12),  # units given back when the answer's usage is in
+        ),
+        min_size=1,
+        max_size=80,
+    ),
+    st.integers(12, 60),
+    st.integers(1, 8),
+)
+def test_workers_sharing_a_pool_never_exceed_it_in_any_window(
+    steps: list[tuple[int, float, int, int]], size: int, block: int
+) -> None:
+    """Three workers (gates) over one pool, every interleaving of takes, waits and refunds:
+    the units they spent together in any window never exceed the pool, refunds are exact,
+    and every slot is given back at the end."""
+    clock = FakeClock()
+    pool = FakePool(size)
+    hold = 10.0
+    gates = [_gate(pool, clock, block, hold=hold, poll=0.5, background=True) for _ in range(3)]
+    spent: list[tuple[float, list[Charge], float]] = []  # (time, charges, units kept)
 
     async def scenario() -> None:
-        gate = LeaseGate("shared-tokens", 100, source)
-        await gate.take(30)
-        await gate.take(30)
-        assert leased == [("shared-tokens", 100)] and gate.credit == 40
-        await gate.take(150)  # needs two more blocks
-        assert len(leased) == 3 and gate.credit == pytest.approx(90)
-        gate.refund(-120)  # an answer used 120 more tokens than reserved
+        for worker, dt, amount, back in steps:
+            clock.now += dt
+            charges = await gates[worker].take(amount)
+            assert sum(c.entry[1] for c in charges) == pytest.approx(amount)
+            assert pool.active <= pool.size
+            back = min(back, amount)
+            gates[worker].refund(charges, back)
+            assert sum(c.entry[1] for c in charges) == pytest.approx(amount - back)
+            spent.append((clock.now, charges, amount - back))
+        for gate in gates:
+            await gate.aclose()
+
+    asyncio.run(scenario())
+    for end, _, _ in spent:
+        inside = sum(kept for t, _, kept in spent if end - hold + 1e-9 < t <= end)
+        assert inside <= size + 1e-6
+    # Everything given back, or (a window longer than the gate lingers for) left to the server
+    # to take back once its units have left the window.
+    assert set(pool.open) == set(pool.expiring)
+    assert all(after <= hold + 1e-6 for after in pool.expiring.values())
+
+
+def test_lease_is_respent_within_its_slice_then_given_back_after_its_window() -> None:
+    clock = FakeClock()
+    pool = FakePool(100)
+    gate = _gate(pool, clock, block=5, hold=10.0)
+
+    async def scenario() -> None:
+        for _ in range(5):
+            await gate.take(1)
+        assert gate.leases == 1 and pool.active == 5
+        clock.now += 10.5  # the five units left the window: re-spent without a round trip
+        for _ in range(5):
+            await gate.take(1)
+        assert gate.leases == 1 and pool.round_trips == 1
+        clock.now += 9.6  # the slice (20 s) is over: a new lease; the old one is retired
         await gate.take(1)
-        assert len(leased) == 4 and gate.credit == pytest.approx(69)
+        assert gate.leases == 2 and pool.active == 10  # its units are still in the window
+        clock.now += 0.6  # now they have left it
+        await gate.take(1)
+        assert pool.active == 5 and gate.held == 5
+        await gate.aclose()  # waits out the window of the last two units, then gives back
+        assert pool.active == 0
 
     asyncio.run(scenario())
 
 
-def test_shared_limit_sizing_never_exceeds_the_allowance() -> None:
-    from distillery.flows.shared_limits import _sizing
+def test_lease_gate_splits_and_settles_token_reservations() -> None:
+    clock = FakeClock()
+    pool = FakePool(1000)
+    gate = _gate(pool, clock, block=20)
+
+    async def scenario() -> None:
+        first = await gate.take(15)
+        assert [c.entry[1] for c in first] == [15]
+        second = await gate.take(30)  # 5 left in the first lease, 25 from a new one
+        assert [c.entry[1] for c in second] == [5, 25] and gate.held == 45
+        gate.refund(second, 27)  # the answer used 3 of the 30 reserved
+        assert [c.entry[1] for c in second] == [3, 0]
+        gate.refund(first, -7)  # the answer used 7 more than reserved: charged
+        assert gate.spent(clock.now) == pytest.approx(22 + 3)
+        # More than a block: one lease of what is missing. The first lease is 5 over its size
+        # (the -7), which comes out of the second's 25 left.
+        await gate.take(400)
+        assert gate.leases == 3 and gate.held == 45 + 380
+
+    asyncio.run(scenario())
+
+
+def test_full_pool_makes_a_worker_wait_for_slots_given_back() -> None:
+    clock = FakeClock()
+    pool = FakePool(10)
+    # The first worker's reaper gives its lease back while it sends nothing more.
+    first = _gate(pool, clock, block=10, background=True)
+    second = _gate(pool, clock, block=10)
+
+    async def scenario() -> None:
+        await first.take(10)
+        start = clock.now
+        await second.take(1)  # refused until the first lease is retired and out of its window
+        assert clock.now - start >= 20.0
+        assert second.refused >= 1 and first.held == 0 and second.held == 10
+        await first.aclose()
+        await second.aclose()
+
+    asyncio.run(scenario())
+
+
+def test_shared_limit_sizing() -> None:
+    from distillery.flows.shared_limits import poll_s, sizing
 
     for per_minute, window in [(60, 60), (1200, 6), (30_000, 60), (2_000_000, 60), (5, 60)]:
-        block, capacity, decay = _sizing(per_minute, window)
-        allowance = per_minute * window / 60
-        assert 1 <= block <= capacity
-        if allowance > capacity + 1:
-            # The most a decaying bucket lets through in one window stays within it ...
-            assert capacity + decay * window <= allowance + 1e-6
-            # ... while using most of it.
-            assert capacity + decay * window >= 0.9 * allowance
+        slots, block = sizing(per_minute, window)
+        assert slots <= max(1, per_minute * window / 60)  # never more than the allowance
+        assert 1 <= block <= slots
+        assert 0.05 <= poll_s(window) <= 1.0
 
 
 def test_no_refund_below_max_tokens_where_the_provider_keeps_it() -> None:
