@@ -3,7 +3,8 @@
 A shared limit is a Prefect global concurrency limit *without* decay whose slots are units of
 the provider's allowance per window (requests, or tokens). Workers never ask the server per
 request (each call is a round trip, p50 ~35 ms, spikes to seconds; FINDINGS.md): a worker leases
-a block of slots (``increment-with-lease``) and spends it through its local
+a block of slots (``increment-with-lease``; 2% of the allowance, doubling while the server grants
+them, up to a quarter) and spends it through its local
 :class:`~distillery.generators.ratelimit.LeaseGate`, which keeps every slot leased until the
 units it covered have left the window, and gives it back then (``decrement-with-lease``).
 Slots held = units spent in the last window or still unspent, so the workers together never
@@ -37,8 +38,8 @@ from distillery.generators.ratelimit import LeaseGate, SharedLimits, window_marg
 BLOCK_SHARE = 0.02
 """A lease is 2% of a window's allowance: ~50 round trips per window per limit at full use."""
 
-SLICE_WINDOWS = 2.0
-"""A lease is spent (and re-spent as its units leave the window) for two windows, then given
+SLICE_WINDOWS = 4.0
+"""A lease is spent (and re-spent as its units leave the window) for four windows, then given
 back, so slots circulate between workers while costing few round trips."""
 
 PRE_EXPIRY_S = 60.0

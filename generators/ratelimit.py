@@ -177,6 +177,10 @@ class LeaseGate:
         self.name = name
         self.limit = max(1, limit)
         self.block = min(max(1, block), self.limit)
+        # Leases grow (doubling) while the pool grants them, up to a quarter of it, so a worker
+        # fills its share in a few round trips; a refusal brings them back to one block.
+        self.max_block = max(self.block, self.limit // 4)
+        self._next_block = self.block
         self.hold_s = hold_s
         self.slice_s = slice_s
         self.poll_s = poll_s
@@ -234,7 +238,7 @@ class LeaseGate:
             if available + 1e-9 >= amount:
                 return self._charge(room, amount, now)
             need = math.ceil(amount - available - 1e-9)
-            want = min(max(self.block, need), self.limit)
+            want = min(max(self._next_block, need), self.limit)
             if denied:
                 # Poll with reads; lease what is free as soon as it covers what is missing.
                 free = await self._pool.free()
@@ -244,11 +248,13 @@ class LeaseGate:
                 window = SlidingWindow(want, self.hold_s)
                 self._leases.append(_Lease(handle, window, self._clock()))
                 self.leases += 1
+                self._next_block = min(self.max_block, 2 * self._next_block)
                 if self._background and (self._reaper is None or self._reaper.done()):
                     self._reaper = asyncio.ensure_future(self._reap_forever())
                 denied = False
                 continue
             self.refused += 1
+            self._next_block = self.block
             denied = True
             await self._sleep(self._wait_s(live, amount, now))
 

@@ -292,10 +292,12 @@ def test_lease_is_respent_within_its_slice_then_given_back_after_its_window() ->
         assert gate.leases == 1 and pool.round_trips == 1
         clock.now += 9.6  # the slice (20 s) is over: a new lease; the old one is retired
         await gate.take(1)
-        assert gate.leases == 2 and pool.active == 10  # its units are still in the window
+        # The new lease is twice the first (leases grow while granted); the old one's units are
+        # still in the window, so it is still held.
+        assert gate.leases == 2 and pool.active == 5 + 10
         clock.now += 0.6  # now they have left it
         await gate.take(1)
-        assert pool.active == 5 and gate.held == 5
+        assert pool.active == 10 and gate.held == 10
         await gate.aclose()  # waits out the window of the last two units, then gives back
         assert pool.active == 0
 
@@ -310,16 +312,16 @@ def test_lease_gate_splits_and_settles_token_reservations() -> None:
     async def scenario() -> None:
         first = await gate.take(15)
         assert [c.entry[1] for c in first] == [15]
-        second = await gate.take(30)  # 5 left in the first lease, 25 from a new one
-        assert [c.entry[1] for c in second] == [5, 25] and gate.held == 45
+        second = await gate.take(30)  # 5 left in the first lease, 25 from a new one (of 40)
+        assert [c.entry[1] for c in second] == [5, 25] and gate.held == 60
         gate.refund(second, 27)  # the answer used 3 of the 30 reserved
         assert [c.entry[1] for c in second] == [3, 0]
         gate.refund(first, -7)  # the answer used 7 more than reserved: charged
-        assert gate.spent(clock.now) == pytest.approx(22 + 3)
-        # More than a block: one lease of what is missing. The first lease is 5 over its size
-        # (the -7), which comes out of the second's 25 left.
+        # More than a block: one lease of what is missing. The first lease (20) now carries
+        # 15 + 7 + 3 = 25, 5 over its size, which comes out of the second's 40 left.
+        assert gate.spent(clock.now) == pytest.approx(25)
         await gate.take(400)
-        assert gate.leases == 3 and gate.held == 45 + 380
+        assert gate.leases == 3 and gate.held == 60 + (400 - (40 - 5))
 
     asyncio.run(scenario())
 
