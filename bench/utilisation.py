@@ -347,7 +347,7 @@ def report(results: list[Result]) -> tuple[str, str]:
             rows.append(
                 [
                     r.case.name,
-                    f"{RPM * window / 60:,.0f} requests per {window:g} s",
+                    f"{float(r.case.limits['rpm']) * window / 60:,.0f} requests per {window:g} s",
                     "—",
                     "—",
                     "—",

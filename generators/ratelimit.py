@@ -227,6 +227,7 @@ class LeaseGate:
         """
         amount = min(float(amount), float(self.limit))
         denied = False
+        ask_at = -math.inf  # when the pool may be asked next (not more than once a poll)
         while True:
             await self.reap()
             now = self._clock()
@@ -237,6 +238,11 @@ class LeaseGate:
             available = sum(free for _, free in room)
             if available + 1e-9 >= amount:
                 return self._charge(room, amount, now)
+            own = self._own_wait_s(live, amount, now)
+            if own <= self.poll_s or now < ask_at:
+                # Units of this worker's own leases come free soon enough: no round trip.
+                await self._sleep(max(0.001, min(own, ask_at - now)))
+                continue
             need = math.ceil(amount - available - 1e-9)
             want = min(max(self._next_block, need), self.limit)
             if denied:
@@ -256,16 +262,16 @@ class LeaseGate:
             self.refused += 1
             self._next_block = self.block
             denied = True
-            await self._sleep(self._wait_s(live, amount, now))
+            ask_at = self._clock() + self.poll_s
 
-    def _wait_s(self, live: list[_Lease], amount: float, now: float) -> float:
-        """Until the next poll, or sooner when a held lease's own units expire."""
-        waits = [self.poll_s]
+    def _own_wait_s(self, live: list[_Lease], amount: float, now: float) -> float:
+        """Until units of a held lease leave the window (before the lease retires), or inf."""
+        waits = [math.inf]
         for lease in live:
             wait = lease.window.wait_s(min(amount, lease.window.limit), now)
             if wait > 0 and now + wait < lease.opened + self.slice_s:
                 waits.append(wait)
-        return max(0.001, min(waits))
+        return min(waits)
 
     def _next_event_s(self, now: float) -> float:
         """Until a lease may be given back: retired, with its last unit out of the window."""
