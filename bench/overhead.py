@@ -50,9 +50,9 @@ from _flow_runs import (
     RUN_TIMEOUT_S,
     CliRun,
     PrefectServer,
-    flow_seconds,
     load_average,
     read_run_record,
+    run_all,
     write_job,
 )
 from http_stack import (
@@ -88,9 +88,11 @@ def bare_stacks() -> dict[str, Stack]:
     }
 
 
+SPLIT = "`distillery run` x 2 worker processes (job split in halves), aiohttp"
 FLOWS = {
     "`distillery run`, http_transport aiohttp (default)": "aiohttp",
     "`distillery run`, http_transport httpx": "httpx",
+    SPLIT: "aiohttp-split",
 }
 ONCE = {"httpx"}  # flows measured in the first repeat only (the slowest; keeps the run short)
 # Where the flow's CPU goes, from a cProfile of one run: (label, file suffix, function) whose
@@ -119,18 +121,23 @@ def run_flow(
 ) -> tuple[float, float, float, float, float, float, float]:
     """One flow run: (flow req/s, sending req/s, command req/s, client CPU ms/req,
     emulator CPU share while sending, Prefect server CPU s, mean completion tokens)."""
-    config = write_job(
-        workdir / label,
-        emulator.url,
-        texts,
-        name="bench-overhead",
-        concurrency=args.concurrency,
-        batch_size=args.batch_size,
-        http_transport=transport,
-    )
+    halves = 2 if transport.endswith("-split") else 1
+    configs = [
+        write_job(
+            workdir / f"{label}-{part}",
+            emulator.url,
+            texts[part::halves],
+            name="bench-overhead",
+            concurrency=args.concurrency,
+            batch_size=args.batch_size,
+            http_transport=transport.removesuffix("-split"),
+        )
+        for part in range(halves)
+    ]
     emulator.reset()
     emulator_cpu, prefect_cpu = process_cpu_s(emulator.pid), server.cpu_s()
-    run = CliRun(config, label, server.env).launch().wait()
+    runs = [CliRun(c, f"{label}-{part}", server.env) for part, c in enumerate(configs)]
+    run_all(runs)
     emulator_cpu = process_cpu_s(emulator.pid) - emulator_cpu
     prefect_cpu = server.cpu_s() - prefect_cpu
     stats = emulator.stats()
@@ -138,14 +145,18 @@ def run_flow(
     if stats["requests"] != count or stats["served_ok"] != count:
         raise RuntimeError(f"{label}: the emulator saw something else than {count} OKs: {stats}")
     first, last = float(stats["first_request_at"]), float(stats["last_request_at"])
-    record = read_run_record(run.output, label)
-    if record["samples"] != count:
-        raise RuntimeError(f"{label}: {record['samples']} samples, expected {count}")
-    client_ms = run.cpu_between(first, last) * 1000 / count
+    records = [read_run_record(run.output, run.run_id) for run in runs]
+    if sum(int(r["samples"]) for r in records) != count:
+        raise RuntimeError(f"{label}: {[r['samples'] for r in records]} samples, expected {count}")
+    # Several workers: from the first flow's start to the last one's record.
+    flow_s = (
+        max(r["ended_at"] for r in records) - min(r["started_at"] for r in records)
+    ).total_seconds()
+    client_ms = sum(run.cpu_between(first, last) for run in runs) * 1000 / count
     return (
-        count / flow_seconds(record),
+        count / flow_s,
         count / (last - first),
-        count / run.wall_s,
+        count / max(run.wall_s for run in runs),
         client_ms,
         emulator_cpu / (last - first),
         prefect_cpu,
@@ -301,6 +312,14 @@ def report(
         f"{statistics.median(results[names[4]].rates):,.0f} samples/s), and bare aiohttp would "
         f"save only {cpu[names[1]] - cpu[BASELINE]:.2f} ms more."
     )
+    if SPLIT in results:
+        split = statistics.median(results[SPLIT].rates)
+        conclusion += (
+            f" Split over two worker processes (the job's prompts in halves, one `distillery "
+            f"run` each, both cores), the flow delivered {split:,.0f} samples/s from the first "
+            f"flow's start to the last one's end, {split / baseline:.2f}x the bare aiohttp loop "
+            f"(goal >= 0.5x: {'met' if split / baseline >= 0.5 else 'not met'})."
+        )
     if profile:
         parts = dict(profile)
         per_request = {label: 1000 * t / prompts for label, t in parts.items()}
@@ -324,7 +343,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--prompts", type=int, default=3000, help="requests per measurement")
     parser.add_argument("--concurrency", type=int, default=64, help="requests in flight")
-    parser.add_argument("--batch-size", type=int, default=100, help="the job's batch_size")
+    parser.add_argument("--batch-size", type=int, default=500, help="the job's batch_size")
     parser.add_argument("--repeats", type=int, default=2, help="measurements per stack")
     parser.add_argument(
         "--no-profile", dest="profile", action="store_false", help="skip the cProfile run"
@@ -368,7 +387,10 @@ def main() -> None:
         "the timed part; flow, the command's CPU between the emulator's first and last request "
         "(/proc, sampled every 50 ms). Emulator CPU: its share of one core over the same span. "
         "Prefect server CPU: the server's process group over the whole command.",
-        "httpx transport flow: measured in the first repeat only.",
+        "httpx transport flow: measured in the first repeat only. Two worker processes: the "
+        "same prompts split in halves (every other prompt), two `distillery run` at once "
+        "(as tests/workers.py's run_split_job), req/s = requests / (the last run record's "
+        "ended_at - the first one's started_at), client CPU = both commands'.",
     ]
     if profile:
         notes.append(
