@@ -40,7 +40,10 @@ BLOCK_SHARE = 0.02
 
 SLICE_WINDOWS = 4.0
 """A lease is spent (and re-spent as its units leave the window) for four windows, then given
-back, so slots circulate between workers while costing few round trips."""
+back, so slots circulate between workers while costing few round trips. Each lease's slice is
+jittered by +-25% so that leases taken together do not all come back at once."""
+
+SLICE_JITTER = 0.5
 
 PRE_EXPIRY_S = 60.0
 """Prefect's shortest lease, and the slack added to each lease's expected life."""
@@ -130,7 +133,8 @@ async def shared_limits_for(teacher: TeacherConfig) -> SharedLimits:
                 # Another worker created it between Prefect's read and create (the upsert is
                 # not atomic): now it exists, so this upsert takes the update path.
                 await client.upsert_global_concurrency_limit_by_name(name, slots, 0.0)
-            pool = PrefectLeasePool(name, slice_s + hold + PRE_EXPIRY_S)
+            longest_slice = slice_s * (1 + SLICE_JITTER / 2)
+            pool = PrefectLeasePool(name, longest_slice + hold + PRE_EXPIRY_S)
             gates[kind] = LeaseGate(
                 name,
                 block,
@@ -139,5 +143,6 @@ async def shared_limits_for(teacher: TeacherConfig) -> SharedLimits:
                 hold_s=hold,
                 slice_s=slice_s,
                 poll_s=poll_s(window),
+                slice_jitter=SLICE_JITTER,
             )
     return SharedLimits(requests=gates.get("requests"), tokens=gates.get("tokens"))

@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import asyncio
 import math
+import random
 import time
 from collections import deque
 from collections.abc import Awaitable, Callable
@@ -133,6 +134,7 @@ class _Lease:
     handle: object
     window: SlidingWindow
     opened: float
+    retires: float  # when it stops being re-spent
     retired: bool = False
 
 
@@ -170,6 +172,7 @@ class LeaseGate:
         slice_s: float,
         poll_s: float,
         linger_s: float = 10.0,
+        slice_jitter: float = 0.0,
         background: bool = True,
         clock: Callable[[], float] | None = None,
         sleep: Callable[[float], Awaitable[None]] | None = None,
@@ -185,6 +188,8 @@ class LeaseGate:
         self.slice_s = slice_s
         self.poll_s = poll_s
         self.linger_s = linger_s
+        self.slice_jitter = slice_jitter
+        self._random = random.Random()
         self._background = background
         self._pool = pool
         self._clock = clock or time.monotonic
@@ -205,7 +210,7 @@ class LeaseGate:
 
     def _live(self, now: float) -> list[_Lease]:
         for lease in self._leases:
-            if not lease.retired and now - lease.opened >= self.slice_s:
+            if not lease.retired and now >= lease.retires:
                 lease.retired = True
         return [lease for lease in self._leases if not lease.retired]
 
@@ -252,7 +257,11 @@ class LeaseGate:
             handle = await self._pool.acquire(want) if want > 0 else None
             if handle is not None:
                 window = SlidingWindow(want, self.hold_s)
-                self._leases.append(_Lease(handle, window, self._clock()))
+                opened = self._clock()
+                # Jittered slices: leases taken together (a run's start) do not all retire,
+                # and leave the whole pool to be leased again, at the same moment.
+                spread = self.slice_s * self.slice_jitter * (self._random.random() - 0.5)
+                self._leases.append(_Lease(handle, window, opened, opened + self.slice_s + spread))
                 self.leases += 1
                 self._next_block = min(self.max_block, 2 * self._next_block)
                 if self._background and (self._reaper is None or self._reaper.done()):
@@ -269,14 +278,14 @@ class LeaseGate:
         waits = [math.inf]
         for lease in live:
             wait = lease.window.wait_s(min(amount, lease.window.limit), now)
-            if wait > 0 and now + wait < lease.opened + self.slice_s:
+            if wait > 0 and now + wait < lease.retires:
                 waits.append(wait)
         return min(waits)
 
     def _next_event_s(self, now: float) -> float:
         """Until a lease may be given back: retired, with its last unit out of the window."""
         events = [
-            max(lease.opened + self.slice_s - now, lease.window.wait_s(lease.window.limit, now))
+            max(lease.retires - now, lease.window.wait_s(lease.window.limit, now))
             for lease in self._leases
         ]
         return max(0.01, min(events, default=self.poll_s))

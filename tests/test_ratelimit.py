@@ -204,6 +204,7 @@ def _gate(
     *,
     hold: float = 10.0,
     poll: float = 0.1,
+    jitter: float = 0.0,
     background: bool = False,
 ) -> LeaseGate:
     """A gate on a fake clock; its background reaper (off unless asked) would move the clock
@@ -220,6 +221,7 @@ def _gate(
         limit=pool.size,
         hold_s=hold,
         slice_s=2 * hold,
+        slice_jitter=jitter,
         poll_s=poll,
         background=background,
         clock=clock,
@@ -251,7 +253,10 @@ def test_workers_sharing_a_pool_never_exceed_it_in_any_window(
     clock = FakeClock()
     pool = FakePool(size)
     hold = 10.0
-    gates = [_gate(pool, clock, block, hold=hold, poll=0.5, background=True) for _ in range(3)]
+    gates = [
+        _gate(pool, clock, block, hold=hold, poll=0.5, jitter=0.5, background=True)
+        for _ in range(3)
+    ]
     spent: list[tuple[float, list[Charge], float]] = []  # (time, charges, units kept)
 
     async def scenario() -> None:
