@@ -353,10 +353,11 @@ class LeaseGate:
             return
         await self.reap()
         while self._leases:
-            # At least a millisecond: float rounding can make wait_s say 0 a hair early.
+            # Each lease as soon as its own units are out (other workers can use it then), at
+            # least a millisecond apart: float rounding can make wait_s say 0 a hair early.
             now = self._clock()
-            last = max((x.window.wait_s(x.window.limit, now) for x in self._leases), default=0)
-            await self._sleep(max(last, 0.001))
+            first = min(x.window.wait_s(x.window.limit, now) for x in self._leases)
+            await self._sleep(max(first, 0.001))
             await self.reap()
 
 
