@@ -7,7 +7,9 @@ aiohttp's transport reaches ~4x that (BENCHMARKS.md), so ``aiohttp`` is the defa
 
 from __future__ import annotations
 
+import ssl
 import urllib.request
+from functools import cache
 from typing import Literal
 from urllib.parse import urlsplit
 
@@ -23,6 +25,16 @@ def _proxy_for(base_url: str) -> httpx.Proxy | None:
         return None
     proxy = urllib.request.getproxies().get(parts.scheme)
     return httpx.Proxy(proxy) if proxy else None
+
+
+@cache
+def shared_ssl_context() -> ssl.SSLContext:
+    """httpx's default SSL context, built once per process.
+
+    Loading the CA bundle costs ~0.1 s of CPU, and every teacher client (and judge) of every
+    run built its own; one context serves any number of connections.
+    """
+    return httpx.create_ssl_context()
 
 
 def make_http_client(
@@ -41,7 +53,7 @@ def make_http_client(
         import aiohttp
         from httpx_aiohttp import AiohttpTransport
 
-        ssl_context = httpx.create_ssl_context()
+        ssl_context = shared_ssl_context()
 
         per_request_env = base_url is None
 
@@ -58,7 +70,7 @@ def make_http_client(
     limits = httpx.Limits(
         max_connections=max_connections, max_keepalive_connections=max_connections
     )
-    return httpx.AsyncClient(limits=limits, timeout=timeout)
+    return httpx.AsyncClient(limits=limits, timeout=timeout, verify=shared_ssl_context())
 
 
 def classify_transport_error(exc: httpx.TransportError) -> tuple[str, bool]:
