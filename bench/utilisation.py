@@ -187,8 +187,10 @@ def run_case(
     stats = emulator.stats()
     requests: list[Request] = []
     failures = 0
+    per_worker: list[list[Request]] = []
     for run in runs:
-        requests += read_samples(run.output, run.run_id)
+        per_worker.append(read_samples(run.output, run.run_id))
+        requests += per_worker[-1]
         failures += int(read_run_record(run.output, run.run_id)["failures"])
     requests.sort(key=lambda r: r.done)
     allowance = RPM * WINDOW_S / 60 if case.kind == "rpm" else TPM * WINDOW_S / 60
@@ -217,6 +219,19 @@ def run_case(
         + f" s; load {load_average()}",
         flush=True,
     )
+    if case.workers > 1:
+        # Each worker's requests per window (same alignment) and its first/last answer: how
+        # evenly the workers shared the limit and how far apart they finished.
+        first = float(stats["first_request_at"])
+        for index, own in enumerate(per_worker):
+            counts = [0] * (int((max(r.done for r in own) - first) // WINDOW_S) + 1)
+            for r in own:
+                counts[int((r.done - first) // WINDOW_S)] += 1
+            print(
+                f"    worker {index}: per window {counts}, answers from "
+                f"{min(r.done for r in own) - first:.1f} to {max(r.done for r in own) - first:.1f} s",
+                flush=True,
+            )
     return result
 
 

@@ -4,9 +4,10 @@ A shared limit is a Prefect global concurrency limit *without* decay whose slots
 the provider's allowance per window (requests, or tokens). Workers never ask the server per
 request (each call is a round trip, p50 ~35 ms, spikes to seconds; FINDINGS.md): a worker leases
 a block of slots (``increment-with-lease``; 2% of the allowance, doubling while the server grants
-them, up to a quarter) and spends it through its local
+them, up to an eighth) and spends it through its local
 :class:`~distillery.generators.ratelimit.LeaseGate`, which keeps every slot leased until the
-units it covered have left the window, and gives it back then (``decrement-with-lease``).
+units it covered have left the window, and gives it back then (``decrement-with-lease``): at the
+end of its slice, or as soon as nothing was charged to it for a twentieth of a window.
 Slots held = units spent in the last window or still unspent, so the workers together never
 spend more than the limit in any window, whatever their clocks or round-trip times.
 
@@ -38,12 +39,22 @@ from distillery.generators.ratelimit import LeaseGate, SharedLimits, window_marg
 BLOCK_SHARE = 0.02
 """A lease is 2% of a window's allowance: ~50 round trips per window per limit at full use."""
 
-SLICE_WINDOWS = 4.0
-"""A lease is spent (and re-spent as its units leave the window) for four windows, then given
+SLICE_WINDOWS = 2.0
+"""A lease is spent (and re-spent as its units leave the window) for two windows, then given
 back, so slots circulate between workers while costing few round trips. Each lease's slice is
-jittered by +-25% so that leases taken together do not all come back at once."""
+jittered by +-25% so that leases taken together do not all come back at once. (Four windows let
+a worker that started first keep most of the limit to its end, so the workers finished 11-16 s
+apart and the handover cost a window: BENCHMARKS.md.)"""
 
 SLICE_JITTER = 0.5
+
+MAX_SHARE = 0.125
+"""The largest lease, as a share of the allowance: a lease goes back whole once its last unit
+has left the window, so a worker that stops strands at most about this much for a window."""
+
+IDLE_SHARE = 0.05
+"""A lease nothing was charged to for 5% of a window (after its units left it) goes back at
+once: its worker has no demand for it (end of its queue, or it holds more than it sends)."""
 
 PRE_EXPIRY_S = 60.0
 """Prefect's shortest lease, and the slack added to each lease's expected life."""
@@ -144,5 +155,7 @@ async def shared_limits_for(teacher: TeacherConfig) -> SharedLimits:
                 slice_s=slice_s,
                 poll_s=poll_s(window),
                 slice_jitter=SLICE_JITTER,
+                idle_s=max(poll_s(window), IDLE_SHARE * window),
+                max_share=MAX_SHARE,
             )
     return SharedLimits(requests=gates.get("requests"), tokens=gates.get("tokens"))

@@ -136,6 +136,11 @@ class _Lease:
     opened: float
     retires: float  # when it stops being re-spent
     retired: bool = False
+    last_charged: float | None = None  # when a unit was last charged to it
+
+    def idle_since(self, hold_s: float) -> float:
+        """When its window emptied (its last unit left it), or when it was leased if unused."""
+        return self.opened if self.last_charged is None else self.last_charged + hold_s
 
 
 @dataclass
@@ -157,8 +162,15 @@ class LeaseGate:
     than the pool's size in any window. Within a lease's *slice* (``slice_s`` after it was
     leased) its expired units are spent again without asking the server; after it, the lease is
     retired and given back as soon as its last unit leaves the window, so slots circulate
-    between workers. Credit is corrected when a reservation settles (up when an answer used
-    fewer tokens than reserved, down when more).
+    between workers. A lease whose window has stayed empty for ``idle_s`` (this worker had no
+    demand for it: its units are charged to the leases it holds in the order it took them, so
+    spare ones empty first) is given back at once, whatever its slice: a worker whose queue ran
+    out, or that needs less than it holds, hands its spare slots to the others within a
+    fraction of a window instead of holding them until its slice ends. Credit is corrected when
+    a reservation settles (up when an answer used fewer tokens than reserved, down when more).
+
+    Every lease is given back only with an empty window (retired or idle), and units are
+    charged only to leases held, so the invariant never depends on the policy's timings.
     """
 
     def __init__(
@@ -173,6 +185,8 @@ class LeaseGate:
         poll_s: float,
         linger_s: float = 10.0,
         slice_jitter: float = 0.0,
+        idle_s: float = math.inf,
+        max_share: float = 0.25,
         background: bool = True,
         clock: Callable[[], float] | None = None,
         sleep: Callable[[float], Awaitable[None]] | None = None,
@@ -180,15 +194,19 @@ class LeaseGate:
         self.name = name
         self.limit = max(1, limit)
         self.block = min(max(1, block), self.limit)
-        # Leases grow (doubling) while the pool grants them, up to a quarter of it, so a worker
-        # fills its share in a few round trips; a refusal brings them back to one block.
-        self.max_block = max(self.block, self.limit // 4)
+        # Leases grow (doubling) while the pool grants them, up to ``max_share`` of it, so a
+        # worker fills its share in a few round trips; a refusal brings them back to one block.
+        # Smaller leases cost more round trips but strand fewer slots when a worker stops: a
+        # lease goes back whole, once its last unit has left the window.
+        self.max_block = max(self.block, math.floor(self.limit * max_share))
         self._next_block = self.block
         self.hold_s = hold_s
         self.slice_s = slice_s
         self.poll_s = poll_s
         self.linger_s = linger_s
         self.slice_jitter = slice_jitter
+        self.idle_s = idle_s
+        self.idle_returns = 0  # leases given back early because nothing was charged to them
         self._random = random.Random()
         self._background = background
         self._pool = pool
@@ -214,11 +232,23 @@ class LeaseGate:
                 lease.retired = True
         return [lease for lease in self._leases if not lease.retired]
 
+    def _idle(self, lease: _Lease, now: float) -> bool:
+        return now - lease.idle_since(self.hold_s) >= self.idle_s - 1e-9
+
     async def reap(self) -> None:
-        """Give back every retired lease whose units have all left the window."""
+        """Give back every lease whose units have all left the window and that is retired, or
+        that nothing was charged to for ``idle_s`` since."""
         now = self._clock()
         self._live(now)
-        done = [x for x in self._leases if x.retired and x.window.used(now) <= 1e-9]
+        done = []
+        for lease in self._leases:
+            if lease.window.used(now) > 1e-9:
+                continue
+            if lease.retired:
+                done.append(lease)
+            elif self._idle(lease, now):
+                done.append(lease)
+                self.idle_returns += 1
         for lease in done:
             self._leases.remove(lease)
         for lease in done:
@@ -233,8 +263,11 @@ class LeaseGate:
         amount = min(float(amount), float(self.limit))
         denied = False
         ask_at = -math.inf  # when the pool may be asked next (not more than once a poll)
+        fresh = False  # a lease was just taken: charge it before anything could find it idle
         while True:
-            await self.reap()
+            if not fresh:
+                await self.reap()
+            fresh = False
             now = self._clock()
             live = self._live(now)
             room = [(lease, lease.window.limit - lease.window.used(now)) for lease in live]
@@ -251,9 +284,12 @@ class LeaseGate:
             need = math.ceil(amount - available - 1e-9)
             want = min(max(self._next_block, need), self.limit)
             if denied:
-                # Poll with reads; lease what is free as soon as it covers what is missing.
+                # Poll with reads; as soon as what is free covers what is missing, lease it (up
+                # to the largest lease) in one round trip rather than growing from one block
+                # again: slots a worker gave back are taken over at once, and any this worker
+                # does not need go back once idle.
                 free = await self._pool.free()
-                want = min(want, free) if free >= need else 0
+                want = min(free, max(self.max_block, need)) if free >= need else 0
             handle = await self._pool.acquire(want) if want > 0 else None
             if handle is not None:
                 window = SlidingWindow(want, self.hold_s)
@@ -267,6 +303,7 @@ class LeaseGate:
                 if self._background and (self._reaper is None or self._reaper.done()):
                     self._reaper = asyncio.ensure_future(self._reap_forever())
                 denied = False
+                fresh = True
                 continue
             self.refused += 1
             self._next_block = self.block
@@ -283,9 +320,13 @@ class LeaseGate:
         return min(waits)
 
     def _next_event_s(self, now: float) -> float:
-        """Until a lease may be given back: retired, with its last unit out of the window."""
+        """Until a lease may be given back: retired or idle, with its last unit out of the
+        window."""
         events = [
-            max(lease.retires - now, lease.window.wait_s(lease.window.limit, now))
+            max(
+                min(lease.retires, lease.idle_since(self.hold_s) + self.idle_s) - now,
+                lease.window.wait_s(lease.window.limit, now),
+            )
             for lease in self._leases
         ]
         return max(0.01, min(events, default=self.poll_s))
@@ -306,10 +347,12 @@ class LeaseGate:
             if part <= 0:
                 continue
             charges.append(Charge(lease, lease.window.admit(part, now)))
+            lease.last_charged = now
             left -= part
         if left > 1e-9:  # rounding: the last lease takes the remainder
             lease = room[-1][0]
             charges.append(Charge(lease, lease.window.admit(left, now)))
+            lease.last_charged = now
         return charges
 
     def refund(self, charges: list[Charge], amount: float) -> None:

@@ -206,6 +206,8 @@ def _gate(
     poll: float = 0.1,
     jitter: float = 0.0,
     background: bool = False,
+    idle: float = float("inf"),
+    max_share: float = 0.25,
 ) -> LeaseGate:
     """A gate on a fake clock; its background reaper (off unless asked) would move the clock
     by itself, so the step-by-step tests leave it off and call take/aclose only."""
@@ -223,6 +225,8 @@ def _gate(
         slice_s=2 * hold,
         slice_jitter=jitter,
         poll_s=poll,
+        idle_s=idle,
+        max_share=max_share,
         background=background,
         clock=clock,
         sleep=sleep,
@@ -243,18 +247,35 @@ def _gate(
     ),
     st.integers(12, 60),
     st.integers(1, 8),
+    st.sampled_from([0.0, 0.5, 3.0, float("inf")]),  # idle leases given back after this
+    st.sampled_from([0.125, 0.25, 1.0]),  # the largest lease, as a share of the pool
 )
 def test_workers_sharing_a_pool_never_exceed_it_in_any_window(
-    steps: list[tuple[int, float, int, int]], size: int, block: int
+    steps: list[tuple[int, float, int, int]],
+    size: int,
+    block: int,
+    idle: float,
+    max_share: float,
 ) -> None:
-    """Three workers (gates) over one pool, every interleaving of takes, waits and refunds:
-    the units they spent together in any window never exceed the pool, refunds are exact,
-    and every slot is given back at the end."""
+    """Three workers (gates) over one pool, every interleaving of takes, waits and refunds,
+    whatever the lease policy (idle hand-back, largest lease): the units they spent together in
+    any window never exceed the pool, refunds are exact, and every slot is given back at the
+    end."""
     clock = FakeClock()
     pool = FakePool(size)
     hold = 10.0
     gates = [
-        _gate(pool, clock, block, hold=hold, poll=0.5, jitter=0.5, background=True)
+        _gate(
+            pool,
+            clock,
+            block,
+            hold=hold,
+            poll=0.5,
+            jitter=0.5,
+            background=True,
+            idle=idle,
+            max_share=max_share,
+        )
         for _ in range(3)
     ]
     spent: list[tuple[float, list[Charge], float]] = []  # (time, charges, units kept)
@@ -305,6 +326,36 @@ def test_lease_is_respent_within_its_slice_then_given_back_after_its_window() ->
         assert pool.active == 10 and gate.held == 10
         await gate.aclose()  # waits out the window of the last two units, then gives back
         assert pool.active == 0
+
+    asyncio.run(scenario())
+
+
+def test_idle_lease_goes_back_early_and_a_waiting_worker_takes_it_over_at_once() -> None:
+    clock = FakeClock()
+    pool = FakePool(40)
+    # Leases of at most 10 (a quarter), given back 1 s after their window emptied if nothing
+    # was charged to them; the slice (20 s) is far longer.
+    first = _gate(pool, clock, block=5, hold=10.0, idle=1.0)
+    second = _gate(pool, clock, block=5, hold=10.0, idle=1.0)
+
+    async def scenario() -> None:
+        for _ in range(40):  # the whole pool, one unit at a time: leases of 5, 10, 10, 10, 5
+            await first.take(1)
+        assert pool.active == 40 and first.leases == 5
+        clock.now += 10.5  # every unit left the window; the first worker needs only 3 now
+        await first.take(3)  # charged to its first lease: the others stay empty
+        assert first.idle_returns == 0 and pool.active == 40
+        # The second worker is refused (the pool is full). Polling, it sees the first worker's
+        # four empty leases come back once idle (its reaper) and takes one of the largest
+        # size in one round trip, rather than growing from one block again.
+        first_reaper = asyncio.ensure_future(first._reap_forever())
+        await second.take(1)
+        assert second.refused >= 1 and second.leases == 1 and second.held == 10
+        assert first.idle_returns == 4 and first.held == 5  # the one in use was kept
+        first_reaper.cancel()
+        await first.aclose()
+        await second.aclose()
+        assert pool.active == 0  # every slot given back
 
     asyncio.run(scenario())
 
