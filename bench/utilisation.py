@@ -66,6 +66,8 @@ from _flow_runs import (
     write_job,
 )
 
+from distillery.flows.shared_limits import BLOCK_SHARE, IDLE_SHARE, MAX_SHARE, SLICE_WINDOWS
+
 RPM, TPM, WINDOW_S = 1200, 120_000, 6.0
 LATENCY_MS = 200.0
 CONCURRENCY = 16
@@ -227,9 +229,9 @@ def run_case(
             counts = [0] * (int((max(r.done for r in own) - first) // WINDOW_S) + 1)
             for r in own:
                 counts[int((r.done - first) // WINDOW_S)] += 1
+            start, end = min(r.done for r in own) - first, max(r.done for r in own) - first
             print(
-                f"    worker {index}: per window {counts}, answers from "
-                f"{min(r.done for r in own) - first:.1f} to {max(r.done for r in own) - first:.1f} s",
+                f"    worker {index}: per window {counts}, answers from {start:.1f} to {end:.1f} s",
                 flush=True,
             )
     return result
@@ -510,8 +512,10 @@ def main() -> None:
         "rate_limited / requests.",
         "Leases alone: processes that only take one request at a time from the shared limit "
         "(LeaseGate over a Prefect global concurrency limit of the whole allowance, no decay, "
-        "leased in blocks of 2% of it with increment-with-lease, each lease re-spent for two "
-        "windows and given back once its last unit is a window + 2% old: "
+        f"leased in blocks of {BLOCK_SHARE:.0%} of it (doubling up to {MAX_SHARE:.1%}) with "
+        f"increment-with-lease, each lease re-spent for {SLICE_WINDOWS:g} window(s) (+-25%) "
+        "and given back once its last unit is a window + 2% old, or once nothing was charged "
+        f"to it for {IDLE_SHARE:.0%} of a window after its units left it: "
         f"flows/shared_limits.py), for {args.lease_seconds:g} s; rate measured over whole "
         "windows from the first take (the last "
         f"{LEASE_WARMUP_S:g} s left for the workers' start-up). Every shared limit was "
