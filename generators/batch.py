@@ -30,7 +30,7 @@ from distillery.generators.ratelimit import Limiter, Limits, SharedLimits
 from distillery.generators.records import RunContext, failure_row, sample_id_for, sample_row
 from distillery.generators.routing import Router
 from distillery.generators.structured import StructuredOutput, repair
-from distillery.generators.tokens import count_message_tokens
+from distillery.generators.tokens import count_message_tokens, preload
 
 logger = logging.getLogger(__name__)
 
@@ -182,6 +182,9 @@ class TeacherPool:
             self._teachers[spec.name] = _Teacher(client, http, asyncio.Semaphore(spec.concurrency))
             self.judge = Judge(judge, client, self._prices.get(spec.name))
         self.fatal: TeacherUnusable | None = None
+        # Prompts are counted once a teacher announces a token limit (or for budgets): load
+        # the tokenizers while the run starts rather than on the first count.
+        preload(t.client.teacher.model for t in self._teachers.values())
 
     async def __aenter__(self) -> TeacherPool:
         return self

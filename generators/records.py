@@ -57,18 +57,39 @@ def teacher_facts(job: JobConfig) -> dict[str, TeacherFacts]:
     }
 
 
+@dataclass(frozen=True)
+class _TeacherJson:
+    """A teacher's parts of every row and sample id, serialised once (its config is frozen)."""
+
+    teacher: TeacherConfig  # held, so that its id() is not reused while it is cached
+    identity: str  # name, provider, model, params: the middle of a sample id's JSON list
+    params: str  # the params column
+
+
+_TEACHER_JSON: dict[int, _TeacherJson] = {}
+_TEACHER_JSON_MAX = 1024
+
+
+def _teacher_json(teacher: TeacherConfig) -> _TeacherJson:
+    """Serialising a teacher's parameters (a pydantic dump, then JSON) cost more than the rest
+    of a row; a run has a handful of (frozen) teacher configs, so each is serialised once."""
+    cached = _TEACHER_JSON.get(id(teacher))
+    if cached is not None and cached.teacher is teacher:
+        return cached
+    params = teacher.recorded_params()
+    identity = json.dumps([teacher.name, teacher.provider, teacher.model, params], sort_keys=True)
+    if len(_TEACHER_JSON) >= _TEACHER_JSON_MAX:
+        _TEACHER_JSON.clear()
+    entry = _TeacherJson(teacher, identity[1:-1], _json(params) or "{}")
+    _TEACHER_JSON[id(teacher)] = entry
+    return entry
+
+
 def sample_id_for(prompt_id: str, teacher: TeacherConfig, sample_index: int) -> str:
-    identity = json.dumps(
-        [
-            prompt_id,
-            teacher.name,
-            teacher.provider,
-            teacher.model,
-            teacher.recorded_params(),
-            sample_index,
-        ],
-        sort_keys=True,
-    )
+    """blake2b of ``json.dumps([prompt_id, name, provider, model, params, sample_index],
+    sort_keys=True)``, the teacher's middle part serialised once (same text, same ids)."""
+    middle = _teacher_json(teacher).identity
+    identity = f"[{json.dumps(prompt_id)}, {middle}, {json.dumps(sample_index)}]"
     return hashlib.blake2b(identity.encode(), digest_size=16).hexdigest()
 
 
@@ -96,7 +117,7 @@ def _common(
         "teacher_provider": teacher.provider,
         "teacher_model": teacher.model,
         "teacher_base_url": teacher.base_url,
-        "params": _json(teacher.recorded_params()) or "{}",
+        "params": _teacher_json(teacher).params,
         "usage_terms": ctx.facts(teacher).usage_terms,
         "attempts": outcome.attempts,
         "attempt_statuses": outcome.attempt_statuses,

@@ -63,3 +63,47 @@ def test_the_ui_is_told_its_own_api(prefect_api: str) -> None:
     # opens an error page.
     settings = httpx.get(prefect_api.removesuffix("/api") + "/ui-settings", timeout=10).json()
     assert settings["api_url"] in ("/api", prefect_api)
+
+
+@pytest.mark.parametrize("transport", ["aiohttp", "httpx"])
+def test_cookies_a_server_sets_are_kept_and_sent_back(transport: str) -> None:
+    """The client skips cookie parsing for answers without Set-Cookie (generators/http.py);
+    one with it (a load balancer's sticky cookie) must still be stored and sent back."""
+    from aiohttp import web
+
+    seen: list[str | None] = []
+
+    async def plain(request: web.Request) -> web.Response:
+        seen.append(request.headers.get("Cookie"))
+        return web.json_response({"ok": True})
+
+    async def sticky(request: web.Request) -> web.Response:
+        seen.append(request.headers.get("Cookie"))
+        response = web.json_response({"ok": True})
+        response.set_cookie("lb", "node-7")
+        return response
+
+    async def scenario() -> httpx.Cookies:
+        app = web.Application()
+        app.router.add_get("/plain", plain)
+        app.router.add_get("/sticky", sticky)
+        runner = web.AppRunner(app)
+        await runner.setup()
+        site = web.TCPSite(runner, "127.0.0.1", 0)
+        await site.start()
+        port = site._server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
+        url = f"http://127.0.0.1:{port}"
+        client = make_http_client(transport, 4, 5.0, url)  # type: ignore[arg-type]
+        try:
+            await client.get(f"{url}/plain")
+            assert not client.cookies
+            await client.get(f"{url}/sticky")
+            await client.get(f"{url}/plain")
+            return client.cookies
+        finally:
+            await client.aclose()
+            await runner.cleanup()
+
+    cookies = asyncio.run(scenario())
+    assert cookies.get("lb") == "node-7"
+    assert seen == [None, None, "lb=node-7"]
