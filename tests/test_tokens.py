@@ -38,3 +38,18 @@ def test_message_token_count_grows_with_content() -> None:
     short = tokens.count_message_tokens([{"role": "user", "content": "hi"}])
     long = tokens.count_message_tokens([{"role": "user", "content": "hi " * 50}])
     assert long - short >= 49
+
+
+def test_message_counts_match_tiktoken_encode_and_are_stable_when_remembered() -> None:
+    """Counts use encode_ordinary and an LRU of texts: they must equal tiktoken's encode with
+    special tokens counted as text, the first time and when the count is remembered."""
+    text = "Summarise <|endoftext|> and <|im_start|> literally, please. " * 20
+    messages = [{"role": "system", "content": "Be brief."}, {"role": "user", "content": text}]
+    enc = tokens.encoding_for_model("gpt-4o")
+    expected = 3 + sum(
+        3 + sum(len(enc.encode(v, disallowed_special=())) for v in m.values()) for m in messages
+    )
+    first = tokens.count_message_tokens(messages, "gpt-4o")
+    assert first == expected
+    assert tokens.count_message_tokens([dict(m) for m in messages], "gpt-4o") == expected
+    assert tokens.count_message_tokens(messages, "gpt-4") != expected  # cl100k: keyed by model
