@@ -49,6 +49,8 @@ from _flow_runs import (
     write_job,
 )
 
+from distillery.config import JobConfig
+
 BATCH_SIZES = (25, 100, 500)
 MAX_TOKENS = 100
 MAX_BATCHES_IN_FLIGHT = 4
@@ -276,7 +278,8 @@ def report(
         )
     per_task = {row.name: statistics.median(row.per_item_ms) for row in task_rows}
     names = list(per_task)
-    small, default, large = BATCH_SIZES
+    small, middle, large = BATCH_SIZES
+    default = int(JobConfig.model_fields["batch_size"].default)  # the job file's default
     n_small, n_large = -(-args.prompts // small), -(-args.prompts // large)
     marginal = (flow_s[small] - flow_s[large]) * 1000 / (n_small - n_large)
     best = min(flow_s.values())
@@ -298,10 +301,10 @@ def report(
         )
         + f"Through the flow ({args.prompts} prompts, latency 0) each extra batch cost about "
         f"{marginal:.0f} ms of flow time (batch_size {small}: {flow_s[small]:.1f} s, "
-        f"{default}: {flow_s[default]:.1f} s, {large}: {flow_s[large]:.1f} s); recommended "
+        f"{middle}: {flow_s[middle]:.1f} s, {large}: {flow_s[large]:.1f} s); recommended "
         f"batch_size {recommended}, the smallest within 5% of the fastest here"
         + (
-            f" (the current {default} is not): it also keeps batch_size x "
+            f" (the default {default} is not): it also keeps batch_size x "
             f"{MAX_BATCHES_IN_FLIGHT} batches in flight well above a teacher's concurrency "
             f"(bench/latency_hiding.py: at concurrency 256, {default} x {MAX_BATCHES_IN_FLIGHT} "
             f"answered fewer requests per second than {large} x {MAX_BATCHES_IN_FLIGHT}), costs "
@@ -309,7 +312,7 @@ def report(
             "shards (compacted at the end anyway), at the price of coarser progress in the "
             "Prefect UI"
             if recommended > default
-            else ""
+            else f" (the default is {default})"
         )
         + "; handing the batch task its items in a container Prefect does not walk (quote(), "
         "or a plain object) cuts the per-batch cost whatever the size."
