@@ -23,6 +23,7 @@ sleeping.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import math
 import random
 import time
@@ -216,6 +217,9 @@ class LeaseGate:
         self.leases = 0  # leases taken (round trips that got slots)
         self.refused = 0  # acquisitions the pool refused (full)
         self._reaper: asyncio.Future[None] | None = None
+        # Leases taken off ``_leases`` whose release has not returned yet: a reaper cancelled
+        # mid-release (at aclose) would otherwise leave them held until their TTL.
+        self._releasing: list[_Lease] = []
 
     @property
     def held(self) -> int:
@@ -251,8 +255,10 @@ class LeaseGate:
                 self.idle_returns += 1
         for lease in done:
             self._leases.remove(lease)
+            self._releasing.append(lease)
         for lease in done:
             await self._pool.release(lease.handle)
+            self._releasing.remove(lease)
 
     async def take(self, amount: float) -> list[Charge]:
         """Wait until ``amount`` units are covered by held slots; charge them to the leases.
@@ -381,6 +387,14 @@ class LeaseGate:
         """
         if self._reaper is not None:
             self._reaper.cancel()
+            await asyncio.wait([self._reaper])
+            self._reaper = None
+        for lease in list(self._releasing):
+            # The cancelled reaper was giving these back: finish (a lease the server already
+            # released answers with an error, which changes nothing).
+            with contextlib.suppress(Exception):
+                await self._pool.release(lease.handle)
+            self._releasing.remove(lease)
         now = self._clock()
         for lease in self._leases:
             lease.retired = True

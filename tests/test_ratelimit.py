@@ -430,3 +430,38 @@ def test_no_refund_below_max_tokens_where_the_provider_keeps_it() -> None:
         assert limiter.tokens.used(clock.now) == 550
 
     asyncio.run(scenario())
+
+
+class SlowReleasePool(FakePool):
+    """A pool whose releases wait on the network (here: until ``answer`` is set)."""
+
+    def __init__(self, size: int) -> None:
+        super().__init__(size)
+        self.answer = asyncio.Event()
+        self.releasing = 0
+
+    async def release(self, lease: object) -> None:
+        self.releasing += 1
+        await self.answer.wait()
+        await super().release(lease)
+
+
+def test_closing_while_the_reaper_gives_a_lease_back_still_returns_it() -> None:
+    clock = FakeClock()
+    pool = SlowReleasePool(20)
+    gate = _gate(pool, clock, block=5, hold=1.0, background=True, idle=0.5)
+
+    async def scenario() -> None:
+        await gate.take(1)
+        assert pool.active == 5
+        clock.now += 5.0  # the unit left the window and the lease is idle: the reaper returns it
+        reaper = gate._reaper
+        assert reaper is not None
+        while pool.releasing == 0:  # the reaper's release is on the wire
+            await asyncio.sleep(0)
+        pool.answer.set()
+        await gate.aclose()  # cancels the reaper mid-release; the lease must still go back
+        assert reaper.done()
+        assert pool.active == 0 and gate.held == 0
+
+    asyncio.run(scenario())
