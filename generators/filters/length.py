@@ -19,7 +19,10 @@ from distillery.generators.filters.base import (
 from distillery.generators.tokens import count_tokens
 
 
-class LengthOptions(FilterOptions):
+class TokenBoundsOptions(FilterOptions):
+    """Token bounds on one text, counted with the sample teacher's tokenizer (shared by the
+    ``length`` and ``reasoning_length`` filters)."""
+
     min_tokens: int | None = Field(None, ge=0, description="Drop below this many tokens.")
     max_tokens: int | None = Field(None, ge=1, description="Drop above this many tokens.")
     model: str | None = Field(
@@ -27,15 +30,31 @@ class LengthOptions(FilterOptions):
     )
 
     @model_validator(mode="after")
-    def _bounds(self) -> Self:
-        if self.min_tokens is None and self.max_tokens is None:
-            raise ValueError("set min_tokens, max_tokens or both")
+    def _ordered(self) -> Self:
         if (
             self.min_tokens is not None
             and self.max_tokens is not None
             and self.min_tokens > self.max_tokens
         ):
             raise ValueError(f"min_tokens ({self.min_tokens}) > max_tokens ({self.max_tokens})")
+        return self
+
+    def verdict(self, text: str, sample: Mapping[str, Any], prefix: str = "") -> Verdict:
+        """Drop ``text`` as ``{prefix}too_short`` / ``{prefix}too_long`` outside the bounds."""
+        model = self.model or sample.get("teacher_model") or "gpt-4o"
+        tokens = count_tokens(text, str(model))
+        if self.min_tokens is not None and tokens < self.min_tokens:
+            return drop(f"{prefix}too_short", f"{tokens} tokens < min_tokens {self.min_tokens}")
+        if self.max_tokens is not None and tokens > self.max_tokens:
+            return drop(f"{prefix}too_long", f"{tokens} tokens > max_tokens {self.max_tokens}")
+        return KEEP
+
+
+class LengthOptions(TokenBoundsOptions):
+    @model_validator(mode="after")
+    def _some_bound(self) -> Self:
+        if self.min_tokens is None and self.max_tokens is None:
+            raise ValueError("set min_tokens, max_tokens or both")
         return self
 
 
@@ -49,11 +68,4 @@ class LengthFilter(Filter[LengthOptions]):
     options_model: ClassVar[type[FilterOptions]] = LengthOptions
 
     def check(self, sample: Mapping[str, Any]) -> Verdict:
-        options = self.options
-        model = options.model or sample.get("teacher_model") or "gpt-4o"
-        tokens = count_tokens(text_of(sample), str(model))
-        if options.min_tokens is not None and tokens < options.min_tokens:
-            return drop("too_short", f"{tokens} tokens < min_tokens {options.min_tokens}")
-        if options.max_tokens is not None and tokens > options.max_tokens:
-            return drop("too_long", f"{tokens} tokens > max_tokens {options.max_tokens}")
-        return KEEP
+        return self.options.verdict(text_of(sample), sample)

@@ -16,9 +16,9 @@ detail)``. It is not built in: checking it well is task-specific (maths answers,
 from __future__ import annotations
 
 from collections.abc import Mapping
-from typing import Any, ClassVar, Self
+from typing import Any, ClassVar
 
-from pydantic import Field, model_validator
+from pydantic import Field
 
 from distillery.generators.filters.base import (
     KEEP,
@@ -29,29 +29,14 @@ from distillery.generators.filters.base import (
     register,
     text_of,
 )
-from distillery.generators.tokens import count_tokens
+from distillery.generators.filters.length import TokenBoundsOptions
 
 
-class ReasoningLengthOptions(FilterOptions):
-    min_tokens: int | None = Field(None, ge=0, description="Drop traces below this many tokens.")
-    max_tokens: int | None = Field(None, ge=1, description="Drop traces above this many tokens.")
+class ReasoningLengthOptions(TokenBoundsOptions):
     require_trace: bool = Field(
         True,
         description="Drop samples without a readable trace (hidden, fully redacted or none).",
     )
-    model: str | None = Field(
-        None, description="Tokenizer model; default: the sample's teacher_model."
-    )
-
-    @model_validator(mode="after")
-    def _bounds(self) -> Self:
-        if (
-            self.min_tokens is not None
-            and self.max_tokens is not None
-            and self.min_tokens > self.max_tokens
-        ):
-            raise ValueError(f"min_tokens ({self.min_tokens}) > max_tokens ({self.max_tokens})")
-        return self
 
 
 @register
@@ -69,10 +54,4 @@ class ReasoningLengthFilter(Filter[ReasoningLengthOptions]):
                 shown = sample.get("reasoning_visibility") or "none"
                 return drop("no_trace", f"reasoning_visibility={shown}")
             return KEEP
-        model = options.model or sample.get("teacher_model") or "gpt-4o"
-        tokens = count_tokens(trace, str(model))
-        if options.min_tokens is not None and tokens < options.min_tokens:
-            return drop("trace_too_short", f"{tokens} tokens < min_tokens {options.min_tokens}")
-        if options.max_tokens is not None and tokens > options.max_tokens:
-            return drop("trace_too_long", f"{tokens} tokens > max_tokens {options.max_tokens}")
-        return KEEP
+        return options.verdict(trace, sample, prefix="trace_")
