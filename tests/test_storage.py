@@ -17,7 +17,7 @@ from distillery.storage.shards import (
     reconcile,
     write_shard,
 )
-from distillery.storage.spool import Spool, leftover_spools, recover
+from distillery.storage.spool import Spool, leftover_spools, read_spool, recover
 
 
 def sample(sample_id: str, run_id: str = "r1", tokens: int = 3) -> dict[str, object]:
@@ -139,6 +139,23 @@ def test_spool_replay_recovers_rows_once(tmp_path: Path) -> None:
     assert ids == ["a", "b"]
     assert read_column(tmp_path, "failures", "r1", "error_class") == ["timeout"]
     assert recover(tmp_path, "r1") == {"samples": 0, "rejected": 0, "failures": 0}
+
+
+def test_spool_lines_read_back_exactly_whatever_encoder_wrote_them(tmp_path: Path) -> None:
+    """Rows are spooled with orjson, and with json for what orjson refuses: both read back
+    as written, timestamps as the same aware datetimes."""
+    created = datetime(2026, 11, 29, 8, 30, 1, 250, tzinfo=UTC)
+    plain = {**sample("a"), "created_at": created, "response_text": "naïve — 日本語 \u2028"}
+    odd = {**sample("b"), "recipe_meta": {"1": 2}, "huge": 2**70, "keys": {3: "int key"}}
+    spool = Spool(tmp_path, "r1")
+    spool.append("samples", plain)
+    spool.append("samples", odd)
+    spool.close()
+    (_, first), (_, second) = list(read_spool(spool.path))
+    assert first == plain
+    assert first["created_at"] == created and first["created_at"].tzinfo is not None
+    assert second["huge"] == 2**70  # beyond orjson's 64 bits: written by json instead
+    assert second["keys"] == {"3": "int key"}  # JSON object keys are strings either way
 
 
 def test_compact_merges_and_swaps_atomically(tmp_path: Path) -> None:
