@@ -1,9 +1,10 @@
 """Requests/s of each HTTP stack distillery could send teacher requests with.
 
-Why: ``generators/http.py`` makes httpx-on-aiohttp the default transport on the claim that
-httpx's own transport is several times slower at high concurrency. This measures that claim on
-the machine at hand, against bare aiohttp as the ceiling, and measures what distillery's own
-layer (``TeacherClient.complete``: tenacity retries, headers, JSON parsing) costs on top.
+Why: ``generators/http.py`` sends with aiohttp directly by default, on the claim that httpx's
+API costs several times aiohttp's CPU per request — on httpx's own transport and still on
+aiohttp's transport (httpx-aiohttp). This measures that claim on the machine at hand, against
+bare aiohttp as the ceiling, and measures what distillery's own layer
+(``TeacherClient.complete``: tenacity retries, headers, JSON parsing) costs on top.
 
 The emulator runs as a separate process (latency 0) so it does not share the client's GIL; its
 CPU use is reported too: the emulator's share of a core, because a saturated emulator would cap
@@ -30,6 +31,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import aiohttp
+import httpx
 from _common import (
     EmulatorProcess,
     append_section,
@@ -86,12 +88,26 @@ def _check(status: int, content: bytes) -> None:
 
 
 def httpx_stack(transport: Transport, max_tokens: int | None) -> Stack:
-    """httpx.AsyncClient from ``make_http_client`` (the exact client a run uses)."""
+    """httpx.AsyncClient pooled for ``concurrency``, on httpx's or aiohttp's transport."""
 
     @asynccontextmanager
     async def stack(base_url: str, concurrency: int) -> AsyncIterator[Send]:
         url = f"{base_url}/v1/chat/completions"
-        async with make_http_client(transport, concurrency, TIMEOUT_S) as client:
+        timeout = httpx.Timeout(TIMEOUT_S, connect=10.0, pool=None)
+        if transport == "aiohttp":
+            from httpx_aiohttp import AiohttpTransport
+
+            def session() -> aiohttp.ClientSession:
+                connector = aiohttp.TCPConnector(limit=concurrency, keepalive_timeout=30)
+                return aiohttp.ClientSession(connector=connector)
+
+            client = httpx.AsyncClient(transport=AiohttpTransport(client=session), timeout=timeout)
+        else:
+            limits = httpx.Limits(
+                max_connections=concurrency, max_keepalive_connections=concurrency
+            )
+            client = httpx.AsyncClient(limits=limits, timeout=timeout)
+        async with client:
 
             async def send(messages: Messages) -> None:
                 response = await client.post(url, json=_body(messages, max_tokens))
@@ -136,15 +152,18 @@ def teacher_stack(transport: Transport, max_tokens: int | None) -> Stack:
                 "params": {} if max_tokens is None else {"max_tokens": max_tokens},
             }
         )
-        async with make_http_client(transport, concurrency, TIMEOUT_S) as http:
-            client = TeacherClient(teacher, get_provider("openai"), http)
+        http = make_http_client(transport, concurrency, TIMEOUT_S)
+        client = TeacherClient(teacher, get_provider("openai"), http)
 
-            async def send(messages: Messages) -> None:
-                outcome = await client.complete(messages)
-                if outcome.completion is None or outcome.attempts != 1:
-                    raise RuntimeError(f"request failed or retried: {outcome}")
+        async def send(messages: Messages) -> None:
+            outcome = await client.complete(messages)
+            if outcome.completion is None or outcome.attempts != 1:
+                raise RuntimeError(f"request failed or retried: {outcome}")
 
+        try:
             yield send
+        finally:
+            await http.aclose()
 
     return stack
 
@@ -202,7 +221,7 @@ def stacks(max_tokens: int | None) -> dict[str, Stack]:
         "httpx.AsyncClient, httpx transport": httpx_stack("httpx", max_tokens),
         "httpx.AsyncClient, AiohttpTransport": httpx_stack("aiohttp", max_tokens),
         BASELINE: aiohttp_stack(max_tokens),
-        "TeacherClient.complete, aiohttp transport": teacher_stack("aiohttp", max_tokens),
+        "TeacherClient.complete, aiohttp sender (default)": teacher_stack("aiohttp", max_tokens),
         "TeacherClient.complete, httpx transport": teacher_stack("httpx", max_tokens),
     }
 
@@ -242,17 +261,18 @@ def report(results: dict[str, Result]) -> tuple[str, str]:
     headers += ["client CPU ms/req", "emulator CPU"]
     names = list(results)
     cpu = {name: statistics.median(result.client_ms) for name, result in results.items()}
-    httpx_own, on_aiohttp, _, teacher_aiohttp, teacher_httpx = names
+    httpx_own, on_aiohttp, bare, teacher_aiohttp, teacher_httpx = names
     spread = max(max(r.rates) / min(r.rates) for r in results.values())
     server_ms = statistics.median(ms for r in results.values() for ms in r.server_ms)
     server_busy = max(r.server_share() for r in results.values())
     conclusion = (
-        f"Per request, httpx's API on the aiohttp transport cost the client "
-        f"{cpu[on_aiohttp]:.2f} ms of CPU against {cpu[httpx_own]:.2f} ms on httpx's own "
-        f"transport ({cpu[httpx_own] / cpu[on_aiohttp]:.1f}x less; median rates "
-        f"{medians[on_aiohttp]:,.0f} vs {medians[httpx_own]:,.0f} req/s), and distillery's "
-        f"TeacherClient (retries, parsing) adds {cpu[teacher_aiohttp] - cpu[on_aiohttp]:.2f} ms "
-        f"on top ({medians[teacher_aiohttp]:,.0f} req/s; {medians[teacher_httpx]:,.0f} on the "
+        f"Per request, bare aiohttp cost the client {cpu[bare]:.2f} ms of CPU, httpx's API on "
+        f"the aiohttp transport {cpu[on_aiohttp]:.2f} ms and httpx on its own transport "
+        f"{cpu[httpx_own]:.2f} ms (median rates {medians[bare]:,.0f}, "
+        f"{medians[on_aiohttp]:,.0f} and {medians[httpx_own]:,.0f} req/s). distillery's "
+        f"TeacherClient (retries, limiter, parsing) on its default aiohttp sender adds "
+        f"{cpu[teacher_aiohttp] - cpu[bare]:.2f} ms to bare aiohttp "
+        f"({medians[teacher_aiohttp]:,.0f} req/s; {medians[teacher_httpx]:,.0f} on the "
         "httpx transport). "
         f"The emulator needed {server_ms:.2f} ms of CPU per request, a ceiling of about "
         f"{1000 / server_ms:,.0f} req/s on one core, and used at most {server_busy:.0%} of a core"

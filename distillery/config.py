@@ -569,7 +569,7 @@ class JobConfig(_Strict):
     )
     http_transport: Literal["aiohttp", "httpx"] = Field(
         default="aiohttp",
-        description="aiohttp: httpx API on aiohttp's transport (fast); httpx: httpx's own.",
+        description="aiohttp: aiohttp directly (fast, default); httpx: httpx's own transport.",
     )
     task_runner: TaskRunnerConfig = Field(
         default_factory=TaskRunnerConfig,

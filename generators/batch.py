@@ -15,13 +15,11 @@ from dataclasses import dataclass, field, replace
 from types import TracebackType
 from typing import Any, Protocol
 
-import httpx
-
 from distillery.config import JobConfig, TeacherConfig
 from distillery.generators.budget import Budget
 from distillery.generators.client import Outcome, TeacherClient, TeacherUnusable
 from distillery.generators.curation.judge import Judge
-from distillery.generators.http import make_http_client
+from distillery.generators.http import HttpSender, make_http_client
 from distillery.generators.pricing import PriceEntry, cost_usd
 from distillery.generators.prompts import Prompt
 from distillery.generators.providers.base import Message
@@ -115,7 +113,7 @@ def plan_work(prompts: Sequence[Prompt], router: Router, done: set[str]) -> list
 @dataclass
 class _Teacher:
     client: TeacherClient
-    http: httpx.AsyncClient
+    http: HttpSender
     slots: asyncio.Semaphore
 
 

@@ -1,7 +1,8 @@
 """Send one chat request to one teacher, with the one retry layer, and report what happened.
 
 Retries live here and nowhere else (not in Prefect, not around the batch): tenacity drives
-attempts, waiting ``max(server hint, backoff)`` between them (:mod:`.retry`). Every attempt's
+the retries (from the second attempt: the first runs without its per-request machinery),
+waiting ``max(server hint, backoff)`` between them (:mod:`.retry`). Every attempt's
 status is kept, because a retry after a lost answer may have been billed — lineage says so.
 
 Outcomes, never exceptions, leave this module — except :class:`TeacherUnusable`, raised when the
@@ -10,6 +11,7 @@ answer proves every later request would fail too (a bad key), so the run stops a
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
 import json
 import os
@@ -18,7 +20,6 @@ from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
 from typing import Any
 
-import httpx
 from tenacity import (
     AsyncRetrying,
     RetryCallState,
@@ -28,10 +29,16 @@ from tenacity import (
 
 from distillery.config import GenerationParams, TeacherConfig
 from distillery.errors import FatalRunError
-from distillery.generators.http import classify_transport_error
+from distillery.generators.http import (
+    HttpSender,
+    HttpTransportError,
+    describe_error,
+    json_body,
+)
 from distillery.generators.providers.base import (
     Completion,
     ErrorVerdict,
+    HttpCall,
     MalformedResponse,
     Message,
     Provider,
@@ -84,21 +91,19 @@ class Outcome:
 
 
 class TeacherClient:
-    """One teacher's requests over a shared pooled ``httpx.AsyncClient``."""
+    """One teacher's requests over its pooled :class:`~distillery.generators.http.HttpSender`."""
 
     def __init__(
         self,
         teacher: TeacherConfig,
         provider: Provider,
-        http: httpx.AsyncClient,
+        http: HttpSender,
         limiter: Limiter | None = None,
     ) -> None:
         self.teacher = teacher
         self.provider = provider
         self.http = http
         self.limiter = limiter
-        #: Request URLs parsed once: httpx parses a string URL on every request (~0.1 ms).
-        self._urls: dict[str, httpx.URL] = {}
 
     def _api_key(self) -> str | None:
         if self.teacher.api_key_env is None:
@@ -142,19 +147,18 @@ class TeacherClient:
             completion=None, failure=None, attempts=0, request_hash=request_hash(call.body)
         )
         clock = time.perf_counter()
-        retrying = AsyncRetrying(
-            stop=stop_after_attempt(self.teacher.max_attempts),
-            wait=_wait,
-            retry=retry_if_exception(lambda exc: isinstance(exc, _AttemptFailed) and exc.retryable),
-            reraise=True,
-        )
+        payload = json_body(call.body)
         try:
-            async for attempt in retrying:
-                with attempt:
-                    outcome.attempts += 1
-                    outcome.completion = await self._attempt(
-                        call.url, call.headers, call.body, outcome, prompt_tokens
-                    )
+            try:
+                outcome.attempts = 1
+                outcome.completion = await self._attempt(
+                    call.url, call.headers, payload, outcome, prompt_tokens
+                )
+            except _AttemptFailed as first:
+                if not first.retryable or self.teacher.max_attempts == 1:
+                    raise
+                await asyncio.sleep(wait_s(first.retry_after_s, 0))
+                outcome.completion = await self._retry(call, payload, outcome, prompt_tokens)
         except _AttemptFailed as exc:
             outcome.failure = Failure(exc.error_class, _scrub(exc.message, key), exc.status)
         except TeacherUnusable as exc:
@@ -164,21 +168,46 @@ class TeacherClient:
             outcome.completion = split_trace(outcome.completion, self.teacher.reasoning)
         return outcome
 
+    async def _retry(
+        self, call: HttpCall, payload: bytes, outcome: Outcome, prompt_tokens: int
+    ) -> Completion:
+        """Attempts 2..``max_attempts``, driven by tenacity.
+
+        The first attempt runs without it: building tenacity's machinery costs ~0.1 ms of CPU
+        a request (BENCHMARKS.md, overhead), and nearly every request succeeds first time.
+        Its wait already done, tenacity's attempt ``n`` is the request's attempt ``n + 1``.
+        """
+        retrying = AsyncRetrying(
+            stop=stop_after_attempt(self.teacher.max_attempts - 1),
+            wait=_wait,
+            retry=retry_if_exception(lambda exc: isinstance(exc, _AttemptFailed) and exc.retryable),
+            reraise=True,
+        )
+        completion: Completion | None = None
+        async for attempt in retrying:
+            with attempt:
+                outcome.attempts += 1
+                completion = await self._attempt(
+                    call.url, call.headers, payload, outcome, prompt_tokens
+                )
+        assert completion is not None  # tenacity re-raises the last failure
+        return completion
+
     async def _attempt(
         self,
         url: str,
         headers: dict[str, str],
-        body: dict[str, object],
+        payload: bytes,
         outcome: Outcome,
         prompt_tokens: int,
     ) -> Completion:
         """One attempt, admitted by the teacher's limiter and settled with what it learned."""
         limiter = self.limiter
         if limiter is None:
-            return await self._send(url, headers, body, outcome)
+            return await self._send(url, headers, payload, outcome)
         ticket = await limiter.acquire(prompt_tokens)
         try:
-            completion = await self._send(url, headers, body, outcome)
+            completion = await self._send(url, headers, payload, outcome)
         except _AttemptFailed as exc:
             limiter.release(ticket, rate_limited=exc.status == 429, headers=exc.rate_limits)
             raise
@@ -196,29 +225,20 @@ class TeacherClient:
         )
         return completion
 
-    def _url(self, url: str) -> httpx.URL:
-        parsed = self._urls.get(url)
-        if parsed is None:
-            if len(self._urls) >= 256:  # URLs with a per-request part: keep the cache small
-                self._urls.clear()
-            parsed = self._urls[url] = httpx.URL(url)
-        return parsed
-
     async def _send(
-        self, url: str, headers: dict[str, str], body: dict[str, object], outcome: Outcome
+        self, url: str, headers: dict[str, str], payload: bytes, outcome: Outcome
     ) -> Completion:
         try:
-            response = await self.http.post(self._url(url), headers=headers, json=body)
-        except httpx.TransportError as exc:
-            error_class, reached_server = classify_transport_error(exc)
-            outcome.attempt_statuses.append(error_class)
+            response = await self.http.request("POST", url, headers, payload)
+        except HttpTransportError as exc:
+            outcome.attempt_statuses.append(exc.error_class)
             # The server may have answered (and billed) the request whose answer we lost.
-            if reached_server and outcome.attempts < self.teacher.max_attempts:
+            if exc.reached_server and outcome.attempts < self.teacher.max_attempts:
                 outcome.maybe_billed_twice += 1
-            raise _AttemptFailed(error_class, _describe(exc), retryable=True) from exc
-        status = response.status_code
+            raise _AttemptFailed(exc.error_class, str(exc), retryable=True) from exc
+        status = response.status
         outcome.attempt_statuses.append(str(status))
-        lowered = {k.lower(): v for k, v in response.headers.items()}
+        lowered = response.headers
         if 200 <= status < 300:
             try:
                 return self.provider.parse_success(json.loads(response.content), lowered)
@@ -227,7 +247,7 @@ class TeacherClient:
                 if outcome.attempts < self.teacher.max_attempts:
                     outcome.maybe_billed_twice += 1
                 raise _AttemptFailed(
-                    "malformed_response", _describe(exc), retryable=True, status=status
+                    "malformed_response", describe_error(exc), retryable=True, status=status
                 ) from exc
         verdict: ErrorVerdict = self.provider.classify_error(status, lowered, response.content)
         if verdict.fatal_for_run:
@@ -269,16 +289,12 @@ def request_hash(body: dict[str, object]) -> str:
 
 
 def _wait(state: RetryCallState) -> float:
+    """The wait after tenacity's attempt ``n``, the request's ``n + 1`` (see ``_retry``)."""
     exc = state.outcome.exception() if state.outcome else None
     hint = exc.retry_after_s if isinstance(exc, _AttemptFailed) else None
-    return wait_s(hint, state.attempt_number - 1)
+    return wait_s(hint, state.attempt_number)
 
 
 def _scrub(text: str, secret: str | None) -> str:
     """Servers sometimes echo the key they were sent; it must never reach a log or a row."""
     return text.replace(secret, "***") if secret else text
-
-
-def _describe(exc: BaseException) -> str:
-    text = str(exc).strip()
-    return f"{type(exc).__name__}: {text}" if text else type(exc).__name__

@@ -1,21 +1,184 @@
-"""The HTTP stack under every teacher client: one ``httpx.AsyncClient`` per teacher and process.
+"""The HTTP stack under every teacher client: one pooled sender per teacher and process.
 
-httpx's own transport manages ~150-200 requests/s on 2 cores here; the same httpx API on
-aiohttp's transport reaches ~4x that (BENCHMARKS.md), so ``aiohttp`` is the default and
-``httpx`` stays selectable (``http_transport`` in the job file) should aiohttp misbehave.
+A teacher client needs one thing from HTTP: POST a JSON body, get back status, headers and
+bytes, and learn — when no answer came — whether the server may have received (and billed)
+the request. :class:`HttpSender` is that, with two implementations:
+
+- ``aiohttp`` (default): aiohttp's ``ClientSession`` directly. On 2 cores here it costs ~0.8 ms
+  of client CPU a request against ~2.3 ms for httpx's API on aiohttp's transport and ~6.8 ms
+  for httpx's own transport (BENCHMARKS.md, overhead); at the rates top-tier limits allow
+  (hundreds of requests/s per model) the httpx layer alone would fill a core.
+- ``httpx``: httpx's own transport, selectable (``http_transport`` in the job file) should
+  aiohttp misbehave somewhere.
+
+Both honour the proxy environment variables (``HTTPS_PROXY``, ``NO_PROXY``...), trust the same
+CA store, keep cookies a server sets (a load balancer's sticky cookie) and map failures to the
+same error classes, so switching transports changes speed, not behaviour.
 """
 
 from __future__ import annotations
 
+import json
 import ssl
 import urllib.request
+from collections.abc import Mapping
+from dataclasses import dataclass
 from functools import cache
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Literal, Protocol
 from urllib.parse import urlsplit
 
 import httpx
+import orjson
+
+if TYPE_CHECKING:
+    import aiohttp
 
 Transport = Literal["aiohttp", "httpx"]
+
+#: Seconds to open a connection; the per-read timeout is the teacher's ``timeout_s``.
+CONNECT_TIMEOUT_S = 10.0
+
+
+@dataclass(frozen=True, slots=True)
+class HttpAnswer:
+    """What came back: status, headers (names lower-cased; the last of repeated ones) and body."""
+
+    status: int
+    headers: dict[str, str]
+    content: bytes
+
+
+class HttpTransportError(Exception):
+    """No answer came back (refused, reset, timed out, proxy down...).
+
+    ``error_class`` is ``connection_error`` or ``timeout``; ``reached_server`` says whether the
+    request may have been received, and so billed, by the server (a refused connection was
+    not; a reset or a read timeout after sending may have been).
+    """
+
+    def __init__(self, error_class: str, reached_server: bool, description: str) -> None:
+        super().__init__(description)
+        self.error_class = error_class
+        self.reached_server = reached_server
+
+
+class HttpSender(Protocol):
+    """One teacher's pooled connections."""
+
+    async def request(
+        self, method: str, url: str, headers: Mapping[str, str], body: bytes | None = None
+    ) -> HttpAnswer:
+        """Send one request; raises :class:`HttpTransportError` when no answer came."""
+        ...
+
+    async def aclose(self) -> None:
+        """Close every pooled connection."""
+        ...
+
+
+def json_body(body: object) -> bytes:
+    """A request body as httpx's ``json=`` would send it: compact UTF-8 JSON.
+
+    orjson (installed with Prefect) encodes a chat body in ~2 µs against ~25 µs for the
+    standard library; anything it refuses (a non-string key, an integer beyond 64 bits) goes
+    through ``json`` instead, which raises for what no JSON can hold (NaN).
+    """
+    try:
+        return orjson.dumps(body)
+    except TypeError:
+        return json.dumps(body, ensure_ascii=False, separators=(",", ":"), allow_nan=False).encode()
+
+
+def _proxy_for(base_url: str) -> str | None:
+    """The proxy the environment names for ``base_url`` (honouring NO_PROXY), looked up once."""
+    parts = urlsplit(base_url)
+    if parts.hostname and urllib.request.proxy_bypass(parts.hostname):
+        return None
+    return urllib.request.getproxies().get(parts.scheme) or None
+
+
+@cache
+def shared_ssl_context() -> ssl.SSLContext:
+    """httpx's default SSL context (certifi's CA bundle), built once per process.
+
+    Loading the CA bundle costs ~0.1 s of CPU, and every teacher client (and judge) of every
+    run built its own; one context serves any number of connections of either transport.
+    """
+    return httpx.create_ssl_context()
+
+
+def describe_error(exc: BaseException) -> str:
+    text = str(exc).strip()
+    return f"{type(exc).__name__}: {text}" if text else type(exc).__name__
+
+
+class AiohttpSender:
+    """aiohttp's ``ClientSession``, created on first use inside the running event loop.
+
+    Given the ``base_url`` it will serve, the proxy is resolved once instead of aiohttp asking
+    the environment (and ~/.netrc) on every request (~0.5 ms a request, BENCHMARKS.md).
+    """
+
+    def __init__(self, max_connections: int, timeout_s: float, base_url: str | None) -> None:
+        # Imported and loaded here, not at the first request: that one has already been
+        # admitted by the limiter, and ~0.2 s of import and CA loading between admission and
+        # sending could land it in the provider's next window (a 429 under a shared limit).
+        import aiohttp
+
+        self._aiohttp = aiohttp
+        self._ssl = shared_ssl_context()
+        self._max_connections = max_connections
+        self._timeout_s = timeout_s
+        self._per_request_env = base_url is None
+        self._proxy = None if base_url is None else _proxy_for(base_url)
+        self._session: aiohttp.ClientSession | None = None
+
+    def _open(self) -> aiohttp.ClientSession:
+        aiohttp = self._aiohttp
+        connector = aiohttp.TCPConnector(
+            limit=self._max_connections, keepalive_timeout=30, ssl=self._ssl
+        )
+        # sock_read is httpx's read timeout (between bytes, not the whole answer); waiting for
+        # a pooled connection is not timed (the teacher's semaphore bounds it).
+        timeout = aiohttp.ClientTimeout(
+            total=None, connect=None, sock_connect=CONNECT_TIMEOUT_S, sock_read=self._timeout_s
+        )
+        self._session = aiohttp.ClientSession(
+            connector=connector,
+            timeout=timeout,
+            trust_env=self._per_request_env,
+            # aiohttp's default jar refuses cookies from IP addresses; httpx's keeps them, and
+            # a self-hosted server behind a load balancer is often addressed by IP.
+            cookie_jar=aiohttp.CookieJar(unsafe=True),
+        )
+        return self._session
+
+    async def request(
+        self, method: str, url: str, headers: Mapping[str, str], body: bytes | None = None
+    ) -> HttpAnswer:
+        aiohttp = self._aiohttp
+        session = self._session or self._open()
+        if body is not None and "content-type" not in {k.lower() for k in headers}:
+            headers = {**headers, "Content-Type": "application/json"}
+        try:
+            async with session.request(
+                method, url, headers=headers, data=body, proxy=self._proxy
+            ) as response:
+                content = await response.read()
+                lowered = {k.lower(): v for k, v in response.headers.items()}
+                return HttpAnswer(response.status, lowered, content)
+        except (aiohttp.ClientConnectorError, aiohttp.ConnectionTimeoutError) as exc:
+            # Never connected (refused, DNS, connect timeout, proxy down): nothing was sent.
+            raise HttpTransportError("connection_error", False, describe_error(exc)) from exc
+        except TimeoutError as exc:  # aiohttp's read timeouts are TimeoutErrors too
+            raise HttpTransportError("timeout", True, describe_error(exc)) from exc
+        except (aiohttp.ClientError, OSError) as exc:
+            raise HttpTransportError("connection_error", True, describe_error(exc)) from exc
+
+    async def aclose(self) -> None:
+        if self._session is not None:
+            await self._session.close()
+            self._session = None
 
 
 class _Cookies(httpx.Cookies):
@@ -25,7 +188,7 @@ class _Cookies(httpx.Cookies):
     ``email.message.Message`` of all its headers, a ``urllib.request.Request`` of the
     request's): ~0.3 ms a request (BENCHMARKS.md, overhead) to learn, for an API answer, that
     there is no ``Set-Cookie``. The jar reads nothing else, so a response without one is
-    skipped; one with one (a load balancer's sticky cookie) is stored as before.
+    skipped; one with one is stored as before.
     """
 
     def extract_cookies(self, response: httpx.Response) -> None:
@@ -34,94 +197,55 @@ class _Cookies(httpx.Cookies):
             super().extract_cookies(response)
 
 
-class _AsyncClient(httpx.AsyncClient):
-    """``httpx.AsyncClient`` with :class:`_Cookies` as its jar (kept if cookies are set)."""
+class HttpxSender:
+    """httpx's ``AsyncClient`` on its own transport."""
 
-    def __init__(self, **kwargs: Any) -> None:
-        super().__init__(**kwargs)
-        self._cookies = _Cookies(self._cookies)
+    def __init__(self, max_connections: int, timeout_s: float) -> None:
+        limits = httpx.Limits(
+            max_connections=max_connections, max_keepalive_connections=max_connections
+        )
+        timeout = httpx.Timeout(timeout_s, connect=CONNECT_TIMEOUT_S, pool=None)
+        self._client = httpx.AsyncClient(
+            limits=limits, timeout=timeout, verify=shared_ssl_context()
+        )
+        self._client._cookies = _Cookies(self._client._cookies)
+        #: Request URLs parsed once: httpx parses a string URL on every request (~0.1 ms).
+        self._urls: dict[str, httpx.URL] = {}
 
-    @property
-    def cookies(self) -> httpx.Cookies:
-        return self._cookies
+    def _url(self, url: str) -> httpx.URL:
+        parsed = self._urls.get(url)
+        if parsed is None:
+            if len(self._urls) >= 256:  # URLs with a per-request part: keep the cache small
+                self._urls.clear()
+            parsed = self._urls[url] = httpx.URL(url)
+        return parsed
 
-    @cookies.setter
-    def cookies(self, cookies: httpx._types.CookieTypes) -> None:
-        self._cookies = _Cookies(cookies)
+    async def request(
+        self, method: str, url: str, headers: Mapping[str, str], body: bytes | None = None
+    ) -> HttpAnswer:
+        if body is not None and "content-type" not in {k.lower() for k in headers}:
+            headers = {**headers, "Content-Type": "application/json"}
+        try:
+            response = await self._client.request(
+                method, self._url(url), headers=dict(headers), content=body
+            )
+        except (httpx.ConnectError, httpx.ConnectTimeout, httpx.ProxyError) as exc:
+            raise HttpTransportError("connection_error", False, describe_error(exc)) from exc
+        except httpx.TimeoutException as exc:
+            raise HttpTransportError("timeout", True, describe_error(exc)) from exc
+        except httpx.TransportError as exc:
+            raise HttpTransportError("connection_error", True, describe_error(exc)) from exc
+        lowered = {k.lower(): v for k, v in response.headers.items()}
+        return HttpAnswer(response.status_code, lowered, response.content)
 
-
-def _proxy_for(base_url: str) -> httpx.Proxy | None:
-    """The proxy the environment names for ``base_url`` (honouring NO_PROXY), looked up once."""
-    parts = urlsplit(base_url)
-    if parts.hostname and urllib.request.proxy_bypass(parts.hostname):
-        return None
-    proxy = urllib.request.getproxies().get(parts.scheme)
-    return httpx.Proxy(proxy) if proxy else None
-
-
-@cache
-def shared_ssl_context() -> ssl.SSLContext:
-    """httpx's default SSL context, built once per process.
-
-    Loading the CA bundle costs ~0.1 s of CPU, and every teacher client (and judge) of every
-    run built its own; one context serves any number of connections.
-    """
-    return httpx.create_ssl_context()
+    async def aclose(self) -> None:
+        await self._client.aclose()
 
 
 def make_http_client(
     transport: Transport, max_connections: int, timeout_s: float, base_url: str | None = None
-) -> httpx.AsyncClient:
-    """A pooled client sized for ``max_connections`` requests in flight.
-
-    Both transports honour the proxy environment variables (``HTTPS_PROXY``, ``NO_PROXY``...)
-    and trust the same CA store (httpx's default SSL context), so switching transports changes
-    speed, not behaviour. Given the ``base_url`` it will serve, the aiohttp client resolves its
-    proxy once instead of asking the environment (and ~/.netrc) on every request, which cost
-    ~0.5 ms a request (BENCHMARKS.md, overhead).
-    """
-    timeout = httpx.Timeout(timeout_s, connect=10.0, pool=None)
+) -> HttpSender:
+    """A pooled sender sized for ``max_connections`` requests in flight."""
     if transport == "aiohttp":
-        import aiohttp
-        from httpx_aiohttp import AiohttpTransport
-
-        ssl_context = shared_ssl_context()
-
-        per_request_env = base_url is None
-
-        def session() -> aiohttp.ClientSession:
-            connector = aiohttp.TCPConnector(
-                limit=max_connections, keepalive_timeout=30, ssl=ssl_context
-            )
-            return aiohttp.ClientSession(connector=connector, trust_env=per_request_env)
-
-        proxy = None if base_url is None else _proxy_for(base_url)
-        return _AsyncClient(
-            transport=AiohttpTransport(client=session, proxy=proxy), timeout=timeout
-        )
-    limits = httpx.Limits(
-        max_connections=max_connections, max_keepalive_connections=max_connections
-    )
-    return _AsyncClient(limits=limits, timeout=timeout, verify=shared_ssl_context())
-
-
-def classify_transport_error(exc: httpx.TransportError) -> tuple[str, bool]:
-    """(error class, whether the server may have received — and billed — the request).
-
-    httpx-aiohttp maps every aiohttp connection error to ``httpx.ConnectTimeout``, a refused
-    connection and a reset mid-answer alike, so the aiohttp cause is consulted first.
-    """
-    import aiohttp
-
-    cause = exc.__cause__
-    if isinstance(cause, aiohttp.ClientConnectorError):
-        return "connection_error", False
-    if isinstance(cause, aiohttp.ServerTimeoutError | aiohttp.SocketTimeoutError):
-        return "timeout", True
-    if isinstance(cause, aiohttp.ClientError):
-        return "connection_error", True
-    if isinstance(exc, httpx.ConnectError | httpx.ConnectTimeout):
-        return "connection_error", False
-    if isinstance(exc, httpx.TimeoutException):
-        return "timeout", True
-    return "connection_error", True
+        return AiohttpSender(max_connections, timeout_s, base_url)
+    return HttpxSender(max_connections, timeout_s)

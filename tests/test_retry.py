@@ -1,12 +1,18 @@
 """The SDKs' retry rules, with the test vectors from PROVIDERS.md."""
 
+import asyncio
 import random
+import time
 from email.utils import formatdate
 
 import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
+from distillery.config import TeacherConfig
+from distillery.generators.client import Outcome, TeacherClient
+from distillery.generators.http import make_http_client
+from distillery.generators.providers.registry import get_provider
 from distillery.generators.retry import backoff_s, parse_retry_after, status_is_retryable, wait_s
 
 NOW = 1_700_000_000.0
@@ -94,3 +100,91 @@ def test_parse_never_returns_nonpositive(seconds: float) -> None:
 )
 def test_status_rules(status: int, headers: dict[str, str], retry: bool) -> None:
     assert status_is_retryable(status, headers) is retry
+
+
+def _scripted_teacher_run(
+    answers: list[tuple[int, dict[str, str]]], max_attempts: int
+) -> tuple[Outcome, list[float]]:
+    """One TeacherClient request against a loopback server answering ``answers`` in turn
+    (then 200s); returns the outcome and when each request arrived (server clock)."""
+    from aiohttp import web
+
+    arrivals: list[float] = []
+    ok = {
+        "id": "x",
+        "model": "m",
+        "choices": [
+            {"index": 0, "finish_reason": "stop", "message": {"role": "assistant", "content": "hi"}}
+        ],
+        "usage": {"prompt_tokens": 3, "completion_tokens": 1, "total_tokens": 4},
+    }
+
+    async def chat(request: web.Request) -> web.Response:
+        arrivals.append(time.monotonic())
+        if len(arrivals) <= len(answers):
+            status, headers = answers[len(arrivals) - 1]
+            return web.json_response({"error": {"message": "busy"}}, status=status, headers=headers)
+        return web.json_response(ok)
+
+    async def scenario() -> Outcome:
+        app = web.Application()
+        app.router.add_post("/v1/chat/completions", chat)
+        runner = web.AppRunner(app)
+        await runner.setup()
+        site = web.TCPSite(runner, "127.0.0.1", 0)
+        await site.start()
+        port = site._server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
+        spec = TeacherConfig.model_validate(
+            {
+                "name": "t",
+                "provider": "openai",
+                "model": "m",
+                "base_url": f"http://127.0.0.1:{port}/v1",
+                "max_attempts": max_attempts,
+            }
+        )
+        http = make_http_client("aiohttp", 2, 10.0, spec.base_url)
+        try:
+            client = TeacherClient(spec, get_provider("openai"), http)
+            return await client.complete([{"role": "user", "content": "hello"}])
+        finally:
+            await http.aclose()
+            await runner.cleanup()
+
+    return asyncio.run(scenario()), arrivals
+
+
+def test_the_client_waits_the_backoff_of_each_retry_in_turn() -> None:
+    """The first attempt runs outside tenacity (client.py): the wait after attempt 1 is the
+    first backoff (0.375-0.5 s) and the one after attempt 2 the second (0.75-1 s) — an
+    off-by-one in handing over to tenacity would swap or repeat them."""
+    outcome, arrivals = _scripted_teacher_run([(503, {}), (503, {"retry-after-ms": "100"})], 5)
+    assert outcome.completion is not None and outcome.failure is None
+    assert outcome.attempts == 3
+    assert outcome.attempt_statuses == ["503", "503", "200"]
+    first_wait, second_wait = arrivals[1] - arrivals[0], arrivals[2] - arrivals[1]
+    assert 0.37 <= first_wait < 0.74
+    assert second_wait >= 0.74  # the hint (0.1 s) is shorter than the backoff: backoff wins
+
+
+def test_a_server_hint_longer_than_the_backoff_is_obeyed_on_the_first_retry() -> None:
+    outcome, arrivals = _scripted_teacher_run([(429, {"retry-after-ms": "900"})], 3)
+    assert outcome.attempts == 2 and outcome.completion is not None
+    assert arrivals[1] - arrivals[0] >= 0.89
+
+
+@pytest.mark.parametrize(
+    ("answers", "max_attempts", "attempts", "status"),
+    [
+        ([(503, {})] * 3, 2, 2, 503),  # retries run out: the last failure is reported
+        ([(400, {})], 5, 1, 400),  # not retryable: one attempt
+        ([(503, {})], 1, 1, 503),  # max_attempts 1: no retry machinery at all
+    ],
+)
+def test_failures_end_after_the_attempts_they_deserve(
+    answers: list[tuple[int, dict[str, str]]], max_attempts: int, attempts: int, status: int
+) -> None:
+    outcome, arrivals = _scripted_teacher_run(answers, max_attempts)
+    assert outcome.completion is None and outcome.failure is not None
+    assert outcome.failure.http_status == status
+    assert outcome.attempts == attempts == len(arrivals)

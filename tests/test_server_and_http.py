@@ -8,9 +8,9 @@ import time
 import httpx
 import pytest
 
-from distillery.emulator import RunningEmulator
+from distillery.emulator import EmulatorOptions, RunningEmulator
 from distillery.flows import server
-from distillery.generators.http import make_http_client
+from distillery.generators.http import HttpTransportError, make_http_client
 
 
 def test_a_recycled_pid_is_never_killed(monkeypatch: pytest.MonkeyPatch, tmp_path) -> None:
@@ -43,7 +43,7 @@ def test_both_transports_honour_proxy_variables(
         base_url = url if known_base_url else None
         client = make_http_client(transport, 4, 5.0, base_url)  # type: ignore[arg-type]
         try:
-            return (await client.get(url)).status_code
+            return (await client.request("GET", url, {})).status
         finally:
             await client.aclose()
 
@@ -51,8 +51,10 @@ def test_both_transports_honour_proxy_variables(
     assert asyncio.run(get(stats)) == 200
     monkeypatch.setenv("HTTP_PROXY", "http://127.0.0.1:9")  # nothing listens there
     monkeypatch.setenv("http_proxy", "http://127.0.0.1:9")
-    with pytest.raises(httpx.TransportError):
+    with pytest.raises(HttpTransportError) as caught:
         asyncio.run(get(stats))
+    # The proxy refused the connection: the request never left, so it cannot have been billed.
+    assert (caught.value.error_class, caught.value.reached_server) == ("connection_error", False)
     monkeypatch.setenv("NO_PROXY", "127.0.0.1")
     monkeypatch.setenv("no_proxy", "127.0.0.1")
     assert asyncio.run(get(stats)) == 200
@@ -83,7 +85,7 @@ def test_cookies_a_server_sets_are_kept_and_sent_back(transport: str) -> None:
         response.set_cookie("lb", "node-7")
         return response
 
-    async def scenario() -> httpx.Cookies:
+    async def scenario() -> None:
         app = web.Application()
         app.router.add_get("/plain", plain)
         app.router.add_get("/sticky", sticky)
@@ -95,15 +97,62 @@ def test_cookies_a_server_sets_are_kept_and_sent_back(transport: str) -> None:
         url = f"http://127.0.0.1:{port}"
         client = make_http_client(transport, 4, 5.0, url)  # type: ignore[arg-type]
         try:
-            await client.get(f"{url}/plain")
-            assert not client.cookies
-            await client.get(f"{url}/sticky")
-            await client.get(f"{url}/plain")
-            return client.cookies
+            for path in ("plain", "plain", "sticky", "plain"):
+                await client.request("GET", f"{url}/{path}", {})
         finally:
             await client.aclose()
             await runner.cleanup()
 
-    cookies = asyncio.run(scenario())
-    assert cookies.get("lb") == "node-7"
-    assert seen == [None, None, "lb=node-7"]
+    asyncio.run(scenario())
+    assert seen == [None, None, None, "lb=node-7"]
+
+
+CHAT = ("/v1/chat/completions", b'{"model":"m","messages":[{"role":"user","content":"hi"}]}')
+
+
+def _post(transport: str, url: str, timeout_s: float = 5.0) -> HttpTransportError:
+    async def scenario() -> HttpTransportError:
+        client = make_http_client(transport, 4, timeout_s, url)  # type: ignore[arg-type]
+        try:
+            await client.request(
+                "POST", url + CHAT[0], {"content-type": "application/json"}, CHAT[1]
+            )
+        except HttpTransportError as exc:
+            return exc
+        finally:
+            await client.aclose()
+        raise AssertionError("an answer came back")
+
+    return asyncio.run(scenario())
+
+
+@pytest.mark.parametrize("transport", ["aiohttp", "httpx"])
+@pytest.mark.parametrize(
+    ("fault", "error_class", "reached_server"),
+    [("reset", "connection_error", True), ("truncate", "connection_error", True)],
+)
+def test_lost_answers_are_classed_alike_on_both_transports(
+    transport: str, fault: str, error_class: str, reached_server: bool
+) -> None:
+    """A reset or a cut-off body after the request was sent may have been billed: lineage
+    counts the retry as possibly bought twice, whichever transport carried it."""
+    options = EmulatorOptions(seed=3, fault_rate=1.0, faults=[fault])
+    with RunningEmulator(options) as emu:
+        exc = _post(transport, emu.url)
+        assert emu.stats()["faults"] == {fault: 1}
+    assert (exc.error_class, exc.reached_server) == (error_class, reached_server)
+
+
+@pytest.mark.parametrize("transport", ["aiohttp", "httpx"])
+def test_a_read_timeout_is_a_timeout_that_may_have_been_billed(transport: str) -> None:
+    options = EmulatorOptions(seed=3, fault_rate=1.0, faults=["timeout"], hang_s=3.0)
+    with RunningEmulator(options) as emu:
+        exc = _post(transport, emu.url, timeout_s=0.3)
+    assert (exc.error_class, exc.reached_server) == ("timeout", True)
+
+
+@pytest.mark.parametrize("transport", ["aiohttp", "httpx"])
+def test_a_refused_connection_was_never_sent(transport: str) -> None:
+    exc = _post(transport, "http://127.0.0.1:9")  # nothing listens there
+    assert (exc.error_class, exc.reached_server) == ("connection_error", False)
+    assert "127.0.0.1" in str(exc) or "refused" in str(exc).lower() or str(exc)
