@@ -141,6 +141,7 @@ def run(
         else:
             _start_local_teachers(job, stack)
         require_api_keys(job)
+        _preload_tokenizers(job)
         load_prompts(job.prompts)
         teacher_facts(job)
         _prepare_output(job.output)
@@ -151,6 +152,20 @@ def run(
         raise RunInterruptedError(
             f"stopped before the end; resume with: distillery run {config} --run-id {run_id}"
         )
+
+
+def _preload_tokenizers(job: JobConfig) -> None:
+    """Load the teachers' tokenizers in a thread while Prefect starts the flow run.
+
+    Loading one costs ~0.6 s of CPU, ~0.25 s of it in tiktoken's Rust tables holding the
+    GIL; done by the teacher pool as the first batch starts, it held the first requests
+    back by ~1 s (BENCHMARKS.md, overhead). Here it overlaps importing Prefect and creating
+    the flow run; the pool's own preload then finds the encodings loaded.
+    """
+    from distillery.generators.tokens import preload
+
+    judge = job.curation.judge
+    preload([t.model for t in job.teachers] + ([judge.teacher.model] if judge else []))
 
 
 def _output_option(output: str) -> Path | str:

@@ -27,7 +27,7 @@ from distillery.config import JobConfig, load_config, require_api_keys
 from distillery.errors import FatalRunError
 from distillery.flows.artifacts import Progress, publish_run_artifacts
 from distillery.flows.batches import BatchSummary, batch_label, current_ids, send_and_commit
-from distillery.flows.curate import dedup_run_task, earlier_runs
+from distillery.flows.curate import dedup_run_task
 from distillery.flows.dask_runner import DaskBatches
 from distillery.flows.progress import STOP, get_listener
 from distillery.flows.shared_limits import shared_limits_for
@@ -262,8 +262,7 @@ async def generate(job: JobConfig, run_id: str, config_path: str | None = None) 
         else:
             summary.status = "completed"
         if job.curation.dedup.enabled and not STOP.requested:
-            history = earlier_runs(output, run_id)
-            removed = dedup_run_task(output, run_id, history, job.curation.dedup)
+            removed = dedup_run_task(output, run_id, None, job.curation.dedup)
     except FatalRunError:
         summary.status = "failed"
         raise
