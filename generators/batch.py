@@ -9,6 +9,7 @@ in flight never exceed a teacher's ``concurrency``.
 from __future__ import annotations
 
 import asyncio
+import json
 import logging
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field, replace
@@ -17,7 +18,7 @@ from typing import Any, Protocol
 
 from distillery.config import JobConfig, TeacherConfig
 from distillery.generators.budget import Budget
-from distillery.generators.client import Outcome, TeacherClient, TeacherUnusable
+from distillery.generators.client import Failure, Outcome, TeacherClient, TeacherUnusable
 from distillery.generators.curation.judge import Judge
 from distillery.generators.http import HttpSender, make_http_client
 from distillery.generators.pricing import PriceEntry, cost_usd
@@ -209,12 +210,15 @@ class TeacherPool:
         budget = self.teacher_budgets.get(name)
         return name not in self.unusable and (budget is None or not budget.exhausted)
 
-    async def request(self, item: WorkItem) -> Outcome | None:
+    async def request(
+        self, item: WorkItem, paid: Callable[[Outcome], None] | None = None
+    ) -> Outcome | None:
         """Send one request under its teacher's cap; None if it was not sent: the run is
         stopping, or (``available``) the teacher is unusable or its budget is spent.
 
         With a response schema, an answer that does not match it is repaired (up to the
-        configured follow-ups) in the same slot: see :mod:`distillery.generators.structured`.
+        configured follow-ups) in the same slot: see :mod:`distillery.generators.structured`;
+        ``paid`` hears each answer a repair is about to be asked for.
         """
         teacher = self._teachers[item.teacher.name]
         async with teacher.slots:
@@ -225,7 +229,7 @@ class TeacherPool:
             async def send(messages: list[Message]) -> Outcome | None:
                 return await self._send(teacher, item, messages)
 
-            return await repair(self.structured, item.prompt.messages, outcome, send)
+            return await repair(self.structured, item.prompt.messages, outcome, send, paid)
 
     async def _send(
         self, teacher: _Teacher, item: WorkItem, messages: list[Message]
@@ -303,6 +307,41 @@ class ItemRunner(Protocol):
     ) -> tuple[str, dict[str, Any], Outcome | None] | None: ...
 
 
+def interrupted_row(
+    ctx: RunContext, item: WorkItem, exchange: Outcome, error_class: str, message: str
+) -> dict[str, Any]:
+    """A failure row keeping one paid answer that a crash could otherwise lose.
+
+    Spooled while later requests for the same row are under way; discarded with the spool
+    when the batch commits (the final row holds every exchange), so only a process that died
+    first leaves it. ``conversation`` holds the prompt and the answer; ``recipe_meta`` the
+    answer's usage and cost.
+    """
+    completion = exchange.completion
+    assert completion is not None, "only an answered exchange was paid for"
+    failed = replace(exchange, completion=None, failure=Failure(error_class, message, None))
+    row = failure_row(ctx, item.prompt, item.teacher, item.sample_index, failed)
+    price = ctx.facts(item.teacher).price
+    usage = {
+        "prompt_tokens": completion.prompt_tokens,
+        "completion_tokens": completion.completion_tokens,
+        "cached_tokens": completion.cached_tokens,
+        "reasoning_tokens": completion.reasoning_tokens,
+        "teacher_model_version": completion.model_version,
+        "cost_usd": cost_usd(
+            price, completion.prompt_tokens, completion.completion_tokens, completion.cached_tokens
+        ),
+    }
+    answer: Message = {"role": "assistant", "content": completion.text}
+    row.update(
+        route=item.route,
+        route_step=item.route_step,
+        conversation=[*item.prompt.messages, answer],
+        recipe_meta=json.dumps(usage, sort_keys=True),
+    )
+    return row
+
+
 async def run_batch(
     items: Sequence[WorkItem],
     pool: TeacherPool,
@@ -319,13 +358,31 @@ async def run_batch(
     """
     rows = BatchRows()
 
+    def spool_before_repair(item: WorkItem) -> Callable[[Outcome], None] | None:
+        """Spools an answer a schema repair is about to be asked for (see ``repair``)."""
+        if sink is None or pool.structured is None:
+            return None
+
+        def paid(exchange: Outcome) -> None:
+            assert sink is not None and exchange.completion is not None
+            row = interrupted_row(
+                ctx,
+                item,
+                exchange,
+                "repair_interrupted",
+                "the process ended while this answer's schema repair was asked for",
+            )
+            sink("failures", row)
+
+        return paid
+
     async def one(first: WorkItem) -> None:
         if first.runner is not None:
             await run_recipe_item(first)
             return
         item: WorkItem | None = first
         while item is not None:
-            outcome = await pool.request(item)
+            outcome = await pool.request(item, spool_before_repair(item))
             if outcome is not None:
                 if outcome.completion is not None:
                     table, build, bucket = "samples", sample_row, rows.samples

@@ -227,7 +227,11 @@ Send = Callable[[list[Message]], Awaitable[Outcome | None]]
 
 
 async def repair(
-    structured: StructuredOutput, messages: list[Message], outcome: Outcome, send: Send
+    structured: StructuredOutput,
+    messages: list[Message],
+    outcome: Outcome,
+    send: Send,
+    paid: Callable[[Outcome], None] | None = None,
 ) -> Outcome:
     """``outcome`` after up to ``repair_attempts`` follow-ups while its answer is invalid.
 
@@ -235,8 +239,13 @@ async def repair(
     when the run may not send any more. An answer that was refused or filtered is not an
     attempt at JSON, so it is not repaired. A follow-up that fails for good leaves the last
     answer in place (still invalid: curation rejects it); its attempts are counted anyway.
+
+    ``paid`` hears each exchange (the first answer, then each repair's) just before a repair
+    is asked for it: the batch spools it, so a crash during the repair still keeps that
+    answer, already paid for (the exchanges end up in one row otherwise).
     """
     outcome.repairs = 0
+    exchange = outcome
     for _ in range(structured.repair_attempts):
         completion = outcome.completion
         if completion is None or completion.finish_reason in ("refusal", "content_filter"):
@@ -244,10 +253,13 @@ async def repair(
         follow_up = structured.repair_messages(messages, completion.text)
         if follow_up is None:
             break
+        if paid is not None:
+            paid(exchange)
         later = await send(follow_up)
         if later is None:
             break
         outcome = combine(outcome, later)
+        exchange = later
         if later.completion is None:
             break
     return outcome

@@ -21,11 +21,17 @@ from distillery.emulator import EmulatorOptions, RunningEmulator
 from distillery.emulator.structured import document, openapi_to_json_schema
 from distillery.errors import ConfigError
 from distillery.flows.generate import generate
+from distillery.generators.batch import TeacherPool, WorkItem, run_batch
 from distillery.generators.client import merge_body
+from distillery.generators.prompts import load_prompts
 from distillery.generators.providers.anthropic import supported_schema
 from distillery.generators.providers.registry import get_provider
+from distillery.generators.recipes import build_recipe, stage_reader
+from distillery.generators.records import RunContext, teacher_facts
 from distillery.generators.structured import StructuredOutput, build_structured
 from distillery.storage.catalog import open_catalog
+from distillery.storage.location import as_location
+from distillery.storage.spool import Spool
 
 from .conftest import REPO, write_prompts
 
@@ -537,3 +543,59 @@ def test_the_recipe_example_runs_on_the_emulator(prefect_api: str, tmp_path: Pat
            FROM samples"""
     ).fetchall()
     assert counted == [(24, 24, 3, True)]
+
+
+@pytest.mark.slow
+def test_a_crash_during_a_repair_keeps_every_answer_already_paid(
+    prefect_api: str, tmp_path: Path
+) -> None:
+    """Each answer a repair is asked for is spooled first (a ``repair_interrupted`` failure
+    row with its text and usage), so a process dying mid-repair loses no paid answer; a
+    run that commits discards them with the spool."""
+    options = EmulatorOptions(seed=3, fault_rate=1.0, faults=["schema-mismatch"])
+    with RunningEmulator(options) as emu:
+        job = load_config(
+            write_structured_job(tmp_path, emu.url, inline(SCHEMA, repair_attempts=2), prompts=2)
+        )
+        prompts = load_prompts(job.prompts)
+        stage = next(build_recipe(job).stages(prompts, stage_reader(as_location(job.output), "x")))
+        items: list[WorkItem] = [item for items in stage.plan(set()) for item in items]
+        ctx = RunContext("crash", job.config_hash(), None, teachers=teacher_facts(job))
+        spool = Spool(as_location(job.output), "crash")
+        spooled: list[dict[str, Any]] = []
+
+        def crash_before_the_rows(table: str, row: dict[str, Any]) -> None:
+            # The process "dies" before any finished row reaches the spool.
+            if table == "failures":
+                spool.append(table, row)
+                spooled.append(row)
+
+        async def interrupted() -> None:
+            structured = build_structured(job.response_schema)
+            async with TeacherPool(job, structured=structured) as pool:
+                await run_batch(items, pool, ctx, sink=crash_before_the_rows)
+
+        asyncio.run(interrupted())
+        spool.close()
+        served = emu.stats()
+        summary = asyncio.run(generate(job=job, run_id="crash"))
+    assert len(items) == 6 and served["served_flagged"] == 6 * 3  # an answer, two repairs
+    # Every answer but each item's last was spooled before its repair was asked for.
+    assert len(spooled) == 6 * 2
+    assert {row["error_class"] for row in spooled} == {"repair_interrupted"}
+    for row in spooled:
+        usage = json.loads(row["recipe_meta"])
+        assert usage["completion_tokens"] > 0 and usage["prompt_tokens"] > 0
+        answer = row["conversation"][-1]
+        assert answer["role"] == "assistant" and answer["content"]
+        assert row["conversation"][:-1] == row["messages"]
+    assert summary.rejected == {"schema_mismatch": 6}  # the resumed run bought them again
+    con = open_catalog(job.output)
+    log = con.execute(
+        """SELECT count(*), sum(CAST(recipe_meta->>'completion_tokens' AS INT))
+           FROM failures_log WHERE error_class = 'repair_interrupted'"""
+    ).fetchall()
+    # Recovered from the crashed spool: exactly those rows; the resumed run's own were
+    # discarded with its spool when its batches committed.
+    assert log[0][0] == 12
+    assert log[0][1] == sum(json.loads(r["recipe_meta"])["completion_tokens"] for r in spooled)
