@@ -152,7 +152,8 @@ def teacher_stack(transport: Transport, max_tokens: int | None) -> Stack:
                 "params": {} if max_tokens is None else {"max_tokens": max_tokens},
             }
         )
-        http = make_http_client(transport, concurrency, TIMEOUT_S)
+        # With the base URL, as a run builds it (the proxy resolved once, not per request).
+        http = make_http_client(transport, concurrency, TIMEOUT_S, teacher.base_url)
         client = TeacherClient(teacher, get_provider("openai"), http)
 
         async def send(messages: Messages) -> None:
@@ -320,8 +321,9 @@ def main() -> None:
             else f"max_tokens {args.max_tokens}."
         ),
         "Emulator: `distillery emulator --latency-ms 0` in its own process on loopback. "
-        "Client: default asyncio event loop, one process. httpx rows use make_http_client() "
-        f"(limits sized to {args.concurrency} connections, as a run does).",
+        "Client: default asyncio event loop, one process. httpx rows: httpx.AsyncClient pooled "
+        f"for {args.concurrency} connections, on its own transport or httpx-aiohttp's; "
+        "TeacherClient rows: make_http_client() with the teacher's base URL, as a run does.",
         "Client CPU ms/req: the client process's CPU time over the timed part divided by the "
         "requests (median over repeats; lower is cheaper, and less disturbed by other processes "
         "than req/s). Emulator CPU: its CPU seconds per wall second, median over repeats "

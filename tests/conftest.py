@@ -7,12 +7,14 @@ settings when it is first imported. Nothing a test does reaches the user's ``~/.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import tempfile
-from collections.abc import Iterator
+from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 
 import pytest
+from aiohttp import web
 
 # Under pytest-xdist the controller imports this file before it starts the workers, which
 # inherit its environment: they share one session directory, hence one DISTILLERY_HOME and one
@@ -125,3 +127,17 @@ output: out
 {extra}"""
     )
     return config
+
+
+@contextlib.asynccontextmanager
+async def serving(app: web.Application) -> AsyncIterator[str]:
+    """``app`` served on a free loopback port for the block; yields its base URL."""
+    runner = web.AppRunner(app)
+    await runner.setup()
+    site = web.TCPSite(runner, "127.0.0.1", 0)
+    await site.start()
+    try:
+        port = site._server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
+        yield f"http://127.0.0.1:{port}"
+    finally:
+        await runner.cleanup()

@@ -15,6 +15,8 @@ from distillery.generators.http import make_http_client
 from distillery.generators.providers.registry import get_provider
 from distillery.generators.retry import backoff_s, parse_retry_after, status_is_retryable, wait_s
 
+from .conftest import serving
+
 NOW = 1_700_000_000.0
 
 
@@ -129,27 +131,22 @@ def _scripted_teacher_run(
     async def scenario() -> Outcome:
         app = web.Application()
         app.router.add_post("/v1/chat/completions", chat)
-        runner = web.AppRunner(app)
-        await runner.setup()
-        site = web.TCPSite(runner, "127.0.0.1", 0)
-        await site.start()
-        port = site._server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
-        spec = TeacherConfig.model_validate(
-            {
-                "name": "t",
-                "provider": "openai",
-                "model": "m",
-                "base_url": f"http://127.0.0.1:{port}/v1",
-                "max_attempts": max_attempts,
-            }
-        )
-        http = make_http_client("aiohttp", 2, 10.0, spec.base_url)
-        try:
-            client = TeacherClient(spec, get_provider("openai"), http)
-            return await client.complete([{"role": "user", "content": "hello"}])
-        finally:
-            await http.aclose()
-            await runner.cleanup()
+        async with serving(app) as url:
+            spec = TeacherConfig.model_validate(
+                {
+                    "name": "t",
+                    "provider": "openai",
+                    "model": "m",
+                    "base_url": f"{url}/v1",
+                    "max_attempts": max_attempts,
+                }
+            )
+            http = make_http_client("aiohttp", 2, 10.0, spec.base_url)
+            try:
+                client = TeacherClient(spec, get_provider("openai"), http)
+                return await client.complete([{"role": "user", "content": "hello"}])
+            finally:
+                await http.aclose()
 
     return asyncio.run(scenario()), arrivals
 

@@ -12,6 +12,8 @@ from distillery.emulator import EmulatorOptions, RunningEmulator
 from distillery.flows import server
 from distillery.generators.http import HttpTransportError, make_http_client
 
+from .conftest import serving
+
 
 def test_a_recycled_pid_is_never_killed(monkeypatch: pytest.MonkeyPatch, tmp_path) -> None:
     monkeypatch.setenv("DISTILLERY_HOME", str(tmp_path))
@@ -89,19 +91,13 @@ def test_cookies_a_server_sets_are_kept_and_sent_back(transport: str) -> None:
         app = web.Application()
         app.router.add_get("/plain", plain)
         app.router.add_get("/sticky", sticky)
-        runner = web.AppRunner(app)
-        await runner.setup()
-        site = web.TCPSite(runner, "127.0.0.1", 0)
-        await site.start()
-        port = site._server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
-        url = f"http://127.0.0.1:{port}"
-        client = make_http_client(transport, 4, 5.0, url)  # type: ignore[arg-type]
-        try:
-            for path in ("plain", "plain", "sticky", "plain"):
-                await client.request("GET", f"{url}/{path}", {})
-        finally:
-            await client.aclose()
-            await runner.cleanup()
+        async with serving(app) as url:
+            client = make_http_client(transport, 4, 5.0, url)  # type: ignore[arg-type]
+            try:
+                for path in ("plain", "plain", "sticky", "plain"):
+                    await client.request("GET", f"{url}/{path}", {})
+            finally:
+                await client.aclose()
 
     asyncio.run(scenario())
     assert seen == [None, None, None, "lb=node-7"]
