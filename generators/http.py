@@ -156,8 +156,10 @@ class AiohttpSender:
         if body is not None and "content-type" not in {k.lower() for k in headers}:
             headers = {**headers, "Content-Type": "application/json"}
         try:
+            # Redirects are not followed, as httpx does not: a teacher API that redirects a
+            # POST is misconfigured, and following it could carry the key to another host.
             async with session.request(
-                method, url, headers=headers, data=body, proxy=self._proxy
+                method, url, headers=headers, data=body, proxy=self._proxy, allow_redirects=False
             ) as response:
                 content = await response.read()
                 lowered = {k.lower(): v for k, v in response.headers.items()}

@@ -152,3 +152,35 @@ def test_a_refused_connection_was_never_sent(transport: str) -> None:
     exc = _post(transport, "http://127.0.0.1:9")  # nothing listens there
     assert (exc.error_class, exc.reached_server) == ("connection_error", False)
     assert "127.0.0.1" in str(exc) or "refused" in str(exc).lower() or str(exc)
+
+
+@pytest.mark.parametrize("transport", ["aiohttp", "httpx"])
+def test_redirects_are_not_followed(transport: str) -> None:
+    """A redirected POST comes back as its 3xx (an error the provider classes), on both
+    transports: following it could carry the API key to another host."""
+    from aiohttp import web
+
+    followed: list[str] = []
+
+    async def moved(request: web.Request) -> web.Response:
+        raise web.HTTPTemporaryRedirect("/elsewhere")
+
+    async def elsewhere(request: web.Request) -> web.Response:
+        followed.append(request.headers.get("Authorization", ""))
+        return web.json_response({"ok": True})
+
+    async def scenario() -> int:
+        app = web.Application()
+        app.router.add_post("/v1/chat/completions", moved)
+        app.router.add_post("/elsewhere", elsewhere)
+        async with serving(app) as url:
+            client = make_http_client(transport, 2, 5.0, url)  # type: ignore[arg-type]
+            try:
+                headers = {"Authorization": "Bearer secret", "content-type": "application/json"}
+                answer = await client.request("POST", url + CHAT[0], headers, CHAT[1])
+            finally:
+                await client.aclose()
+        return answer.status
+
+    assert asyncio.run(scenario()) == 307
+    assert followed == []
