@@ -4,10 +4,11 @@ A teacher client needs one thing from HTTP: POST a JSON body, get back status, h
 bytes, and learn — when no answer came — whether the server may have received (and billed)
 the request. :class:`HttpSender` is that, with two implementations:
 
-- ``aiohttp`` (default): aiohttp's ``ClientSession`` directly. On 2 cores here it costs ~0.8 ms
-  of client CPU a request against ~2.3 ms for httpx's API on aiohttp's transport and ~6.8 ms
-  for httpx's own transport (BENCHMARKS.md, overhead); at the rates top-tier limits allow
-  (hundreds of requests/s per model) the httpx layer alone would fill a core.
+- ``aiohttp`` (default): aiohttp's ``ClientSession`` directly. On 2 cores here it costs about
+  half the client CPU a request of httpx's API on aiohttp's transport and a twelfth of
+  httpx's own transport (0.45 vs 1.0 vs 5.5 ms, BENCHMARKS.md, overhead); at the rates
+  top-tier limits allow (hundreds of requests/s per model) the httpx layer would take most of
+  a core.
 - ``httpx``: httpx's own transport, selectable (``http_transport`` in the job file) should
   aiohttp misbehave somewhere.
 
