@@ -37,12 +37,13 @@ from distillery.generators.curation.apply import Curator, build_curator
 from distillery.generators.curation.minhash import DEFAULT_PARAMS
 from distillery.generators.prompts import load_prompts, template_hash
 from distillery.generators.recipes import Stage, build_recipe, stage_reader
+from distillery.generators.recipes.base import INTERMEDIATE_STAGES
 from distillery.generators.records import RunContext, teacher_facts
 from distillery.generators.structured import StructuredOutput, build_structured
 from distillery.storage.compact import compact_partition
 from distillery.storage.location import Location, as_location, resolve_output
 from distillery.storage.shards import next_part_number, partition_dir, read_column, write_shard
-from distillery.storage.spool import recover
+from distillery.storage.spool import Replay, replay
 
 
 class RunSummary(BaseModel):
@@ -107,6 +108,30 @@ async def generate_batch(
     )
 
 
+async def _judge_replayed(job: JobConfig, leftover: Replay) -> None:
+    """Grade answers replayed from a spool as their batch would have.
+
+    A batch spools each answer as it arrives and grades the batch's answers afterwards, so a
+    process that died in between left them ungraded. The spools are deleted only once these
+    rows are committed, so dying here again just replays them again. Rows of a recipe's
+    intermediate stages are never judged, as in their batch.
+    """
+    pending = [
+        row
+        for row in leftover.samples
+        if row.get("judge_teacher") is None and row.get("stage") not in INTERMEDIATE_STAGES
+    ]
+    if not pending:
+        return
+    prices = {name: facts.price for name, facts in teacher_facts(job).items()}
+    async with TeacherPool(job, prices=prices) as pool:
+        assert pool.judge is not None
+        kept, judged_out = await pool.judge.apply(pending)
+    graded = {id(row) for row in pending}
+    leftover.samples = [row for row in leftover.samples if id(row) not in graded] + kept
+    leftover.rejected = leftover.rejected + judged_out
+
+
 def _plan_stage(stage: Stage, done: set[str]) -> tuple[list[list[WorkItem]], int, int]:
     """A stage's requests still to make, how many, and how many were made before."""
     plan = stage.plan(done)
@@ -134,7 +159,10 @@ async def generate(job: JobConfig, run_id: str, config_path: str | None = None) 
     prompts = load_prompts(job.prompts)
     structured = build_structured(job.response_schema)
     curator = build_curator(job.curation, structured)
-    recovered = recover(output, run_id, curator.curate)
+    leftover = replay(output, run_id, curator.curate)
+    if job.curation.judge is not None:
+        await _judge_replayed(job, leftover)
+    recovered = leftover.commit()
     if any(recovered.values()):
         logger.warning(
             "recovered %d samples and %d failures spooled by an earlier invocation",

@@ -22,6 +22,7 @@ import json
 import os
 import uuid
 from collections.abc import Callable, Iterator
+from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
 from typing import IO, Any
@@ -120,22 +121,48 @@ def leftover_spools(output: Path | Location, run_id: str) -> list[Path]:
 Curate = Callable[[list[dict[str, Any]]], tuple[list[dict[str, Any]], list[dict[str, Any]]]]
 
 
-def recover(output: Path | Location, run_id: str, curate: Curate | None = None) -> dict[str, int]:
-    """Bring a run's storage to a clean state before it resumes; returns rows recovered by table.
+@dataclass
+class Replay:
+    """What a run's leftover spools hold that its shards do not, before anything is written.
 
-    Adopts complete shards a crash left outside the manifest, then replays every leftover spool
-    into new shards — skipping rows already committed, and passing answers through ``curate``
-    (the run's filters) as a batch would — and only then deletes the spools.
+    The spools stay until :meth:`commit`: a process dying in between (say, while the judge
+    grades ``samples``) replays them again, and rows committed by then are skipped.
     """
-    from distillery.storage.shards import read_column, reconcile, write_shard
+
+    output: Location
+    run_id: str
+    samples: list[dict[str, Any]]
+    rejected: list[dict[str, Any]]
+    failures: list[dict[str, Any]]
+    spools: list[Path]
+
+    def commit(self) -> dict[str, int]:
+        """Write the rows as new shards, then delete the spools; rows written, by table."""
+        from distillery.storage.shards import write_shard
+
+        recovered = {"samples": 0, "rejected": 0, "failures": 0}
+        tables = (("samples", self.samples), ("rejected", self.rejected))
+        for table, rows in (*tables, ("failures", self.failures)):
+            if rows:
+                write_shard(self.output, table, self.run_id, rows, 0)
+                recovered[table] = len(rows)
+        for path in self.spools:
+            path.unlink(missing_ok=True)
+        return recovered
+
+
+def replay(output: Path | Location, run_id: str, curate: Curate | None = None) -> Replay:
+    """Adopt complete shards a crash left outside the manifest, and read every leftover spool:
+    rows not committed yet, answers passed through ``curate`` (the run's filters) as a batch
+    would. Nothing is written or deleted until :meth:`Replay.commit`."""
+    from distillery.storage.shards import read_column, reconcile
 
     output = as_location(output)
     for table in ("samples", "rejected", "failures"):
         reconcile(output, table, run_id)
-    recovered = {"samples": 0, "rejected": 0, "failures": 0}
     spools = leftover_spools(output, run_id)
     if not spools:
-        return recovered
+        return Replay(output, run_id, [], [], [], [])
     answered = {
         sample_id
         for table in ("samples", "rejected")
@@ -162,10 +189,14 @@ def recover(output: Path | Location, run_id: str, curate: Curate | None = None) 
                 answered.add(row["sample_id"])
                 answers.append(row)
     kept, rejected = curate(answers) if curate is not None else (answers, [])
-    for table, rows in (("samples", kept), ("rejected", rejected), ("failures", failures)):
-        if rows:
-            write_shard(output, table, run_id, rows, 0)
-            recovered[table] = len(rows)
-    for path in spools:
-        path.unlink(missing_ok=True)
-    return recovered
+    return Replay(output, run_id, kept, rejected, failures, spools)
+
+
+def recover(output: Path | Location, run_id: str, curate: Curate | None = None) -> dict[str, int]:
+    """Bring a run's storage to a clean state before it resumes; returns rows recovered by table.
+
+    Adopts complete shards a crash left outside the manifest, then replays every leftover spool
+    into new shards — skipping rows already committed, and passing answers through ``curate``
+    (the run's filters) as a batch would — and only then deletes the spools.
+    """
+    return replay(output, run_id, curate).commit()

@@ -10,7 +10,13 @@ from distillery.config import load_config
 from distillery.emulator import RunningEmulator
 from distillery.flows.curate import dedup_dataset
 from distillery.flows.generate import generate
+from distillery.generators.batch import TeacherPool, WorkItem, run_batch
+from distillery.generators.prompts import load_prompts
+from distillery.generators.recipes import build_recipe, stage_reader
+from distillery.generators.records import RunContext, teacher_facts
 from distillery.storage.catalog import open_catalog
+from distillery.storage.location import as_location
+from distillery.storage.spool import Spool
 
 from .conftest import write_job
 
@@ -127,3 +133,44 @@ def test_llm_judge_grades_through_its_own_client(
     assert kept[0] > 0 and all(kept[1:])
     assert summary.rejected.get("low_score") == low[0]
     assert low[0] + kept[0] + sum(v for k, v in summary.rejected.items() if k != "low_score") == 40
+
+
+def test_answers_replayed_from_a_spool_are_judged(
+    prefect_api: str, emulator: RunningEmulator, tmp_path: Path
+) -> None:
+    """A batch spools each answer as it arrives and grades them afterwards: a process killed
+    in between leaves ungraded answers, which the resume grades before committing them."""
+    judge = f"""curation:
+  judge:
+    teacher: {{name: grader, provider: anthropic, model: claude-3-5-haiku,
+              base_url: "{emulator.url}", api_key_env: EMULATOR_API_KEY, concurrency: 4}}
+    threshold: 6
+"""
+    job = load_config(write_job(tmp_path, emulator.url, prompts=12, extra=judge))
+    prompts = load_prompts(job.prompts)
+    stage = next(build_recipe(job).stages(prompts, stage_reader(as_location(job.output), "r")))
+    items: list[WorkItem] = [item for items in stage.plan(set()) for item in items]
+    ctx = RunContext("r", job.config_hash(), None, teachers=teacher_facts(job))
+    spool = Spool(as_location(job.output), "r")
+
+    async def killed_before_grading() -> None:
+        async with TeacherPool(job) as pool:
+            await run_batch(items, pool, ctx, sink=spool.append)
+
+    asyncio.run(killed_before_grading())
+    spool.close()  # the process "dies": answers spooled, nothing graded or committed
+    asked = emulator.stats()["requests"]
+    summary = asyncio.run(generate(job=job, run_id="r"))
+    assert summary.requests_skipped == 12 and summary.requests_planned == 0  # nothing re-bought
+    con = open_catalog(job.output)
+    rows = con.execute(
+        """SELECT count(*), count(judge_score), bool_and(judge_teacher = 'grader')
+           FROM (SELECT judge_score, judge_teacher FROM samples
+                 UNION ALL SELECT judge_score, judge_teacher FROM rejected)"""
+    ).fetchall()[0]
+    assert rows == (12, 12, True)
+    low = con.execute(
+        "SELECT count(*) FROM rejected WHERE filter = 'judge' AND judge_score < 6"
+    ).fetchall()[0][0]
+    assert low > 0  # the threshold applied to replayed answers too
+    assert emulator.stats()["requests"] - asked == 12  # one grading request per answer
