@@ -180,27 +180,89 @@ def define_views(con: duckdb.DuckDBPyConnection, output: Path | str | Location, 
     con.execute(
         """
         CREATE OR REPLACE VIEW teachers AS
-        WITH kept AS (
+        WITH answered AS (
+            -- A conversation's row sums every turn; the share of a different teacher that
+            -- played the user (recipe_meta) is that teacher's, not the assistant's.
+            SELECT *, 'kept' AS outcome FROM (
+                SELECT teacher_name, teacher_provider, teacher_model, teacher_model_version,
+                       usage_terms, created_at, prompt_tokens, completion_tokens, cost_usd,
+                       recipe_meta FROM samples)
+            UNION ALL BY NAME
+            SELECT *, 'dropped' AS outcome FROM (
+                SELECT teacher_name, cost_usd, recipe_meta FROM rejected)
+        ),
+        shares AS (
+            SELECT *,
+                   CASE WHEN recipe_meta->>'user_teacher' <> teacher_name
+                        THEN recipe_meta->>'user_teacher' END AS user_teacher,
+                   CAST(recipe_meta->>'user_prompt_tokens' AS BIGINT) AS user_prompt_tokens,
+                   CAST(recipe_meta->>'user_completion_tokens' AS BIGINT)
+                       AS user_completion_tokens,
+                   CAST(recipe_meta->>'user_cost_usd' AS DOUBLE) AS user_cost_usd
+            FROM answered
+        ),
+        own AS (
+            SELECT *,
+                   prompt_tokens - if(user_teacher IS NULL, 0, coalesce(user_prompt_tokens, 0))
+                       AS own_prompt_tokens,
+                   completion_tokens
+                       - if(user_teacher IS NULL, 0, coalesce(user_completion_tokens, 0))
+                       AS own_completion_tokens,
+                   cost_usd - if(user_teacher IS NULL, 0, coalesce(user_cost_usd, 0))
+                       AS own_cost_usd
+            FROM shares
+        ),
+        kept AS (
             SELECT teacher_name, teacher_provider, teacher_model,
                    list(DISTINCT teacher_model_version ORDER BY teacher_model_version)
                        AS model_versions,
                    list(DISTINCT usage_terms ORDER BY usage_terms) AS usage_terms,
                    count(*) AS samples,
-                   sum(prompt_tokens) AS prompt_tokens,
-                   sum(completion_tokens) AS completion_tokens,
-                   sum(cost_usd) AS cost_usd,
+                   sum(own_prompt_tokens) AS prompt_tokens,
+                   sum(own_completion_tokens) AS completion_tokens,
+                   sum(own_cost_usd) AS cost_usd,
                    min(created_at) AS first_sample_at,
                    max(created_at) AS last_sample_at
-            FROM samples GROUP BY ALL
+            FROM own WHERE outcome = 'kept'
+            GROUP BY teacher_name, teacher_provider, teacher_model
+        ),
+        played AS (
+            SELECT user_teacher AS teacher_name,
+                   sum(user_prompt_tokens) FILTER (outcome = 'kept') AS prompt_tokens,
+                   sum(user_completion_tokens) FILTER (outcome = 'kept') AS completion_tokens,
+                   sum(user_cost_usd) FILTER (outcome = 'kept') AS cost_usd,
+                   sum(user_cost_usd) FILTER (outcome = 'dropped') AS rejected_cost_usd
+            FROM shares WHERE user_teacher IS NOT NULL GROUP BY user_teacher
         ),
         dropped AS (
-            SELECT teacher_name, count(*) AS rejected, sum(cost_usd) AS rejected_cost_usd
-            FROM rejected GROUP BY ALL
+            SELECT teacher_name, count(*) AS rejected, sum(own_cost_usd) AS rejected_cost_usd
+            FROM own WHERE outcome = 'dropped' GROUP BY teacher_name
         ),
-        failed AS (SELECT teacher_name, count(*) AS failures FROM failures GROUP BY ALL)
-        SELECT kept.*, coalesce(dropped.rejected, 0) AS rejected,
-               dropped.rejected_cost_usd, coalesce(failed.failures, 0) AS failures
-        FROM kept LEFT JOIN dropped USING (teacher_name) LEFT JOIN failed USING (teacher_name)
+        failed AS (SELECT teacher_name, count(*) AS failures FROM failures GROUP BY ALL),
+        merged AS (
+            SELECT coalesce(kept.teacher_name, played.teacher_name) AS teacher_name,
+                   kept.teacher_provider, kept.teacher_model, kept.model_versions,
+                   kept.usage_terms, coalesce(kept.samples, 0) AS samples,
+                   CASE WHEN played.teacher_name IS NULL THEN kept.prompt_tokens
+                        ELSE coalesce(kept.prompt_tokens, 0)
+                             + coalesce(played.prompt_tokens, 0) END AS prompt_tokens,
+                   CASE WHEN played.teacher_name IS NULL THEN kept.completion_tokens
+                        ELSE coalesce(kept.completion_tokens, 0)
+                             + coalesce(played.completion_tokens, 0) END AS completion_tokens,
+                   CASE WHEN played.teacher_name IS NULL THEN kept.cost_usd
+                        ELSE coalesce(kept.cost_usd, 0) + coalesce(played.cost_usd, 0) END
+                       AS cost_usd,
+                   kept.first_sample_at, kept.last_sample_at,
+                   played.rejected_cost_usd AS played_rejected_cost_usd
+            FROM kept FULL OUTER JOIN played USING (teacher_name)
+        )
+        SELECT merged.* EXCLUDE (played_rejected_cost_usd),
+               coalesce(dropped.rejected, 0) AS rejected,
+               CASE WHEN played_rejected_cost_usd IS NULL THEN dropped.rejected_cost_usd
+                    ELSE coalesce(dropped.rejected_cost_usd, 0) + played_rejected_cost_usd END
+                   AS rejected_cost_usd,
+               coalesce(failed.failures, 0) AS failures
+        FROM merged LEFT JOIN dropped USING (teacher_name) LEFT JOIN failed USING (teacher_name)
         ORDER BY teacher_name
         """
     )

@@ -70,6 +70,29 @@ curation:
         # Usage is the sum over every turn: more than the user teacher's share alone.
         assert tokens_in > meta["user_prompt_tokens"] > 0
         assert tokens_out > meta["user_completion_tokens"] > 0
+    # The teachers view charges t1 (playing the user in every conversation) with its turns in
+    # t0's conversations: per teacher, what it answered; in total, every row's usage once.
+    per_row = con.execute(
+        """SELECT teacher_name, sum(prompt_tokens), sum(completion_tokens), sum(cost_usd),
+                  sum(CAST(recipe_meta->>'user_prompt_tokens' AS BIGINT)),
+                  sum(CAST(recipe_meta->>'user_completion_tokens' AS BIGINT)),
+                  sum(CAST(recipe_meta->>'user_cost_usd' AS DOUBLE))
+           FROM samples GROUP BY ALL ORDER BY ALL"""
+    ).fetchall()
+    view = con.execute(
+        "SELECT teacher_name, samples, prompt_tokens, completion_tokens, cost_usd FROM teachers"
+    ).fetchall()
+    (
+        (_, t0_in, t0_out, t0_cost, moved_in, moved_out, moved_cost),
+        (_, t1_in, t1_out, t1_cost, *_),
+    ) = per_row
+    assert moved_cost > 0
+    assert [v[:4] for v in view] == [
+        ("t0", 4, t0_in - moved_in, t0_out - moved_out),
+        ("t1", 4, t1_in + moved_in, t1_out + moved_out),
+    ]
+    assert view[0][4] == pytest.approx(t0_cost - moved_cost)
+    assert view[1][4] == pytest.approx(t1_cost + moved_cost)
     # Resume sends nothing.
     again = asyncio.run(generate(job=job, run_id="chat"))
     assert again.requests_planned == 0 and again.requests_skipped == 8
