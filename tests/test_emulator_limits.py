@@ -50,12 +50,6 @@ def hint_ms(response: httpx.Response) -> int:
 
 
 @pytest.fixture
-def ten_per_second() -> Iterator[RunningEmulator]:
-    with RunningEmulator(EmulatorOptions(rpm=600, window_s=1.0)) as emu:
-        yield emu
-
-
-@pytest.fixture
 def ten_per_three_seconds() -> Iterator[RunningEmulator]:
     """A 3 s window, so a burst on a loaded machine still lands inside one window."""
     with RunningEmulator(EmulatorOptions(rpm=200, window_s=3.0)) as emu:
@@ -125,19 +119,22 @@ async def _paced(url: str, rate_per_s: float, duration_s: float) -> list[tuple[f
 
 
 def test_no_window_interval_ever_holds_more_than_the_allowance(
-    ten_per_second: RunningEmulator,
+    ten_per_three_seconds: RunningEmulator,
 ) -> None:
-    results = asyncio.run(_paced(ten_per_second.url, rate_per_s=20, duration_s=3))
+    # 10 per 3 s, paced at 10/s for 5 s: the first second's 10 get in, the next two seconds'
+    # are refused, the fourth second's get in as the first ones leave the window.
+    results = asyncio.run(_paced(ten_per_three_seconds.url, rate_per_s=10, duration_s=5))
     # The server admitted each request between its sending and its answer, so admissions of
-    # requests sent less than (1 s - slowest round trip) apart lie within one second.
+    # requests sent less than (3 s - slowest round trip) apart lie within one window. (A 1 s
+    # window needed round trips under 0.3 s, which a loaded CI machine once missed.)
     tolerance = max(received - sent for sent, received, _ in results)
-    assert tolerance < 0.3, "too slow a machine to tell windows apart"
+    assert tolerance < 1.0, "too slow a machine to tell windows apart"
     admitted = sorted(sent for sent, _, status in results if status == 200)
     for index, first in enumerate(admitted):
-        within = [t for t in admitted[index:] if t < first + 1.0 - tolerance]
+        within = [t for t in admitted[index:] if t < first + 3.0 - tolerance]
         assert len(within) <= 10, (first, within)
-    # Sliding, and refusals cost nothing: ~10 per second get in, not 10 in the whole run.
-    assert 25 <= len(admitted) <= 31
+    # Sliding, and refusals cost nothing: a second ten get in, not 10 in the whole run.
+    assert 18 <= len(admitted) <= 22
     assert {status for _, _, status in results} == {200, 429}
 
 
