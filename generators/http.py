@@ -91,11 +91,13 @@ def json_body(body: object) -> bytes:
 
 
 def _proxy_for(base_url: str) -> str | None:
-    """The proxy the environment names for ``base_url`` (honouring NO_PROXY), looked up once."""
+    """The proxy the environment names for ``base_url`` (honouring NO_PROXY), looked up once:
+    ``HTTPS_PROXY``/``HTTP_PROXY`` by scheme, else ``ALL_PROXY``, as httpx reads them."""
     parts = urlsplit(base_url)
     if parts.hostname and urllib.request.proxy_bypass(parts.hostname):
         return None
-    return urllib.request.getproxies().get(parts.scheme) or None
+    proxies = urllib.request.getproxies()
+    return proxies.get(parts.scheme) or proxies.get("all") or None
 
 
 @cache

@@ -62,6 +62,27 @@ def test_both_transports_honour_proxy_variables(
     assert asyncio.run(get(stats)) == 200
 
 
+@pytest.mark.parametrize("transport", ["aiohttp", "httpx"])
+def test_all_proxy_is_honoured_like_httpx_does(
+    transport: str, monkeypatch: pytest.MonkeyPatch, emulator: RunningEmulator
+) -> None:
+    async def get(url: str) -> int:
+        client = make_http_client(transport, 4, 5.0, emulator.url)  # type: ignore[arg-type]
+        try:
+            return (await client.request("GET", url, {})).status
+        finally:
+            await client.aclose()
+
+    stats = f"{emulator.url}/_emulator/stats"
+    for name in ("HTTP_PROXY", "http_proxy", "NO_PROXY", "no_proxy"):
+        monkeypatch.delenv(name, raising=False)
+    monkeypatch.setenv("ALL_PROXY", "http://127.0.0.1:9")  # nothing listens there
+    monkeypatch.setenv("all_proxy", "http://127.0.0.1:9")
+    with pytest.raises(HttpTransportError) as caught:
+        asyncio.run(get(stats))
+    assert (caught.value.error_class, caught.value.reached_server) == ("connection_error", False)
+
+
 def test_the_ui_is_told_its_own_api(prefect_api: str) -> None:
     # The UI fetches /ui-settings to find the API; a wrong address means every link we print
     # opens an error page.
