@@ -307,19 +307,21 @@ class ItemRunner(Protocol):
     ) -> tuple[str, dict[str, Any], Outcome | None] | None: ...
 
 
-def interrupted_row(
-    ctx: RunContext, item: WorkItem, exchange: Outcome, error_class: str, message: str
-) -> dict[str, Any]:
-    """A failure row keeping one paid answer that a crash could otherwise lose.
+def repair_interrupted_row(ctx: RunContext, item: WorkItem, exchange: Outcome) -> dict[str, Any]:
+    """A failure row keeping an answer a schema repair is about to be asked for.
 
-    Spooled while later requests for the same row are under way; discarded with the spool
-    when the batch commits (the final row holds every exchange), so only a process that died
-    first leaves it. ``conversation`` holds the prompt and the answer; ``recipe_meta`` the
-    answer's usage and cost.
+    Spooled while the repair is under way; discarded with the spool when the batch commits
+    (the final row holds every exchange), so only a process that died first leaves it.
+    ``conversation`` holds the prompt and the answer; ``recipe_meta`` its usage and cost.
     """
     completion = exchange.completion
     assert completion is not None, "only an answered exchange was paid for"
-    failed = replace(exchange, completion=None, failure=Failure(error_class, message, None))
+    failure = Failure(
+        "repair_interrupted",
+        "the process ended while this answer's schema repair was asked for",
+        None,
+    )
+    failed = replace(exchange, completion=None, failure=failure)
     row = failure_row(ctx, item.prompt, item.teacher, item.sample_index, failed)
     price = ctx.facts(item.teacher).price
     usage = {
@@ -364,15 +366,8 @@ async def run_batch(
             return None
 
         def paid(exchange: Outcome) -> None:
-            assert sink is not None and exchange.completion is not None
-            row = interrupted_row(
-                ctx,
-                item,
-                exchange,
-                "repair_interrupted",
-                "the process ended while this answer's schema repair was asked for",
-            )
-            sink("failures", row)
+            assert sink is not None
+            sink("failures", repair_interrupted_row(ctx, item, exchange))
 
         return paid
 

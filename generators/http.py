@@ -90,6 +90,14 @@ def json_body(body: object) -> bytes:
         return json.dumps(body, ensure_ascii=False, separators=(",", ":"), allow_nan=False).encode()
 
 
+def _json_content_type(headers: Mapping[str, str], body: bytes | None) -> Mapping[str, str]:
+    """``headers``, with a JSON Content-Type when a body goes without one (the providers set
+    it; neither sender should fall back to its own default, octet-stream for aiohttp)."""
+    if body is not None and "content-type" not in {k.lower() for k in headers}:
+        return {**headers, "Content-Type": "application/json"}
+    return headers
+
+
 def _proxy_for(base_url: str) -> str | None:
     """The proxy the environment names for ``base_url`` (honouring NO_PROXY), looked up once:
     ``HTTPS_PROXY``/``HTTP_PROXY`` by scheme, else ``ALL_PROXY``, as httpx reads them."""
@@ -156,8 +164,7 @@ class AiohttpSender:
         self, method: str, url: str, headers: Mapping[str, str], body: bytes | None = None
     ) -> HttpAnswer:
         session = self._session or self._open()
-        if body is not None and "content-type" not in {k.lower() for k in headers}:
-            headers = {**headers, "Content-Type": "application/json"}
+        headers = _json_content_type(headers, body)
         try:
             # Redirects are not followed, as httpx does not: a teacher API that redirects a
             # POST is misconfigured, and following it could carry the key to another host.
@@ -223,8 +230,7 @@ class HttpxSender:
     async def request(
         self, method: str, url: str, headers: Mapping[str, str], body: bytes | None = None
     ) -> HttpAnswer:
-        if body is not None and "content-type" not in {k.lower() for k in headers}:
-            headers = {**headers, "Content-Type": "application/json"}
+        headers = _json_content_type(headers, body)
         try:
             response = await self._client.request(
                 method, self._url(url), headers=dict(headers), content=body

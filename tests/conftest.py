@@ -12,9 +12,16 @@ import os
 import tempfile
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import pytest
 from aiohttp import web
+
+if TYPE_CHECKING:
+    from distillery.config import JobConfig
+    from distillery.generators.batch import WorkItem
+    from distillery.generators.records import RunContext
+    from distillery.storage.spool import Spool
 
 # Under pytest-xdist the controller imports this file before it starts the workers, which
 # inherit its environment: they share one session directory, hence one DISTILLERY_HOME and one
@@ -127,6 +134,22 @@ output: out
 {extra}"""
     )
     return config
+
+
+def batch_before_commit(job: JobConfig, run_id: str) -> tuple[list[WorkItem], RunContext, Spool]:
+    """The first stage's items of ``job``, a run context and the run's spool: what a batch
+    holds before it commits, for tests that end one there (a crash) and then resume."""
+    from distillery.generators.prompts import load_prompts
+    from distillery.generators.recipes import build_recipe, stage_reader
+    from distillery.generators.records import RunContext, teacher_facts
+    from distillery.storage.location import as_location
+    from distillery.storage.spool import Spool
+
+    output = as_location(job.output)
+    stage = next(build_recipe(job).stages(load_prompts(job.prompts), stage_reader(output, run_id)))
+    items = [item for items in stage.plan(set()) for item in items]
+    ctx = RunContext(run_id, job.config_hash(), None, teachers=teacher_facts(job))
+    return items, ctx, Spool(output, run_id)
 
 
 @contextlib.asynccontextmanager

@@ -10,15 +10,10 @@ from distillery.config import load_config
 from distillery.emulator import RunningEmulator
 from distillery.flows.curate import dedup_dataset
 from distillery.flows.generate import generate
-from distillery.generators.batch import TeacherPool, WorkItem, run_batch
-from distillery.generators.prompts import load_prompts
-from distillery.generators.recipes import build_recipe, stage_reader
-from distillery.generators.records import RunContext, teacher_facts
+from distillery.generators.batch import TeacherPool, run_batch
 from distillery.storage.catalog import open_catalog
-from distillery.storage.location import as_location
-from distillery.storage.spool import Spool
 
-from .conftest import write_job
+from .conftest import batch_before_commit, write_job
 
 pytestmark = pytest.mark.slow
 
@@ -107,15 +102,20 @@ def test_emulated_duplicates_are_found(prefect_api: str, tmp_path: Path) -> None
     assert summary.samples + sum(summary.rejected.values()) == 200
 
 
+def _judge(url: str) -> str:
+    """A job's curation section: an Anthropic-format judge on the emulator, threshold 6."""
+    return f"""curation:
+  judge:
+    teacher: {{name: grader, provider: anthropic, model: claude-3-5-haiku,
+              base_url: "{url}", api_key_env: EMULATOR_API_KEY, concurrency: 4}}
+    threshold: 6
+"""
+
+
 def test_llm_judge_grades_through_its_own_client(
     prefect_api: str, emulator: RunningEmulator, tmp_path: Path
 ) -> None:
-    judge = f"""curation:
-  judge:
-    teacher: {{name: grader, provider: anthropic, model: claude-3-5-haiku,
-              base_url: "{emulator.url}", api_key_env: EMULATOR_API_KEY, concurrency: 4}}
-    threshold: 6
-"""
+    judge = _judge(emulator.url)
     job = load_config(write_job(tmp_path, emulator.url, prompts=40, extra=judge))
     summary = asyncio.run(generate(job=job, run_id="judged"))
     con = open_catalog(job.output)
@@ -140,18 +140,9 @@ def test_answers_replayed_from_a_spool_are_judged(
 ) -> None:
     """A batch spools each answer as it arrives and grades them afterwards: a process killed
     in between leaves ungraded answers, which the resume grades before committing them."""
-    judge = f"""curation:
-  judge:
-    teacher: {{name: grader, provider: anthropic, model: claude-3-5-haiku,
-              base_url: "{emulator.url}", api_key_env: EMULATOR_API_KEY, concurrency: 4}}
-    threshold: 6
-"""
+    judge = _judge(emulator.url)
     job = load_config(write_job(tmp_path, emulator.url, prompts=12, extra=judge))
-    prompts = load_prompts(job.prompts)
-    stage = next(build_recipe(job).stages(prompts, stage_reader(as_location(job.output), "r")))
-    items: list[WorkItem] = [item for items in stage.plan(set()) for item in items]
-    ctx = RunContext("r", job.config_hash(), None, teachers=teacher_facts(job))
-    spool = Spool(as_location(job.output), "r")
+    items, ctx, spool = batch_before_commit(job, "r")
 
     async def killed_before_grading() -> None:
         async with TeacherPool(job) as pool:

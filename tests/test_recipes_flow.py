@@ -10,15 +10,11 @@ import pytest
 from distillery.config import load_config
 from distillery.emulator import EmulatorOptions, RunningEmulator
 from distillery.flows.generate import generate
-from distillery.generators.batch import TeacherPool, WorkItem, run_batch
+from distillery.generators.batch import TeacherPool, run_batch
 from distillery.generators.prompts import load_prompts
-from distillery.generators.recipes import build_recipe, stage_reader
-from distillery.generators.records import RunContext, teacher_facts
 from distillery.storage.catalog import open_catalog
-from distillery.storage.location import as_location
-from distillery.storage.spool import Spool
 
-from .conftest import write_job
+from .conftest import batch_before_commit, write_job
 
 
 @pytest.fixture(autouse=True)
@@ -130,11 +126,7 @@ def test_a_crash_mid_conversation_leaves_every_paid_turn_in_failures_log(
 ) -> None:
     recipe = "recipe: {type: conversation, turns: 3}\n"
     job = load_config(write_job(tmp_path, emulator.url, prompts=3, extra=recipe))
-    prompts = load_prompts(job.prompts)
-    stage = next(build_recipe(job).stages(prompts, stage_reader(as_location(job.output), "x")))
-    items: list[WorkItem] = [item for items in stage.plan(set()) for item in items]
-    ctx = RunContext("crash", job.config_hash(), None, teachers=teacher_facts(job))
-    spool = Spool(as_location(job.output), "crash")
+    items, ctx, spool = batch_before_commit(job, "crash")
     spooled: list[tuple[str, dict[str, Any]]] = []
 
     def crash_before_the_last_turn(table: str, row: dict[str, Any]) -> None:

@@ -21,19 +21,15 @@ from distillery.emulator import EmulatorOptions, RunningEmulator
 from distillery.emulator.structured import document, openapi_to_json_schema
 from distillery.errors import ConfigError
 from distillery.flows.generate import generate
-from distillery.generators.batch import TeacherPool, WorkItem, run_batch
+from distillery.generators.batch import TeacherPool, run_batch
 from distillery.generators.client import merge_body
-from distillery.generators.prompts import load_prompts
 from distillery.generators.providers.anthropic import supported_schema
 from distillery.generators.providers.registry import get_provider
-from distillery.generators.recipes import build_recipe, stage_reader
-from distillery.generators.records import RunContext, teacher_facts
 from distillery.generators.structured import StructuredOutput, build_structured
 from distillery.storage.catalog import open_catalog
-from distillery.storage.location import as_location
 from distillery.storage.spool import Spool
 
-from .conftest import REPO, write_prompts
+from .conftest import REPO, batch_before_commit, write_prompts
 
 SCHEMA: dict[str, Any] = {
     "title": "fact card",
@@ -209,7 +205,7 @@ def test_spool_replay_decides_as_the_live_run(tmp_path: Path) -> None:
     """A resumed run's replayed answers get the same response_json and rejections."""
     from distillery.config import CurationConfig
     from distillery.generators.curation.apply import build_curator
-    from distillery.storage.spool import Spool, recover
+    from distillery.storage.spool import recover
 
     from .test_storage import sample
 
@@ -557,11 +553,7 @@ def test_a_crash_during_a_repair_keeps_every_answer_already_paid(
         job = load_config(
             write_structured_job(tmp_path, emu.url, inline(SCHEMA, repair_attempts=2), prompts=2)
         )
-        prompts = load_prompts(job.prompts)
-        stage = next(build_recipe(job).stages(prompts, stage_reader(as_location(job.output), "x")))
-        items: list[WorkItem] = [item for items in stage.plan(set()) for item in items]
-        ctx = RunContext("crash", job.config_hash(), None, teachers=teacher_facts(job))
-        spool = Spool(as_location(job.output), "crash")
+        items, ctx, spool = batch_before_commit(job, "crash")
         spooled: list[dict[str, Any]] = []
 
         def crash_before_the_rows(table: str, row: dict[str, Any]) -> None:
