@@ -567,13 +567,15 @@ def compact(
     """Merge small shards of every run into larger ones, atomically."""
     from distillery.storage.compact import compact as compact_output
 
-    results = compact_output(_dataset(data), target_rows)
-    for result in results:
+    done = compact_output(_dataset(data), target_rows)
+    for result in done.results:
         out.print(
             f"{result.table}/run_id={result.run_id}: {result.shards_before} -> "
             f"{result.shards_after} shards ({result.rows} rows merged)"
         )
-    if not results:
+    for reason in done.skipped.values():
+        err.print(f"skipped: {reason}", highlight=False, soft_wrap=True)
+    if not done.results:
         out.print("nothing to compact")
 
 

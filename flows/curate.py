@@ -23,13 +23,16 @@ from distillery.config import DedupConfig
 from distillery.generators.curation.dedup import find_duplicates
 from distillery.generators.recipes.base import INTERMEDIATE_STAGES
 from distillery.storage.catalog import open_catalog
+from distillery.storage.failpoints import failpoint
 from distillery.storage.location import Location, as_location
+from distillery.storage.run_lock import run_writer
 from distillery.storage.schema import REJECTED_SCHEMA, SAMPLE_SCHEMA
 from distillery.storage.shards import (
     next_part_number,
     partition_dir,
     read_column,
     read_manifest,
+    reconcile,
     replace_shards,
     write_shard,
 )
@@ -67,6 +70,17 @@ def dedup_run(
     (:func:`earlier_runs`, read through the same catalog: opening one costs ~0.1-0.3 s).
     """
     output = as_location(output)
+    with run_writer(output, run_id, "dedup"):
+        return _dedup_run(output, run_id, history, config)
+
+
+def _dedup_run(
+    output: Location, run_id: str, history: list[str] | None, config: DedupConfig
+) -> dict[str, int]:
+    for name in ("samples", "rejected", "failures"):
+        reconcile(output, name, run_id)
+    # The shards the catalog reads are the ones the rewrite replaces, and no others.
+    read = sorted(read_manifest(partition_dir(output, "samples", run_id)))
     con = open_catalog(output)
     if history is None:
         history = earlier_runs(con, run_id)
@@ -76,21 +90,32 @@ def dedup_run(
     # evolved instruction is a near copy of its parent by design.
     stages = ", ".join(_quote(stage) for stage in INTERMEDIATE_STAGES)
     not_intermediate = f"coalesce(stage, '') NOT IN ({stages})"
+    # One row per sample id and side: two copies of one sample (left by two processes that
+    # wrote the same run before runs had a writer lock) are one sample, never each other's
+    # duplicates — deciding one a duplicate of the other would reject both.
     con.execute(
         f"""CREATE TEMP VIEW dedup_source AS
             SELECT sample_id, epoch_us(created_at) AS rank, run_id = {_quote(run_id)} AS is_new,
                    content_hash, {bands} AS bands, response_text
-            FROM samples WHERE run_id IN ({scope}) AND {not_intermediate}"""
+            FROM samples WHERE run_id IN ({scope}) AND {not_intermediate}
+            QUALIFY row_number() OVER (
+                PARTITION BY sample_id, run_id = {_quote(run_id)} ORDER BY created_at, run_id
+            ) = 1"""
     )
     result = find_duplicates(con, "dedup_source", threshold=config.threshold)
-    if not result.duplicates:
+    copies = con.execute(
+        "SELECT count(*) - count(DISTINCT sample_id) FROM samples WHERE run_id = $run",
+        {"run": run_id},
+    ).fetchall()[0][0]
+    if not result.duplicates and not copies:
         return {}
     con.register("decisions", result.to_arrow())
     already = set(read_column(output, "rejected", run_id, "sample_id"))
     rejected = _arrow(
         con,
         """SELECT s.*, 'dedup' AS filter, d.reason, NULL::VARCHAR AS detail, d.duplicate_of
-           FROM samples s JOIN decisions d USING (sample_id) WHERE s.run_id = $run""",
+           FROM samples s JOIN decisions d USING (sample_id) WHERE s.run_id = $run
+           QUALIFY row_number() OVER (PARTITION BY sample_id ORDER BY created_at) = 1""",
         run_id,
     )
     fresh = [
@@ -100,16 +125,18 @@ def dedup_run(
         table = rejected.take(pa.array(fresh, pa.int64())).select(REJECTED_SCHEMA.names)
         directory = partition_dir(output, "rejected", run_id)
         write_shard(output, "rejected", run_id, table, next_part_number(directory))
+    failpoint("dedup:rejected-written")
     kept = _arrow(
         con,
         """SELECT s.* FROM samples s ANTI JOIN decisions d USING (sample_id)
-           WHERE s.run_id = $run""",
+           WHERE s.run_id = $run
+           QUALIFY row_number() OVER (PARTITION BY sample_id ORDER BY created_at) = 1""",
         run_id,
     )
     samples_dir = partition_dir(output, "samples", run_id)
     replace_shards(
         samples_dir,
-        sorted(read_manifest(samples_dir)),
+        read,
         kept.select(SAMPLE_SCHEMA.names).cast(SAMPLE_SCHEMA),
         next_part_number(samples_dir),
     )

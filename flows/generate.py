@@ -18,6 +18,8 @@ from dataclasses import replace
 from datetime import UTC, datetime
 from pathlib import Path
 
+import pyarrow as pa
+import pyarrow.compute as pc
 from prefect import flow, get_run_logger, task
 from prefect.cache_policies import NO_CACHE
 from pydantic import BaseModel, Field
@@ -31,6 +33,7 @@ from distillery.flows.curate import dedup_run_task
 from distillery.flows.dask_runner import DaskBatches
 from distillery.flows.progress import STOP, get_listener
 from distillery.flows.shared_limits import shared_limits_for
+from distillery.flows.signals import graceful_stop
 from distillery.generators.batch import Batch, TeacherPool, WorkItem
 from distillery.generators.budget import Budget
 from distillery.generators.curation.apply import Curator, build_curator
@@ -41,8 +44,17 @@ from distillery.generators.recipes.base import INTERMEDIATE_STAGES
 from distillery.generators.records import RunContext, teacher_facts
 from distillery.generators.structured import StructuredOutput, build_structured
 from distillery.storage.compact import compact_partition
+from distillery.storage.failpoints import failpoint
 from distillery.storage.location import Location, as_location, resolve_output
-from distillery.storage.shards import next_part_number, partition_dir, read_column, write_shard
+from distillery.storage.run_lock import run_writer
+from distillery.storage.shards import (
+    committed_shards,
+    next_part_number,
+    partition_dir,
+    read_column,
+    read_shard,
+    write_shard,
+)
 from distillery.storage.spool import Replay, replay
 
 
@@ -150,7 +162,17 @@ def _batches(plan: list[list[WorkItem]], batch_size: int) -> list[list[WorkItem]
 @flow(name="generate", flow_run_name="{job.name}/{run_id}", persist_result=False)
 async def generate(job: JobConfig, run_id: str, config_path: str | None = None) -> RunSummary:
     """Generate ``job.n`` samples per prompt from the teachers its routing picks, into
-    ``job.output``."""
+    ``job.output``.
+
+    The run's writer lock is held from the first read to the last write: a second process on
+    the same run id and output stops at once with the holder's name, before it reads a spool
+    or sends a request (``storage/run_lock.py``).
+    """
+    with graceful_stop(), run_writer(as_location(job.output), run_id):
+        return await _generate(job, run_id, config_path)
+
+
+async def _generate(job: JobConfig, run_id: str, config_path: str | None) -> RunSummary:
     logger = get_run_logger()
     started_at = datetime.now(UTC)
     clock = time.perf_counter()
@@ -291,6 +313,7 @@ async def generate(job: JobConfig, run_id: str, config_path: str | None = None) 
             summary.status = "completed"
         if job.curation.dedup.enabled and not STOP.requested:
             removed = dedup_run_task(output, run_id, None, job.curation.dedup)
+            failpoint("run:deduped")
     except FatalRunError:
         summary.status = "failed"
         raise
@@ -299,8 +322,10 @@ async def generate(job: JobConfig, run_id: str, config_path: str | None = None) 
         raise
     finally:
         _fold(summary, results, removed)
+        summary.samples = _kept_by(output, run_id, flow_run_id, summary.samples)
         summary.elapsed_s = time.perf_counter() - clock
         _write_run_record(output, summary, job, config_path, started_at)
+    failpoint("run:recorded")
     _compact_run(output, run_id)
     # publish_run_artifacts only hands ``output`` to open_catalog, which takes any Location.
     await publish_run_artifacts(output, job.name, run_id)
@@ -426,6 +451,23 @@ def _spent_by_teacher(output: Location, run_id: str) -> dict[str, float]:
     return spent
 
 
+def _kept_by(output: Location, run_id: str, flow_run_id: str | None, folded: int) -> int:
+    """The samples this invocation added that the run still keeps, read from its shards.
+
+    Adding up batches and subtracting what dedup removed is wrong on a resume: dedup then also
+    finishes an earlier, killed invocation's work, and removing its rows drove the count
+    negative. Rows carry the flow run that wrote them, so counting them is exact.
+    """
+    if flow_run_id is None:
+        return folded
+    kept = 0
+    for shard in committed_shards(output, "samples", run_id):
+        column = read_shard(shard, columns=["flow_run_id"]).column("flow_run_id")
+        same = pc.cast(pc.equal(column, pa.scalar(flow_run_id)), pa.int64())
+        kept += int(pc.sum(same).as_py() or 0)
+    return kept
+
+
 def _compact_run(output: Location, run_id: str) -> None:
     """Merge the run's per-batch shards: ~50k-row files query 3-5x faster than 500-row ones
     (BENCHMARKS.md). Per-batch shards stay the unit of crash safety while the run is going."""
@@ -436,10 +478,10 @@ def _compact_run(output: Location, run_id: str) -> None:
 
 
 def _fold(summary: RunSummary, results: list[BatchSummary], removed: dict[str, int]) -> None:
-    """Add up the batches; duplicates ``removed`` after them leave samples for rejected."""
+    """Add up the batches, and what dedup moved to rejected after them."""
     by_class: Counter[str] = Counter()
     rejected: Counter[str] = Counter(removed)
-    summary.samples -= sum(removed.values())
+    summary.samples -= sum(removed.values())  # an estimate: see _kept_by
     for result in results:
         rejected.update(result.rejected)
         summary.samples += result.samples

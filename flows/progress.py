@@ -7,6 +7,7 @@ costs nothing.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Protocol
 
 from distillery.generators.batch import WorkItem
@@ -37,16 +38,21 @@ def get_listener() -> RunListener | None:
 
 
 class StopSwitch:
-    """A graceful stop for runs in this process (the CLI flips it on the first Ctrl-C).
+    """A graceful stop for runs in this process: the first Ctrl-C or SIGTERM flips it.
 
     Flipping it stops new requests; answers in flight are awaited, spooled and committed.
+    ``notify`` callbacks tell a watcher (the CLI prints one line).
     """
 
     def __init__(self) -> None:
         self.requested = False
+        self.notify: list[Callable[[], None]] = []
 
     def request(self) -> None:
-        self.requested = True
+        if not self.requested:
+            self.requested = True
+            for callback in list(self.notify):
+                callback()
 
 
 STOP = StopSwitch()

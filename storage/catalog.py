@@ -49,7 +49,7 @@ def _source(con: duckdb.DuckDBPyConnection, location: Location, table: str, live
     if not files:
         return _empty(con, table)
     if live:
-        pattern = str(output.resolve() / table / "run_id=*" / "part-*.parquet").replace("'", "''")
+        pattern = str(output.resolve() / table / "run_id=*" / "*.parquet").replace("'", "''")
         scan = f"read_parquet('{pattern}', hive_partitioning = true, union_by_name = true)"
     else:
         listed = ", ".join("'" + str(path).replace("'", "''") + "'" for path in files)

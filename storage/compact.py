@@ -3,10 +3,10 @@
 Every batch commits its own shard, so a long run leaves many small files; DuckDB scans fewer,
 larger files faster (BENCHMARKS.md, shard sizing). Compaction rewrites each run partition's
 shards into shards of about ``target_rows`` and swaps them in with one manifest write, so a
-reader sees either the old shards or the new ones, never both or neither. Only shards listed in
-the manifest are touched, so compacting while a run still writes is safe — locally; on object
-storage, where manifest updates are serialised only within one process, compact a run only
-when nothing else writes it (:mod:`distillery.storage.location`).
+reader sees either the old shards or the new ones, never both or neither; a crash at any step
+leaves a partition its manifest still describes (``storage/shards.py``). :func:`compact` holds
+each run's writer lock (:mod:`distillery.storage.run_lock`) while it rewrites the run, so it
+never races the run itself: a run being written is skipped and named.
 """
 
 from __future__ import annotations
@@ -17,11 +17,13 @@ from pathlib import Path
 import pyarrow as pa
 
 from distillery.storage.location import Location, as_location
+from distillery.storage.run_lock import RunBusyError, run_writer
 from distillery.storage.schema import TABLES
 from distillery.storage.shards import (
     next_part_number,
     read_manifest,
     read_shard,
+    reconcile,
     replace_shards,
 )
 
@@ -75,17 +77,39 @@ def compact_partition(
     return CompactionResult(table, run_id, len(manifest), after, total)
 
 
-def compact(
-    output: Path | Location, target_rows: int = DEFAULT_TARGET_ROWS
-) -> list[CompactionResult]:
-    """Compact every run partition of every table under ``output``."""
-    results: list[CompactionResult] = []
-    for table in TABLES:
-        root = as_location(output).child(table)
-        if not root.is_dir():
-            continue
-        for name in sorted(n for n in root.subdirs() if n.startswith("run_id=")):
-            result = compact_partition(root.child(name), table, target_rows)
-            if result is not None:
-                results.append(result)
-    return results
+@dataclass(frozen=True)
+class Compaction:
+    """What :func:`compact` did, and the runs it left alone because another process writes
+    them (run id -> the one-line reason)."""
+
+    results: list[CompactionResult]
+    skipped: dict[str, str]
+
+
+def compact(output: Path | Location, target_rows: int = DEFAULT_TARGET_ROWS) -> Compaction:
+    """Compact every run partition of every table under ``output``, one run at a time under
+    its writer lock (after repairing what a crash left in it)."""
+    location = as_location(output)
+    runs = sorted(
+        {
+            name.removeprefix("run_id=")
+            for table in TABLES
+            for name in location.child(table).subdirs()
+            if name.startswith("run_id=")
+        }
+    )
+    done = Compaction([], {})
+    for run_id in runs:
+        try:
+            with run_writer(location, run_id, "compact"):
+                for table in TABLES:
+                    directory = location.child(table, f"run_id={run_id}")
+                    if not directory.is_dir():
+                        continue
+                    reconcile(location, table, run_id)
+                    result = compact_partition(directory, table, target_rows)
+                    if result is not None:
+                        done.results.append(result)
+        except RunBusyError as busy:
+            done.skipped[run_id] = str(busy)
+    return done

@@ -51,6 +51,7 @@ from distillery.errors import UserInputError
 
 # A committed shard: ``part-00012.parquet`` locally, ``part-00012-9f3ab27c41d0.parquet`` on
 # object storage. The number orders shards; only the random suffix makes remote names unique.
+# A rewrite of committed rows (compaction, dedup) is named ``compacted-…`` the same way.
 PART = re.compile(r"^part-(\d+)(?:-[0-9a-f]+)?\.parquet$")
 _SCHEME = re.compile(r"^([A-Za-z][A-Za-z0-9+.-]+)://")
 SUPPORTED_SCHEMES = ("s3",)
@@ -173,10 +174,14 @@ class Location(ABC):
         """Serialise read-modify-write of this directory's manifest."""
 
     @abstractmethod
-    def publish(self, write: Writer, part: int) -> tuple[Location, int]:
-        """Write a new shard with ``write`` and commit it under a fresh ``part-NNNNN`` name in
+    def publish(self, write: Writer, part: int, stem: str = "part") -> tuple[Location, int]:
+        """Write a new shard with ``write`` and commit it under a fresh ``<stem>-NNNNN`` name in
         this directory, never replacing an existing one. ``part`` is the preferred number; the
-        next free one is used if it is taken. Returns the shard and its size in bytes."""
+        next free one is used if it is taken. Returns the shard and its size in bytes.
+
+        ``stem`` is ``part`` for new rows and ``compacted`` for a rewrite of committed rows
+        (compaction, dedup), which :func:`~distillery.storage.shards.reconcile` must never
+        adopt outside a manifest: its rows are still in the shards it was to replace."""
 
     def unreachable(self) -> str | None:
         """Why this dataset's storage cannot be used right now, or None."""
@@ -257,7 +262,7 @@ class LocalLocation(Location):
             finally:
                 fcntl.flock(handle, fcntl.LOCK_UN)
 
-    def publish(self, write: Writer, part: int) -> tuple[Location, int]:
+    def publish(self, write: Writer, part: int, stem: str = "part") -> tuple[Location, int]:
         # 1. a complete, fsynced file under a hidden temporary name;
         # 2. hard-linked to its final name: unlike a rename, a link never replaces an
         #    existing shard, so two writers can not clobber each other (the loser takes the
@@ -269,7 +274,7 @@ class LocalLocation(Location):
                 handle.flush()
                 os.fsync(handle.fileno())
             while True:
-                final = self.path / f"part-{part:05d}.parquet"
+                final = self.path / f"{stem}-{part:05d}.parquet"
                 try:
                     os.link(tmp, final)
                     break
@@ -371,14 +376,14 @@ class ObjectStoreLocation(Location):
         with lock:
             yield
 
-    def publish(self, write: Writer, part: int) -> tuple[Location, int]:
+    def publish(self, write: Writer, part: int, stem: str = "part") -> tuple[Location, int]:
         buffer = io.BytesIO()
         write(buffer)
         content = buffer.getvalue()
         names = self.names()
         if any((m := PART.match(name)) and int(m.group(1)) == part for name in names):
             part = max(part + 1, next_number(names))
-        final = self.child(f"part-{part:05d}-{secrets.token_hex(6)}.parquet")
+        final = self.child(f"{stem}-{part:05d}-{secrets.token_hex(6)}.parquet")
         final._put(content)
         return final, len(content)
 

@@ -17,9 +17,17 @@ The commit protocol, in order:
    renamed over the old one (object storage: one PUT) — a reader sees the old manifest or the
    new, never a mix.
 
-The catalog reads only shards in manifests. A crash between 2 and 3 leaves a complete shard
-outside the manifest, which :func:`reconcile` adopts when the run is resumed; a crash before 2
-leaves only a ``.tmp`` file, which it deletes (its rows are still in the spool).
+The catalog reads only shards in manifests: the manifest is the only truth. A crash between 2
+and 3 leaves a complete shard outside the manifest, which :func:`reconcile` adopts when the run
+is resumed; a crash before 2 leaves only a ``.tmp`` file, which it deletes (its rows are still
+in the spool).
+
+A *rewrite* of committed rows (compaction, dedup: :func:`replace_shards`) publishes its shard as
+``compacted-NNNNN…`` instead, and swaps it for the shards it replaces in one manifest write. A
+``compacted-`` file the manifest does not name is a swap that never committed — its rows are all
+still in the shards it was to replace — so :func:`reconcile` deletes it rather than adopting it
+(adopting it would double every row). Every step of both is killed in turn by
+``tests/test_crash_points.py``.
 
 Functions taking a dataset accept a local ``Path`` (and then return Paths, as they always did)
 or a :class:`~distillery.storage.location.Location` (and then return Locations).
@@ -36,10 +44,14 @@ from typing import Any, BinaryIO
 import pyarrow as pa
 import pyarrow.parquet as pq
 
+from distillery.storage.failpoints import failpoint
 from distillery.storage.location import Location, Where, as_location, like, next_number
 from distillery.storage.schema import TABLES
 
 MANIFEST = "_manifest.json"
+# Shards of new rows, and rewrites of committed rows (see the module docstring).
+NEW_STEM = "part"
+REWRITE_STEM = "compacted"
 # ~8k rows of ~3.5 KB per row group: filtered reads and point lookups 1.7-3x faster than 64k
 # at the same size on disk (BENCHMARKS.md, shard sizing).
 ROW_GROUP_ROWS = 8_000
@@ -70,6 +82,7 @@ def write_shard(
     directory = as_location(output).child(table, f"run_id={run_id}")
     directory.ensure_dir()
     final, size = _publish(directory, arrow, part)
+    failpoint("write:published")
     with directory.lock():
         manifest, retired = _read_full_manifest(directory)
         manifest[final.name] = _entry(arrow.num_rows, size)
@@ -77,13 +90,15 @@ def write_shard(
     return like(output, final)
 
 
-def _publish(directory: Location, table: pa.Table, part: int) -> tuple[Location, int]:
-    """Steps 1-2 of the protocol: a complete shard under a fresh ``part-NNNNN`` name."""
+def _publish(
+    directory: Location, table: pa.Table, part: int, stem: str = NEW_STEM
+) -> tuple[Location, int]:
+    """Steps 1-2 of the protocol: a complete shard under a fresh ``<stem>-NNNNN`` name."""
 
     def write(sink: BinaryIO) -> None:
         pq.write_table(table, sink, compression="zstd", row_group_size=ROW_GROUP_ROWS)
 
-    return directory.publish(write, part)
+    return directory.publish(write, part, stem)
 
 
 def _entry(rows: int, size: int) -> dict[str, Any]:
@@ -134,9 +149,14 @@ def committed_shards(output: Where, table: str, run_id: str | None = None) -> li
 
 
 def reconcile(output: Path | Location, table: str, run_id: str) -> int:
-    """Adopt complete shards a crash left outside the manifest; delete torn temporaries.
+    """Bring a partition back to what its manifest says after a crash; returns shards adopted.
 
-    Returns how many shards were adopted. Only safe while no other process writes this run.
+    Complete new-row shards outside the manifest (``part-*``: a crash between publishing and
+    recording them) are adopted — their rows are nowhere else committed. Rewrites outside the
+    manifest (``compacted-*``: a swap that never committed) and retired shards are deleted:
+    their rows are in the shards the manifest names. Torn temporaries are deleted. Only run it
+    while holding the run's writer lock (:mod:`distillery.storage.run_lock`): a rewrite another
+    process is about to commit looks exactly like one that never will.
     """
     directory = as_location(output).child(table, f"run_id={run_id}")
     if not directory.is_dir():
@@ -148,11 +168,15 @@ def reconcile(output: Path | Location, table: str, run_id: str) -> int:
         manifest, retired = _read_full_manifest(directory)
         for name in retired:
             directory.child(name).delete()
-        orphans = [
-            directory.child(name)
+        unlisted = [
+            name
             for name in sorted(directory.names())
-            if fnmatchcase(name, "part-*.parquet") and name not in manifest and name not in retired
+            if name.endswith(".parquet") and name not in manifest and name not in retired
         ]
+        for name in unlisted:
+            if name.startswith(f"{REWRITE_STEM}-"):
+                directory.child(name).delete()
+        orphans = [directory.child(n) for n in unlisted if n.startswith(f"{NEW_STEM}-")]
         for shard in orphans:
             manifest[shard.name] = _entry(_num_rows(shard), shard.size())
         if orphans or retired:
@@ -173,16 +197,25 @@ def replace_shards(directory: Where, old: list[str], table: pa.Table, part: int)
 
 
 def _replace(directory: Location, old: list[str], table: pa.Table, part: int) -> Location | None:
-    final = _publish(directory, table, part) if table.num_rows else None
+    final = _publish(directory, table, part, REWRITE_STEM) if table.num_rows else None
+    failpoint("replace:published")
     with directory.lock():
         manifest, retired = _read_full_manifest(directory)
+        missing = [name for name in old if name not in manifest]
+        if missing:
+            # Rows read from shards that are no longer committed: the rewrite is stale.
+            if final is not None:
+                final[0].delete()
+            raise RuntimeError(f"{directory}: shards {missing} changed during the rewrite")
         for name in old:
             manifest.pop(name, None)
         if final is not None:
             manifest[final[0].name] = _entry(table.num_rows, final[1])
         _write_manifest(directory, manifest, [*retired, *old])
+        failpoint("replace:committed")
         for name in old:
             directory.child(name).delete()
+        failpoint("replace:deleted")
         _write_manifest(directory, manifest, retired)
     return final[0] if final is not None else None
 

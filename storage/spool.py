@@ -40,13 +40,16 @@ _TIMESTAMP_COLUMNS = {
 }
 
 
-def spool_dir(output: Path | Location, run_id: str) -> Path:
+def spool_root(output: Path | Location) -> Path:
+    """Where a dataset's spools (and its runs' writer locks) live: always local."""
     location = as_location(output)
     if location.local_path is not None:
-        root = location.local_path / "_spool"
-    else:
-        root = distillery_home() / "spool" / spool_key(location)
-    return root / f"run_id={run_id}"
+        return location.local_path / "_spool"
+    return distillery_home() / "spool" / spool_key(location)
+
+
+def spool_dir(output: Path | Location, run_id: str) -> Path:
+    return spool_root(output) / f"run_id={run_id}"
 
 
 class Spool:

@@ -218,7 +218,7 @@ def test_compaction_on_s3(bucket: str, s3: Any) -> None:
         write_shard(output, "samples", "r1", [sample(f"s{index}"), sample(f"t{index}")], 0)
     query = "SELECT list_sort(list(sample_id)) FROM samples"
     before = open_catalog(output).execute(query).fetchall()
-    results = compact(output, target_rows=6)
+    results = compact(output, target_rows=6).results
     assert [(r.shards_before, r.shards_after, r.rows) for r in results] == [(7, 3, 12)]
     assert open_catalog(output).execute(query).fetchall() == before
     parquet = [key for key in keys(s3, bucket) if key.endswith(".parquet")]
@@ -226,7 +226,7 @@ def test_compaction_on_s3(bucket: str, s3: Any) -> None:
     assert {key.rsplit("/", 1)[1] for key in parquet} == set(
         read_manifest(partition_dir(output, "samples", "r1"))
     )
-    assert compact(output, target_rows=6) == []
+    assert compact(output, target_rows=6).results == []
 
 
 def test_spool_stays_local_and_recovery_writes_to_s3(bucket: str, s3: Any) -> None:
