@@ -1,3 +1,3 @@
-from distillery.cli import main
+from distillery.entry import main
 
 main()

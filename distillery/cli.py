@@ -126,6 +126,33 @@ def run(
     ] = False,
 ) -> None:
     """Generate a dataset: prompts to teachers (as the job routes them), into Parquet shards."""
+    from distillery.flows.signals import cancel_deadline, on_stop_signal
+
+    # SIGTERM while starting up (loading, starting servers) is noted, and the start stops at the
+    # next step, unwinding what was started; an exception raised at any instant could land
+    # inside a library's own start-up. A second one, or the grace period running out, aborts.
+    # Once the run is under way, _run_with_progress stops it gracefully.
+    previous = signal.signal(signal.SIGTERM, on_stop_signal)
+    try:
+        _run(config, output, run_id, emulator, verbose)
+    except KeyboardInterrupt:
+        raise RunInterruptedError("stopped while starting; nothing was sent") from None
+    finally:
+        cancel_deadline()
+        signal.signal(signal.SIGTERM, previous)
+
+
+def _stop_if_asked() -> None:
+    """Between start-up steps: end here if a SIGTERM asked the run to stop."""
+    from distillery.flows.progress import STOP
+
+    if STOP.requested:
+        raise RunInterruptedError("stopped while starting; nothing was sent")
+
+
+def _run(
+    config: Path, output: str | None, run_id: str | None, emulator: bool, verbose: bool
+) -> None:
     from distillery.generators.prompts import load_prompts
     from distillery.generators.records import teacher_facts
 
@@ -145,7 +172,9 @@ def run(
         load_prompts(job.prompts)
         teacher_facts(job)
         _prepare_output(job.output)
+        _stop_if_asked()
         ui = _connect_prefect()
+        _stop_if_asked()
         summary = _run_with_progress(job, run_id, str(config), verbose)
     _print_summary(summary, ui)
     if summary.status == "stopped":
@@ -248,27 +277,35 @@ def _run_with_progress(job: JobConfig, run_id: str, config_path: str, verbose: b
     committed; a second one aborts at once (whatever arrived is in the spool, replayed on resume).
     """
     _quiet_prefect_console(verbose)
+    from prefect.exceptions import TerminationSignal
+
     from distillery.flows.generate import generate
     from distillery.flows.progress import STOP, set_listener
+    from distillery.flows.signals import cancel_deadline, grace_s, on_stop_signal
     from distillery.flows.terminal import ProgressBar
 
-    def on_signal(signum: int, frame: object) -> None:
-        if STOP.requested:
-            raise KeyboardInterrupt
-        STOP.request()
-        err.print("stopping: waiting for the answers in flight (press Ctrl-C again to abort)")
+    def tell() -> None:
+        err.print(
+            "stopping: waiting for the answers in flight, at most "
+            f"{grace_s():.0f}s (press Ctrl-C again to abort)"
+        )
 
     resume = f"distillery run {config_path} --run-id {run_id}"
-    previous = {sig: signal.signal(sig, on_signal) for sig in (signal.SIGINT, signal.SIGTERM)}
+    STOP.notify.append(tell)
+    previous = {sig: signal.signal(sig, on_stop_signal) for sig in (signal.SIGINT, signal.SIGTERM)}
     try:
         with ProgressBar(err) as bar:
             set_listener(bar)
             return asyncio.run(generate(job=job, run_id=run_id, config_path=config_path))
-    except KeyboardInterrupt:
+    except (KeyboardInterrupt, TerminationSignal):
+        # A second signal, the grace period running out, or a signal in the instant Prefect's
+        # engine holds SIGTERM (before the flow body takes it back).
         raise RunInterruptedError(
             f"interrupted; answers received so far are kept; resume with: {resume}"
         ) from None
     finally:
+        cancel_deadline()
+        STOP.notify.remove(tell)
         set_listener(None)
         for sig, handler in previous.items():
             signal.signal(sig, handler)
