@@ -140,3 +140,9 @@ def test_a_binding_rate_limit_shows_in_queue_ms_not_latency_ms(tmp_path: Path) -
     assert queue >= 1_000  # the fourth admission waited three windows
     assert latency < 1_000  # each answer took ~40 ms (generous for a loaded machine)
     assert retry == 0
+    view = con.execute(
+        "SELECT latency_ms_p50, queue_ms_p90, retry_ms_mean FROM teachers WHERE teacher_name='t0'"
+    ).fetchall()
+    assert len(view) == 1
+    latency_p50, queue_p90, retry_mean = view[0]
+    assert latency_p50 < 1_000 <= queue_p90 and retry_mean == 0
