@@ -16,6 +16,7 @@ import hashlib
 import json
 import os
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
 from typing import Any
@@ -76,7 +77,15 @@ class Failure:
 
 @dataclass
 class Outcome:
-    """What one request came to: a completion or a failure, and what it took."""
+    """What one request came to: a completion or a failure, and what it took.
+
+    Its time, from ``started_at`` to the answer, is split three ways so the teacher's speed is
+    told from our pacing: ``latency_ms`` is the last attempt's, from its admission to its
+    answer (the teacher's time, on the wire); ``queue_ms`` is every attempt's wait for the
+    limiter's admission (our pacing under rpm/tpm/concurrency limits); ``retry_ms`` is the
+    rest, the earlier attempts and the backoffs between them (0 when the first attempt ended
+    the request).
+    """
 
     completion: Completion | None
     failure: Failure | None
@@ -88,6 +97,23 @@ class Outcome:
     started_at: datetime = field(default_factory=lambda: datetime.now(UTC))
     #: Follow-up requests made to repair a structured answer (None: the job has no schema).
     repairs: int | None = None
+    queue_ms: float = 0.0
+    retry_ms: float = 0.0
+    #: Clock reading when the latest attempt was admitted (None before the first).
+    _admitted_at: float | None = field(default=None, init=False, repr=False, compare=False)
+
+    def admitted(self, queued_at: float, now: float) -> None:
+        """An attempt that began waiting for admission at ``queued_at`` is sent at ``now``
+        (readings of the client's clock, in seconds)."""
+        if self._admitted_at is not None:  # the previous attempt, and the wait after it
+            self.retry_ms += (queued_at - self._admitted_at) * 1000.0
+        self.queue_ms += (now - queued_at) * 1000.0
+        self._admitted_at = now
+
+    def ended(self, now: float) -> None:
+        """The request ended at ``now``: the last attempt's time since its admission."""
+        if self._admitted_at is not None:
+            self.latency_ms = (now - self._admitted_at) * 1000.0
 
 
 class TeacherClient:
@@ -99,11 +125,14 @@ class TeacherClient:
         provider: Provider,
         http: HttpSender,
         limiter: Limiter | None = None,
+        clock: Callable[[], float] | None = None,
     ) -> None:
         self.teacher = teacher
         self.provider = provider
         self.http = http
         self.limiter = limiter
+        #: Times the parts of a request (:class:`Outcome`); injected by tests.
+        self._clock = clock or time.perf_counter
 
     def _api_key(self) -> str | None:
         if self.teacher.api_key_env is None:
@@ -142,11 +171,10 @@ class TeacherClient:
             if self.limiter is not None and self.limiter.counts_tokens
             else 0
         )
-        # Created after the counting, so created_at and latency_ms start at the same moment.
+        # Created after the counting, so created_at and the first queue_ms start together.
         outcome = Outcome(
             completion=None, failure=None, attempts=0, request_hash=request_hash(call.body)
         )
-        clock = time.perf_counter()
         payload = json_body(call.body)
         try:
             try:
@@ -163,7 +191,7 @@ class TeacherClient:
             outcome.failure = Failure(exc.error_class, _scrub(exc.message, key), exc.status)
         except TeacherUnusable as exc:
             raise TeacherUnusable(_scrub(str(exc), key)) from None
-        outcome.latency_ms = (time.perf_counter() - clock) * 1000.0
+        outcome.ended(self._clock())
         if outcome.completion is not None and self.teacher.reasoning is not None:
             outcome.completion = split_trace(outcome.completion, self.teacher.reasoning)
         return outcome
@@ -203,9 +231,12 @@ class TeacherClient:
     ) -> Completion:
         """One attempt, admitted by the teacher's limiter and settled with what it learned."""
         limiter = self.limiter
+        queued_at = self._clock()
         if limiter is None:
+            outcome.admitted(queued_at, queued_at)
             return await self._send(url, headers, payload, outcome)
         ticket = await limiter.acquire(prompt_tokens)
+        outcome.admitted(queued_at, self._clock())
         try:
             completion = await self._send(url, headers, payload, outcome)
         except _AttemptFailed as exc:

@@ -123,6 +123,8 @@ def _common(
         "attempt_statuses": outcome.attempt_statuses,
         "maybe_billed_twice": outcome.maybe_billed_twice,
         "latency_ms": round(outcome.latency_ms, 3),
+        "queue_ms": round(outcome.queue_ms, 3),
+        "retry_ms": round(outcome.retry_ms, 3),
         "created_at": outcome.started_at,
         "config_hash": ctx.config_hash,
         "template_hash": ctx.template_hash,

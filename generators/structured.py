@@ -268,7 +268,7 @@ async def repair(
 def combine(first: Outcome, later: Outcome) -> Outcome:
     """One outcome for a request and its repair: the later answer (if any), the sum of what
     both cost. ``request_hash`` and ``created_at`` stay the first request's (the sample's
-    identity); latency is the sum of both exchanges."""
+    identity); latency, queue and retry times are the sums over both exchanges."""
     completion = first.completion
     if later.completion is not None and completion is not None:
         completion = _added(later.completion, completion)
@@ -282,6 +282,8 @@ def combine(first: Outcome, later: Outcome) -> Outcome:
         latency_ms=first.latency_ms + later.latency_ms,
         started_at=first.started_at,
         repairs=(first.repairs or 0) + 1,
+        queue_ms=first.queue_ms + later.queue_ms,
+        retry_ms=first.retry_ms + later.retry_ms,
     )
 
 

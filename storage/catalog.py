@@ -9,7 +9,9 @@ yet is an empty view of the right columns rather than an error.
 - ``failures``: requests that failed for good and have no sample since (a re-run that succeeded
   retires the failure; the shard history stays queryable as ``failures_log``).
 - ``runs``: one row per run id, all invocations of it folded together.
-- ``teachers``: per teacher: samples, tokens, cost, returned model versions, terms tag.
+- ``teachers``: per teacher: samples, tokens, cost, returned model versions, terms tag, and
+  the teacher's speed (``latency_ms_p50``/``_p90``) apart from our pacing (``queue_ms_p50``/
+  ``_p90``: waits for the limiter) and retries (``retry_ms_mean``).
 
 :func:`open_catalog` reads exactly the shards in the manifests (the committed ones).
 :func:`write_catalog` writes a DuckDB database file for other clients (the DuckDB CLI, a
@@ -186,10 +188,27 @@ def define_views(con: duckdb.DuckDBPyConnection, output: Path | str | Location, 
             SELECT *, 'kept' AS outcome FROM (
                 SELECT teacher_name, teacher_provider, teacher_model, teacher_model_version,
                        usage_terms, created_at, prompt_tokens, completion_tokens, cost_usd,
-                       recipe_meta FROM samples)
+                       recipe_meta, schema_repairs, latency_ms, queue_ms, retry_ms
+                FROM samples)
             UNION ALL BY NAME
             SELECT *, 'dropped' AS outcome FROM (
-                SELECT teacher_name, cost_usd, recipe_meta FROM rejected)
+                SELECT teacher_name, cost_usd, recipe_meta, schema_repairs, latency_ms,
+                       queue_ms, retry_ms FROM rejected)
+        ),
+        timing AS (
+            -- Per request, so only rows of one request (not a conversation's or a repaired
+            -- answer's, whose times are sums), and only rows written since latency_ms was
+            -- split from queue_ms and retry_ms (before, latency_ms held all three).
+            SELECT teacher_name,
+                   quantile_cont(latency_ms, 0.5) AS latency_ms_p50,
+                   quantile_cont(latency_ms, 0.9) AS latency_ms_p90,
+                   quantile_cont(queue_ms, 0.5) AS queue_ms_p50,
+                   quantile_cont(queue_ms, 0.9) AS queue_ms_p90,
+                   avg(retry_ms) AS retry_ms_mean
+            FROM answered
+            WHERE queue_ms IS NOT NULL AND coalesce(schema_repairs, 0) = 0
+              AND coalesce(TRY_CAST(recipe_meta->>'requests' AS BIGINT), 1) = 1
+            GROUP BY teacher_name
         ),
         shares AS (
             SELECT *,
@@ -261,8 +280,10 @@ def define_views(con: duckdb.DuckDBPyConnection, output: Path | str | Location, 
                CASE WHEN played_rejected_cost_usd IS NULL THEN dropped.rejected_cost_usd
                     ELSE coalesce(dropped.rejected_cost_usd, 0) + played_rejected_cost_usd END
                    AS rejected_cost_usd,
-               coalesce(failed.failures, 0) AS failures
+               coalesce(failed.failures, 0) AS failures,
+               timing.* EXCLUDE (teacher_name)
         FROM merged LEFT JOIN dropped USING (teacher_name) LEFT JOIN failed USING (teacher_name)
+        LEFT JOIN timing USING (teacher_name)
         ORDER BY teacher_name
         """
     )

@@ -33,7 +33,14 @@ _REQUEST_COLUMNS: list[pa.Field[Any]] = [
     pa.field("attempts", pa.int16()),
     pa.field("attempt_statuses", pa.list_(pa.string())),
     pa.field("maybe_billed_twice", pa.int16()),
+    # Where the request's time went (generators/client.py, Outcome): latency_ms is the last
+    # attempt's, from its admission to its answer (the teacher's); queue_ms the waits for the
+    # limiter's admission (our pacing); retry_ms earlier attempts and the backoffs between
+    # them. Shards written before the split have queue_ms and retry_ms null, and a latency_ms
+    # that is the whole request (queue and retries included).
     pa.field("latency_ms", pa.float64()),
+    pa.field("queue_ms", pa.float64()),
+    pa.field("retry_ms", pa.float64()),
     pa.field("created_at", TIMESTAMP),
     pa.field("config_hash", pa.string()),
     pa.field("template_hash", pa.string()),

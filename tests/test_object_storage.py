@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import Any
 
 import boto3  # type: ignore[import-untyped]
+import pyarrow as pa
 import pytest
 from moto.server import ThreadedMotoServer
 
@@ -32,6 +33,7 @@ from distillery.storage.location import (
     as_location,
     normalise_uri,
 )
+from distillery.storage.schema import TABLES
 from distillery.storage.shards import (
     MANIFEST,
     committed_shards,
@@ -210,6 +212,28 @@ def test_catalog_reads_only_committed_shards_and_reconcile_repairs_on_s3(
     assert reconcile(output, "samples", "r1") == 0
     assert orphan.read_bytes() is None
     assert read_column(output, "samples", "r1", "sample_id") == ["a"]
+
+
+def test_shards_from_before_the_queue_split_read_with_new_ones_on_s3(
+    bucket: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """An old shard without queue_ms/retry_ms and a new one, in object storage: the explicit
+    schema the remote views read with gives the old rows nulls (locally, union_by_name)."""
+    output = as_location(f"s3://{bucket}/data")
+    old_schema = pa.schema([f for f in TABLES["samples"] if f.name not in ("queue_ms", "retry_ms")])
+    monkeypatch.setitem(TABLES, "samples", old_schema)
+    write_shard(output, "samples", "r1", [{**sample("old"), "latency_ms": 10_300.0}], 0)
+    monkeypatch.undo()
+    timed = {"latency_ms": 200.0, "queue_ms": 10_100.0, "retry_ms": 0.0}
+    write_shard(output, "samples", "r2", [{**sample("new", "r2"), **timed}], 0)
+    con = open_catalog(output)
+    rows = con.execute(
+        "SELECT sample_id, latency_ms, queue_ms, retry_ms FROM samples ORDER BY 1"
+    ).fetchall()
+    assert rows == [("new", 200.0, 10_100.0, 0.0), ("old", 10_300.0, None, None)]
+    assert con.execute("SELECT latency_ms_p50, queue_ms_p50 FROM teachers").fetchall() == [
+        (200.0, 10_100.0)
+    ]
 
 
 def test_compaction_on_s3(bucket: str, s3: Any) -> None:

@@ -162,6 +162,17 @@ def test_the_client_waits_the_backoff_of_each_retry_in_turn() -> None:
     first_wait, second_wait = arrivals[1] - arrivals[0], arrivals[2] - arrivals[1]
     assert 0.37 <= first_wait < 0.74
     assert second_wait >= 0.74  # the hint (0.1 s) is shorter than the backoff: backoff wins
+    # Both backoffs and the two failed attempts are retry time, not the teacher's latency
+    # (the answering attempt alone) nor queue time (no limiter: nothing waits for admission).
+    assert outcome.retry_ms >= 375 + 750
+    assert outcome.latency_ms < outcome.retry_ms and outcome.queue_ms == 0.0
+
+
+def test_a_request_that_fails_for_good_reports_its_last_attempts_time_as_latency() -> None:
+    outcome, _ = _scripted_teacher_run([(503, {})] * 2, 2)
+    assert outcome.failure is not None and outcome.attempts == 2
+    assert outcome.retry_ms >= 375  # the first attempt and the backoff after it
+    assert 0 < outcome.latency_ms < outcome.retry_ms
 
 
 def test_a_server_hint_longer_than_the_backoff_is_obeyed_on_the_first_retry() -> None:

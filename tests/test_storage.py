@@ -3,12 +3,15 @@ from datetime import UTC, datetime
 from pathlib import Path
 
 import duckdb
+import pyarrow as pa
+import pyarrow.parquet as pq
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from distillery.storage.catalog import open_catalog
+from distillery.storage.catalog import open_catalog, write_catalog
 from distillery.storage.compact import compact
+from distillery.storage.schema import TABLES
 from distillery.storage.shards import (
     committed_shards,
     next_part_number,
@@ -192,3 +195,88 @@ def test_crash_after_swap_leaves_retired_files_that_are_deleted_not_adopted(
     ids = sorted(map(str, read_column(tmp_path, "samples", "r1", "sample_id")))
     assert ids == ["a", "b"]
     assert not first.exists() and not second.exists()
+
+
+def _without_timing(schema: pa.Schema) -> pa.Schema:
+    """``schema`` as shards were written before queue_ms and retry_ms were split from
+    latency_ms."""
+    return pa.schema([f for f in schema if f.name not in ("queue_ms", "retry_ms")])
+
+
+def test_shards_from_before_the_queue_split_read_with_new_ones(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """An old shard (latency_ms was the whole request, no queue_ms/retry_ms) and a new one in
+    one dataset: every view reads both, the old rows' new columns null, and the teachers view
+    takes the teacher's latency from new rows only (an old latency_ms includes the queue)."""
+    old = {**sample("old"), "latency_ms": 10_300.0}
+    new = {**sample("new"), "latency_ms": 200.0, "queue_ms": 10_100.0, "retry_ms": 0.0}
+    old_failure = {**old, "sample_id": "f-old", "error_class": "timeout", "message": "slow"}
+    new_failure = {**new, "sample_id": "f-new", "error_class": "timeout", "message": "slow"}
+    for table in ("samples", "rejected", "failures"):
+        monkeypatch.setitem(TABLES, table, _without_timing(TABLES[table]))
+    write_shard(tmp_path, "samples", "r1", [old], 0)
+    write_shard(tmp_path, "failures", "r1", [old_failure], 0)
+    monkeypatch.undo()
+    old_file = committed_shards(tmp_path, "samples", "r1")[0]
+    assert "queue_ms" not in pq.read_schema(old_file).names  # really an old shard
+    write_shard(tmp_path, "samples", "r2", [{**new, "run_id": "r2"}], 0)
+    write_shard(tmp_path, "failures", "r2", [{**new_failure, "run_id": "r2"}], 0)
+    con = open_catalog(tmp_path)
+    rows = con.execute(
+        "SELECT sample_id, latency_ms, queue_ms, retry_ms FROM samples ORDER BY sample_id"
+    ).fetchall()
+    assert rows == [("new", 200.0, 10_100.0, 0.0), ("old", 10_300.0, None, None)]
+    failures = con.execute("SELECT sample_id, queue_ms FROM failures ORDER BY 1").fetchall()
+    assert failures == [("f-new", 10_100.0), ("f-old", None)]
+    timing = con.execute(
+        "SELECT samples, latency_ms_p50, queue_ms_p50, retry_ms_mean FROM teachers"
+    ).fetchall()
+    assert timing == [(2, 200.0, 10_100.0, 0.0)]
+    # A database file's views glob the same shards.
+    write_catalog(tmp_path, tmp_path / "catalog.duckdb")
+    with duckdb.connect(str(tmp_path / "catalog.duckdb")) as db:
+        assert db.execute("SELECT count(queue_ms), count(*) FROM samples").fetchall() == [(1, 2)]
+
+
+def test_teachers_view_times_one_request_rows_only(tmp_path: Path) -> None:
+    """A conversation's or a repaired answer's times are sums over several requests: they
+    are no one request's latency, so the per-teacher speed leaves them out."""
+    timed = {"latency_ms": 100.0, "queue_ms": 50.0, "retry_ms": 0.0}
+    rows: list[dict[str, object]] = [
+        {**sample("a"), **timed},
+        {**sample("b"), **timed, "latency_ms": 300.0},
+        {**sample("c"), **timed, "latency_ms": 9_000.0, "schema_repairs": 2},
+        {**sample("d"), **timed, "latency_ms": 9_000.0, "recipe_meta": '{"requests": 5}'},
+    ]
+    write_shard(tmp_path, "samples", "r1", rows, 0)
+    rejected = {**sample("e"), **timed, "latency_ms": 500.0, "filter": "empty", "reason": "x"}
+    write_shard(tmp_path, "rejected", "r1", [rejected], 0)
+    con = open_catalog(tmp_path)
+    view = con.execute("SELECT samples, latency_ms_p50, latency_ms_p90 FROM teachers").fetchall()
+    # a, b and the rejected e (answered all the same): median 300, p90 between 300 and 500.
+    assert view[0][:2] == (4, 300.0) and 300.0 < view[0][2] < 500.0
+
+
+def test_spool_replay_takes_rows_with_and_without_the_timing_columns(tmp_path: Path) -> None:
+    """A spool written before the split (no queue_ms/retry_ms keys) and one written after
+    both replay into shards; the old rows' new columns are null."""
+    old_spool = Spool(tmp_path, "r1")
+    old_spool.append("samples", {**sample("a"), "latency_ms": 900.0})
+    old_spool.append(
+        "failures",
+        {**sample("f"), "latency_ms": 5.0, "error_class": "timeout", "message": "slow"},
+    )
+    old_spool.close()
+    new_spool = Spool(tmp_path, "r1")
+    new_spool.append(
+        "samples", {**sample("b"), "latency_ms": 90.0, "queue_ms": 800.0, "retry_ms": 10.0}
+    )
+    new_spool.close()
+    assert recover(tmp_path, "r1") == {"samples": 2, "rejected": 0, "failures": 1}
+    con = open_catalog(tmp_path)
+    rows = con.execute(
+        "SELECT sample_id, latency_ms, queue_ms, retry_ms FROM samples ORDER BY 1"
+    ).fetchall()
+    assert rows == [("a", 900.0, None, None), ("b", 90.0, 800.0, 10.0)]
+    assert con.execute("SELECT queue_ms FROM failures").fetchall() == [(None,)]

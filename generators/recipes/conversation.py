@@ -5,10 +5,10 @@ of a conversation mean nothing apart. The row's ``conversation`` column holds th
 (the prompt's messages, then assistant and user turns alternating, ending with the assistant);
 ``messages`` keeps its meaning in every table — the prompt as sent first — and
 ``response_text`` is the last assistant answer, so filters, dedup and the judge look at it.
-Tokens, attempts, latency and ``cost_usd`` are summed over every request of the conversation,
-the user teacher's included (its share is in ``recipe_meta``: ``user_cost_usd``, tokens);
-``teacher_*`` columns name the assistant teacher, whose returned model version is the last
-answer's.
+Tokens, attempts, times (latency, queue, retry) and ``cost_usd`` are summed over every request
+of the conversation, the user teacher's included (its share is in ``recipe_meta``:
+``user_cost_usd``, tokens); ``teacher_*`` columns name the assistant teacher, whose returned
+model version is the last answer's.
 
 **Half-way failures.** If a turn fails for good, or the run stops after some turns were paid
 for, the conversation becomes a *failure* row holding the partial ``conversation``, with the
@@ -39,6 +39,15 @@ from distillery.generators.records import RunContext, failure_row, sample_row
 from distillery.generators.routing import Router
 
 RECIPE = "conversation"
+#: Columns of a failure row that are the sums over every turn, as in a sample row.
+_SUMMED = (
+    "attempts",
+    "attempt_statuses",
+    "maybe_billed_twice",
+    "latency_ms",
+    "queue_ms",
+    "retry_ms",
+)
 
 
 def transcript(messages: list[Message]) -> str:
@@ -154,7 +163,7 @@ class ConversationRunner:
         last = _failed(done[-1].outcome, failure)
         row = failure_row(ctx, item.prompt, item.teacher, item.sample_index, last)
         totals = self._totals(ctx, done)
-        for key in ("attempts", "attempt_statuses", "maybe_billed_twice", "latency_ms"):
+        for key in _SUMMED:
             row[key] = totals[key]
         row["created_at"] = totals["created_at"]
         meta = json.loads(self._meta(ctx, done, user_teacher))
@@ -174,6 +183,8 @@ class ConversationRunner:
             "attempt_statuses": [s for t in done for s in t.outcome.attempt_statuses],
             "maybe_billed_twice": sum(t.outcome.maybe_billed_twice for t in done),
             "latency_ms": round(sum(t.outcome.latency_ms for t in done), 3),
+            "queue_ms": round(sum(t.outcome.queue_ms for t in done), 3),
+            "retry_ms": round(sum(t.outcome.retry_ms for t in done), 3),
             "created_at": done[0].outcome.started_at,
         }
 
@@ -232,6 +243,8 @@ def _failed(outcome: Outcome, failure: Failure) -> Outcome:
         outcome.request_hash,
         outcome.latency_ms,
         outcome.started_at,
+        queue_ms=outcome.queue_ms,
+        retry_ms=outcome.retry_ms,
     )
 
 
