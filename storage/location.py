@@ -15,10 +15,9 @@ written once:
 
 So object storage keeps every promise of the local layout — readers see only whole shards and
 whole manifests, the catalog reads only shards a manifest lists, crash leftovers are adopted or
-deleted by ``reconcile`` — with one limit: S3 has no lock, so **one writer process per run**
-(several runs may write the same output at once: each run has its own manifests). Runs spread
-over several processes need a local (shared POSIX) output. Don't compact or dedup a run on
-object storage while it is being written.
+deleted by ``reconcile`` — with one limit: S3 has no lock, so **one writer process per run**,
+which :mod:`distillery.storage.run_lock` enforces with a local lock and a lease object
+(several runs may write the same output at once: each run has its own manifests).
 
 The endpoint and credentials of S3 come from the standard AWS environment (``AWS_ENDPOINT_URL``
 or ``AWS_ENDPOINT_URL_S3`` for an S3-compatible server, ``AWS_ACCESS_KEY_ID``,

@@ -367,3 +367,41 @@ def test_cli_run_query_rerun_and_compact_on_s3(
 def _first_sample(data: str) -> str:
     location: Location = as_location(data)
     return str(sorted(read_column(location, "samples", "s3-run", "sample_id"))[0])
+
+
+def test_a_run_on_s3_is_refused_to_a_second_machine_by_its_lease(
+    bucket: str, s3: Any, tmp_path: Path
+) -> None:
+    # Two "machines": separate $DISTILLERY_HOME, so separate local locks; only the lease
+    # object in the bucket stands between them.
+    import subprocess
+    import sys
+
+    from distillery.storage.run_lock import RunBusyError, run_writer
+
+    data = f"s3://{bucket}/data"
+    hold = (
+        "import sys, time; from distillery.storage.run_lock import run_writer\n"
+        "with run_writer(sys.argv[1], 'r1'):\n"
+        "    print('held', flush=True); time.sleep(600)\n"
+    )
+    other = subprocess.Popen(
+        [sys.executable, "-c", hold, data],
+        env={**os.environ, "DISTILLERY_HOME": str(tmp_path / "machine-b")},
+        stdout=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        assert other.stdout is not None and other.stdout.readline().strip() == "held"
+        assert f"{bucket}/data/_writers/run_id=r1.json" in {
+            f"{bucket}/{k}" for k in keys(s3, bucket)
+        }
+        with pytest.raises(RunBusyError, match=f"pid {other.pid}"), run_writer(data, "r1"):
+            pass
+    finally:
+        other.kill()
+        other.wait()
+    assert "data/_writers/run_id=r1.json" in keys(s3, bucket)  # a dead holder's lease stays...
+    with run_writer(data, "r2"):  # ...and binds only its own run
+        pass
+    assert "data/_writers/run_id=r2.json" not in keys(s3, bucket)  # released on exit
