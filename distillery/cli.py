@@ -30,6 +30,7 @@ from rich.table import Table
 
 from distillery.config import JobConfig, load_config, require_api_keys
 from distillery.errors import DistilleryError, RunInterruptedError, UserInputError
+from distillery.names import check_run_id
 
 if TYPE_CHECKING:
     from distillery.flows.generate import RunSummary
@@ -51,7 +52,6 @@ out = Console()
 err = Console(stderr=True)
 P = ParamSpec("P")
 R = TypeVar("R")
-_RUN_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,127}$")
 
 
 def _reports_errors(command: Callable[P, R]) -> Callable[P, R]:
@@ -133,8 +133,7 @@ def run(
     if output is not None:
         job = job.model_copy(update={"output": _output_option(output)})
     run_id = run_id or datetime.now(UTC).strftime("%Y%m%d-%H%M%S-") + secrets.token_hex(2)
-    if not _RUN_ID.match(run_id):
-        raise UserInputError(f"--run-id {run_id!r}: use letters, digits, '.', '_' or '-'")
+    check_run_id(run_id)
     with contextlib.ExitStack() as stack:
         if emulator:
             job = stack.enter_context(_emulated(job))

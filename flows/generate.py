@@ -40,6 +40,7 @@ from distillery.generators.recipes import Stage, build_recipe, stage_reader
 from distillery.generators.recipes.base import INTERMEDIATE_STAGES
 from distillery.generators.records import RunContext, teacher_facts
 from distillery.generators.structured import StructuredOutput, build_structured
+from distillery.names import check_run_id
 from distillery.storage.compact import compact_partition
 from distillery.storage.location import Location, as_location, resolve_output
 from distillery.storage.shards import next_part_number, partition_dir, read_column, write_shard
@@ -151,6 +152,7 @@ def _batches(plan: list[list[WorkItem]], batch_size: int) -> list[list[WorkItem]
 async def generate(job: JobConfig, run_id: str, config_path: str | None = None) -> RunSummary:
     """Generate ``job.n`` samples per prompt from the teachers its routing picks, into
     ``job.output``."""
+    check_run_id(run_id, "run_id")
     logger = get_run_logger()
     started_at = datetime.now(UTC)
     clock = time.perf_counter()
@@ -524,6 +526,7 @@ async def generate_job(
     if run_id is None:
         started = flow_run.scheduled_start_time
         run_id = started.strftime("%Y%m%d-%H%M%S") if started else uuid.uuid4().hex[:12]
+    check_run_id(run_id, "run_id")
     with contextlib.ExitStack() as stack:
         if emulator:
             from distillery.emulator.retarget import emulated
