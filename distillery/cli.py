@@ -18,6 +18,7 @@ import re
 import secrets
 import signal
 import sys
+import tempfile
 import time
 from collections.abc import Callable, Iterator
 from datetime import UTC, datetime
@@ -29,7 +30,12 @@ from rich.console import Console
 from rich.table import Table
 
 from distillery.config import JobConfig, load_config, require_api_keys
-from distillery.errors import DistilleryError, RunInterruptedError, UserInputError
+from distillery.errors import (
+    DistilleryError,
+    RunInterruptedError,
+    UserInputError,
+    output_errors,
+)
 from distillery.names import check_run_id
 
 if TYPE_CHECKING:
@@ -145,7 +151,8 @@ def run(
         teacher_facts(job)
         _prepare_output(job.output)
         ui = _connect_prefect()
-        summary = _run_with_progress(job, run_id, str(config), verbose)
+        with output_errors(str(job.output), run_id):  # e.g. a resume while the disk is full
+            summary = _run_with_progress(job, run_id, str(config), verbose)
     _print_summary(summary, ui)
     if summary.status == "stopped":
         raise RunInterruptedError(
@@ -190,6 +197,22 @@ def _prepare_output(output: Path | str) -> None:
         Path(output).mkdir(parents=True, exist_ok=True)
     except OSError as exc:
         raise UserInputError(f"output {output}: cannot create ({exc.strerror})") from exc
+    _check_writable(Path(output))
+
+
+def _check_writable(output: Path) -> None:
+    """Refuse an output directory this process cannot write, before anything is sent.
+
+    An existing directory passes ``mkdir(exist_ok=True)`` however it is mounted or
+    permitted; the first spool append then failed mid-run with a traceback. Creating and
+    deleting a file is the only check that answers for root, read-only mounts and ACLs alike.
+    """
+    try:
+        probe, name = tempfile.mkstemp(prefix=".distillery-probe-", dir=output)
+        os.close(probe)
+        Path(name).unlink()
+    except OSError as exc:
+        raise UserInputError(f"output {output}: cannot write ({exc.strerror or exc})") from exc
 
 
 _DATA_HELP = "Dataset directory, or s3://bucket/prefix."

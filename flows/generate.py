@@ -24,7 +24,7 @@ from pydantic import BaseModel, Field
 
 from distillery import __version__
 from distillery.config import JobConfig, load_config, require_api_keys
-from distillery.errors import FatalRunError
+from distillery.errors import FatalRunError, output_errors
 from distillery.flows.artifacts import Progress, publish_run_artifacts
 from distillery.flows.batches import BatchSummary, batch_label, current_ids, send_and_commit
 from distillery.flows.curate import dedup_run_task
@@ -302,7 +302,8 @@ async def generate(job: JobConfig, run_id: str, config_path: str | None = None) 
     finally:
         _fold(summary, results, removed)
         summary.elapsed_s = time.perf_counter() - clock
-        _write_run_record(output, summary, job, config_path, started_at)
+        with output_errors(output.uri, run_id):  # a full disk: one line, not a traceback
+            _write_run_record(output, summary, job, config_path, started_at)
     _compact_run(output, run_id)
     # publish_run_artifacts only hands ``output`` to open_catalog, which takes any Location.
     await publish_run_artifacts(output, job.name, run_id)
