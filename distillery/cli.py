@@ -18,6 +18,7 @@ import re
 import secrets
 import signal
 import sys
+import tempfile
 import time
 from collections.abc import Callable, Iterator
 from datetime import UTC, datetime
@@ -29,7 +30,13 @@ from rich.console import Console
 from rich.table import Table
 
 from distillery.config import JobConfig, load_config, require_api_keys
-from distillery.errors import DistilleryError, RunInterruptedError, UserInputError
+from distillery.errors import (
+    DistilleryError,
+    RunInterruptedError,
+    UserInputError,
+    output_errors,
+)
+from distillery.names import check_run_id
 
 if TYPE_CHECKING:
     from distillery.flows.generate import RunSummary
@@ -51,7 +58,6 @@ out = Console()
 err = Console(stderr=True)
 P = ParamSpec("P")
 R = TypeVar("R")
-_RUN_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,127}$")
 
 
 def _reports_errors(command: Callable[P, R]) -> Callable[P, R]:
@@ -160,8 +166,7 @@ def _run(
     if output is not None:
         job = job.model_copy(update={"output": _output_option(output)})
     run_id = run_id or datetime.now(UTC).strftime("%Y%m%d-%H%M%S-") + secrets.token_hex(2)
-    if not _RUN_ID.match(run_id):
-        raise UserInputError(f"--run-id {run_id!r}: use letters, digits, '.', '_' or '-'")
+    check_run_id(run_id)
     with contextlib.ExitStack() as stack:
         if emulator:
             job = stack.enter_context(_emulated(job))
@@ -175,7 +180,8 @@ def _run(
         _stop_if_asked()
         ui = _connect_prefect()
         _stop_if_asked()
-        summary = _run_with_progress(job, run_id, str(config), verbose)
+        with output_errors(str(job.output), run_id):  # e.g. a resume while the disk is full
+            summary = _run_with_progress(job, run_id, str(config), verbose)
     _print_summary(summary, ui)
     if summary.status == "stopped":
         raise RunInterruptedError(
@@ -220,6 +226,22 @@ def _prepare_output(output: Path | str) -> None:
         Path(output).mkdir(parents=True, exist_ok=True)
     except OSError as exc:
         raise UserInputError(f"output {output}: cannot create ({exc.strerror})") from exc
+    _check_writable(Path(output))
+
+
+def _check_writable(output: Path) -> None:
+    """Refuse an output directory this process cannot write, before anything is sent.
+
+    An existing directory passes ``mkdir(exist_ok=True)`` however it is mounted or
+    permitted; the first spool append then failed mid-run with a traceback. Creating and
+    deleting a file is the only check that answers for root, read-only mounts and ACLs alike.
+    """
+    try:
+        probe, name = tempfile.mkstemp(prefix=".distillery-probe-", dir=output)
+        os.close(probe)
+        Path(name).unlink()
+    except OSError as exc:
+        raise UserInputError(f"output {output}: cannot write ({exc.strerror or exc})") from exc
 
 
 _DATA_HELP = "Dataset directory, or s3://bucket/prefix."

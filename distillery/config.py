@@ -693,18 +693,87 @@ def _field_path(location: tuple[int | str, ...]) -> str:
     return path or "config"
 
 
+MAX_YAML_VALUES = 100_000
+"""Values a job file may hold once its aliases are expanded, beyond those written out.
+
+An alias (``*name``) repeats a whole anchored subtree, so nested aliases grow exponentially
+("billion laughs": nine levels of ten make 10^9 values from 1 KB); expanding them in
+:func:`expand_env` and validation once ran for minutes into gigabytes. A real job file reuses
+a few parameter blocks, far below this.
+"""
+
+
+def _parse_yaml(path: Path, text: str) -> Any:
+    """``yaml.safe_load``, refusing documents whose aliases expand beyond
+    :data:`MAX_YAML_VALUES` values, recursive aliases, and nesting deeper than Python's stack.
+
+    The check runs on the composed node graph, where an alias is a shared reference, so it
+    costs time and memory linear in the file, before anything is expanded.
+    """
+    loader = yaml.SafeLoader(text)
+    try:
+        node = loader.get_single_node()
+        if node is None:
+            return None
+        problem = _alias_problem(node)
+        if problem is not None:
+            raise ConfigError(f"{path}: {problem}")
+        return loader.construct_document(node)
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        at = f" at line {mark.line + 1}" if mark is not None else ""
+        raise ConfigError(f"{path}: not valid YAML{at}") from exc
+    except RecursionError as exc:
+        raise ConfigError(f"{path}: YAML nested too deeply") from exc
+    finally:
+        loader.dispose()
+
+
+def _alias_problem(root: yaml.Node) -> str | None:
+    """Why the document's aliases make it unsafe to expand, or None.
+
+    Counts, without expanding anything, how many values the document holds once every alias
+    is replaced by what it names (each node's expanded size once, memoised, iteratively), and
+    refuses the document when aliases add more than :data:`MAX_YAML_VALUES` to those written.
+    """
+    sizes: dict[int, int] = {}
+    on_path: set[int] = set()
+    stack: list[tuple[yaml.Node, bool]] = [(root, False)]
+    while stack:
+        node, children_done = stack.pop()
+        key = id(node)
+        if children_done:
+            on_path.discard(key)
+            total = 1 + sum(sizes[id(child)] for child in _children(node))
+            sizes[key] = min(total, 1 << 62)  # no huge integers
+            continue
+        if key in sizes:
+            continue
+        if key in on_path:
+            return f"YAML alias at line {node.start_mark.line + 1} refers to itself"
+        on_path.add(key)
+        stack.append((node, True))
+        stack.extend((child, False) for child in _children(node) if id(child) not in sizes)
+    if sizes[id(root)] - len(sizes) > MAX_YAML_VALUES:
+        return f"YAML aliases expand to more than {MAX_YAML_VALUES:,} values (nested aliases?)"
+    return None
+
+
+def _children(node: yaml.Node) -> list[yaml.Node]:
+    if isinstance(node, yaml.SequenceNode):
+        return list(node.value)
+    if isinstance(node, yaml.MappingNode):
+        return [part for pair in node.value for part in pair]
+    return []
+
+
 def load_config(path: Path) -> JobConfig:
     """Read, expand and validate a job file; relative paths become relative to its folder."""
     try:
         text = path.read_text(encoding="utf-8")
     except OSError as exc:
         raise ConfigError(f"{path}: cannot read config ({exc.strerror or exc})") from exc
-    try:
-        raw = yaml.safe_load(text)
-    except yaml.YAMLError as exc:
-        mark = getattr(exc, "problem_mark", None)
-        at = f" at line {mark.line + 1}" if mark is not None else ""
-        raise ConfigError(f"{path}: not valid YAML{at}") from exc
+    raw = _parse_yaml(path, text)
     if not isinstance(raw, dict):
         raise ConfigError(f"{path}: expected a mapping of settings at the top level")
     expanded = expand_env(raw)

@@ -6,6 +6,7 @@
     ├── UserInputError   (exit 2)   the config, a prompt file or a command-line value is wrong
     │   └── ConfigError             a config field or an environment variable it names
     ├── FatalRunError    (exit 1)   the run cannot go on (bad API key, output unwritable, ...)
+    │   └── OutputUnwritable        a disk error mid-run (full, read-only, quota); resumable
     └── RunInterruptedError (130)   stopped by Ctrl-C / SIGTERM; the same command with the run id
                                     resumes it
 
@@ -17,6 +18,9 @@ Messages never contain secrets: an API key is named by the environment variable 
 """
 
 from __future__ import annotations
+
+import contextlib
+from collections.abc import Iterator
 
 
 class DistilleryError(Exception):
@@ -39,6 +43,28 @@ class FatalRunError(DistilleryError):
     """The run has to stop: further requests would all fail the same way."""
 
     exit_code = 1
+
+
+class OutputUnwritable(FatalRunError):
+    """The output (or the spool) stopped taking writes mid-run: a full disk, a file-size or
+    quota limit, a directory made read-only. Requests stop; what was committed or spooled
+    before stays, and the same command with the run id resumes the run."""
+
+    def __init__(self, where: str, run_id: str, exc: OSError) -> None:
+        reason = exc.strerror or str(exc) or type(exc).__name__
+        super().__init__(
+            f"cannot write {exc.filename or where} ({reason}); answers received so far are "
+            f"kept: fix that and run the same command with --run-id {run_id} to resume"
+        )
+
+
+@contextlib.contextmanager
+def output_errors(where: str, run_id: str) -> Iterator[None]:
+    """Inside the block, an ``OSError`` (the disk refusing a write) is :class:`OutputUnwritable`."""
+    try:
+        yield
+    except OSError as exc:
+        raise OutputUnwritable(where, run_id, exc) from exc
 
 
 class RunInterruptedError(DistilleryError):

@@ -9,22 +9,35 @@ free one (``storage/shards.py``), so several processes commit into one run parti
 
 from __future__ import annotations
 
+import functools
 import logging
 import os
 import socket
 import time
 from collections import Counter
-from typing import Any
+from collections.abc import Callable
+from dataclasses import replace
+from typing import Any, TypeVar
 
 from prefect.context import get_run_context
 from pydantic import BaseModel, Field
 
-from distillery.generators.batch import OutcomeListener, TeacherPool, WorkItem, run_batch
+from distillery.errors import OutputUnwritable
+from distillery.generators.batch import (
+    BatchRows,
+    OutcomeListener,
+    RowSink,
+    TeacherPool,
+    WorkItem,
+    run_batch,
+)
 from distillery.generators.curation.apply import Curator
 from distillery.generators.records import RunContext
 from distillery.storage.location import Location
 from distillery.storage.shards import write_shard
 from distillery.storage.spool import Spool
+
+T = TypeVar("T")
 
 
 class BatchSummary(BaseModel):
@@ -46,6 +59,45 @@ class BatchSummary(BaseModel):
     unusable: dict[str, str] = Field(
         default_factory=dict, description="Teachers this batch's process fell back past, and why."
     )
+
+
+class _DiskGuard:
+    """Turns the first disk error of a batch into a halt of the whole pool.
+
+    Every later answer would be paid for and then lost, so the pool stops sending (as for an
+    unusable teacher) and the run ends with one line (:class:`OutputUnwritable`) once the
+    batches in flight have landed, instead of a traceback from deep inside a task.
+    """
+
+    def __init__(self, pool: TeacherPool, output: Location, run_id: str) -> None:
+        self.pool = pool
+        self.output = output
+        self.run_id = run_id
+        self.error: OSError | None = None
+
+    def failed(self, exc: OSError) -> None:
+        if self.error is None:
+            self.error = exc
+        if self.pool.fatal is None:
+            self.pool.fatal = OutputUnwritable(self.output.uri, self.run_id, exc)
+
+    def attempt(self, step: Callable[[], T]) -> T | None:
+        """``step()``, or None after recording its disk error."""
+        try:
+            return step()
+        except OSError as exc:
+            self.failed(exc)
+            return None
+
+    def sink(self, spool: Spool) -> RowSink:
+        """``spool.append`` that stops appending after the first error (a torn last line is
+        skipped when the spool is replayed; one in the middle would not be)."""
+
+        def append(table: str, row: dict[str, Any]) -> None:
+            if self.error is None:
+                self.attempt(functools.partial(spool.append, table, row))
+
+        return append
 
 
 def current_ids() -> tuple[str | None, str | None]:
@@ -84,24 +136,45 @@ async def send_and_commit(
     logger: logging.Logger | logging.LoggerAdapter[Any],
     listener: OutcomeListener | None = None,
 ) -> BatchSummary:
-    """Send one batch, curate it, and commit its shards before returning."""
+    """Send one batch, curate it, and commit its shards before returning.
+
+    A disk error (full, read-only, a file-size limit) on the spool or a shard halts the pool
+    with :class:`OutputUnwritable`: no more requests anywhere, the answers in flight land, and
+    this batch commits nothing more and keeps its spool, which the resumed run replays.
+    """
     started = time.perf_counter()
-    spool = Spool(output, ctx.run_id)
-    try:
-        rows = await run_batch(items, pool, ctx, listener, sink=spool.append)
-    finally:
-        spool.close()
-    kept, rejected = curator.curate(rows.samples)
-    if pool.judge is not None and kept and curator.judge:
-        kept, judged_out = await pool.judge.apply(kept)
-        rejected += judged_out
-    if kept:
-        write_shard(output, "samples", ctx.run_id, kept, part)
-    if rejected:
-        write_shard(output, "rejected", ctx.run_id, rejected, part)
-    if rows.failures:
-        write_shard(output, "failures", ctx.run_id, rows.failures, part)
-    spool.discard()
+    disk = _DiskGuard(pool, output, ctx.run_id)
+    rows = BatchRows(not_sent=len(items))
+    spool = disk.attempt(lambda: Spool(output, ctx.run_id))
+    if spool is not None:
+        try:
+            rows = await run_batch(items, pool, ctx, listener, sink=disk.sink(spool))
+        finally:
+            disk.attempt(spool.close)
+    kept: list[dict[str, Any]] = []
+    rejected: list[dict[str, Any]] = []
+    committed: set[str] = set()
+    if disk.error is None:
+        kept, rejected = curator.curate(rows.samples)
+        if pool.judge is not None and kept and curator.judge:
+            kept, judged_out = await pool.judge.apply(kept)
+            rejected += judged_out
+        for table, table_rows in (
+            ("samples", kept),
+            ("rejected", rejected),
+            ("failures", rows.failures),
+        ):
+            if table_rows and disk.error is None:
+                write = functools.partial(write_shard, output, table, ctx.run_id, table_rows, part)
+                if disk.attempt(write) is not None:
+                    committed.add(table)
+        if disk.error is None and spool is not None:
+            disk.attempt(spool.discard)
+    if disk.error is not None:
+        kept = kept if "samples" in committed else []
+        rejected = rejected if "rejected" in committed else []
+        failures = rows.failures if "failures" in committed else []
+        rows = replace(rows, failures=failures)
     elapsed = time.perf_counter() - started
     by_class = Counter(str(row["error_class"]) for row in rows.failures)
     rate_limited = sum(

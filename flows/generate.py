@@ -26,7 +26,7 @@ from pydantic import BaseModel, Field
 
 from distillery import __version__
 from distillery.config import JobConfig, load_config, require_api_keys
-from distillery.errors import FatalRunError
+from distillery.errors import FatalRunError, output_errors
 from distillery.flows.artifacts import Progress, publish_run_artifacts
 from distillery.flows.batches import BatchSummary, batch_label, current_ids, send_and_commit
 from distillery.flows.curate import dedup_run_task
@@ -43,6 +43,7 @@ from distillery.generators.recipes import Stage, build_recipe, stage_reader
 from distillery.generators.recipes.base import INTERMEDIATE_STAGES
 from distillery.generators.records import RunContext, teacher_facts
 from distillery.generators.structured import StructuredOutput, build_structured
+from distillery.names import check_run_id
 from distillery.storage.compact import compact_partition
 from distillery.storage.failpoints import failpoint
 from distillery.storage.location import Location, as_location, resolve_output
@@ -168,6 +169,7 @@ async def generate(job: JobConfig, run_id: str, config_path: str | None = None) 
     the same run id and output stops at once with the holder's name, before it reads a spool
     or sends a request (``storage/run_lock.py``).
     """
+    check_run_id(run_id, "run_id")
     with graceful_stop(), run_writer(as_location(job.output), run_id):
         return await _generate(job, run_id, config_path)
 
@@ -324,7 +326,8 @@ async def _generate(job: JobConfig, run_id: str, config_path: str | None) -> Run
         _fold(summary, results, removed)
         summary.samples = _kept_by(output, run_id, flow_run_id, summary.samples)
         summary.elapsed_s = time.perf_counter() - clock
-        _write_run_record(output, summary, job, config_path, started_at)
+        with output_errors(output.uri, run_id):  # a full disk: one line, not a traceback
+            _write_run_record(output, summary, job, config_path, started_at)
     failpoint("run:recorded")
     _compact_run(output, run_id)
     # publish_run_artifacts only hands ``output`` to open_catalog, which takes any Location.
@@ -566,6 +569,7 @@ async def generate_job(
     if run_id is None:
         started = flow_run.scheduled_start_time
         run_id = started.strftime("%Y%m%d-%H%M%S") if started else uuid.uuid4().hex[:12]
+    check_run_id(run_id, "run_id")
     with contextlib.ExitStack() as stack:
         if emulator:
             from distillery.emulator.retarget import emulated

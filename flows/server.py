@@ -19,7 +19,7 @@ import socket
 import subprocess
 import sys
 import time
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -117,10 +117,46 @@ def _free_port() -> int:
         return int(sock.getsockname()[1])
 
 
-def _server_env(home: Path, port: int) -> dict[str, str]:
-    # A client's API address and key are not the server's business (and would confuse it); the
-    # rest passes through, e.g. PREFECT_SERVER_DATABASE_CONNECTION_URL for PostgreSQL.
-    env = {k: v for k, v in os.environ.items() if k not in ("PREFECT_API_URL", "PREFECT_API_KEY")}
+# What the server process inherits from the environment of the ``distillery run`` that starts
+# it, and nothing else: it outlives that run, and anything passed stays readable in its
+# /proc/<pid>/environ for as long as it lives — teachers' API keys, cloud credentials and
+# tokens must not. Its own settings are PREFECT_* (a PostgreSQL URL, say) minus a client's.
+_SERVER_PASSES = frozenset(
+    {
+        "PATH",
+        "HOME",
+        "USER",
+        "LOGNAME",
+        "LANG",
+        "LANGUAGE",
+        "TZ",
+        "TMPDIR",
+        "TEMP",
+        "TMP",
+        "DISTILLERY_HOME",
+        "VIRTUAL_ENV",
+        "PYTHONUTF8",
+        "PYTHONIOENCODING",
+        "SSL_CERT_FILE",
+        "SSL_CERT_DIR",
+    }
+)
+_SERVER_PASSES_PREFIXES = ("LC_", "PREFECT_")
+# A client's API address, key and credentials are not the server's business (and its own
+# address would confuse it).
+_CLIENT_ONLY = frozenset({"PREFECT_API_URL", "PREFECT_API_KEY", "PREFECT_API_AUTH_STRING"})
+
+
+def _server_env(home: Path, port: int, environ: Mapping[str, str] | None = None) -> dict[str, str]:
+    """The managed server's whole environment: :data:`_SERVER_PASSES`, ``LC_*`` and the
+    server's ``PREFECT_*`` settings from ``environ`` (default: ours), plus its own."""
+    source = os.environ if environ is None else environ
+    env = {
+        name: value
+        for name, value in source.items()
+        if (name in _SERVER_PASSES or name.startswith(_SERVER_PASSES_PREFIXES))
+        and name not in _CLIENT_ONLY
+    }
     env.update(
         PREFECT_HOME=str(home / "prefect"),
         # The UI learns its API address from the server's settings, which default to port 4200

@@ -17,6 +17,7 @@ from types import TracebackType
 from typing import Any, Protocol
 
 from distillery.config import JobConfig, TeacherConfig
+from distillery.errors import FatalRunError
 from distillery.generators.budget import Budget
 from distillery.generators.client import Failure, Outcome, TeacherClient, TeacherUnusable
 from distillery.generators.curation.judge import Judge
@@ -121,7 +122,8 @@ class _Teacher:
 class TeacherPool:
     """The run's teacher clients in this process: pooled connections and concurrency caps.
 
-    ``fatal`` is set by the first request proving a teacher unusable; ``stop`` answers True
+    ``fatal`` is set by the first request proving a teacher unusable (or by a batch that can
+    no longer write its output: ``flows/batches.py``); ``stop`` answers True
     after a graceful stop (Ctrl-C). From then on no request is sent anywhere, answers already
     in flight are still kept, and batches end early. A request that may fall back to another
     teacher instead marks its teacher ``unusable`` (no more requests to it) and the run goes
@@ -180,7 +182,7 @@ class TeacherPool:
             client = TeacherClient(spec, get_provider(spec.provider), http, limiter)
             self._teachers[spec.name] = _Teacher(client, http, asyncio.Semaphore(spec.concurrency))
             self.judge = Judge(judge, client, self._prices.get(spec.name))
-        self.fatal: TeacherUnusable | None = None
+        self.fatal: FatalRunError | None = None
         # Prompts are counted once a teacher announces a token limit (or for budgets): load
         # the tokenizers while the run starts rather than on the first count.
         preload(t.client.teacher.model for t in self._teachers.values())

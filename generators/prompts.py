@@ -20,6 +20,7 @@ from pathlib import Path
 from typing import Any
 
 import jinja2
+import pyarrow as pa
 import pyarrow.parquet as pq
 
 from distillery.config import PromptsConfig
@@ -67,25 +68,33 @@ def _records(path: Path) -> Iterator[tuple[str, dict[str, Any]]]:
     suffix = path.suffix.lower()
     try:
         if suffix in {".jsonl", ".ndjson", ".json"}:
-            with path.open(encoding="utf-8") as handle:
-                for number, line in enumerate(handle, start=1):
-                    if not line.strip():
-                        continue
-                    where = f"{path}:{number}"
-                    try:
-                        record = json.loads(line)
-                    except json.JSONDecodeError as exc:
-                        raise UserInputError(f"{where}: not valid JSON ({exc.msg})") from exc
-                    if not isinstance(record, dict):
-                        raise UserInputError(f"{where}: expected a JSON object per line")
-                    yield where, record
+            for number, line in _text_lines(path):
+                if not line.strip():
+                    continue
+                where = f"{path}:{number}"
+                try:
+                    record = json.loads(line)
+                except json.JSONDecodeError as exc:
+                    raise UserInputError(f"{where}: not valid JSON ({exc.msg})") from exc
+                if not isinstance(record, dict):
+                    raise UserInputError(f"{where}: expected a JSON object per line")
+                yield where, record
         elif suffix == ".csv":
-            with path.open(encoding="utf-8", newline="") as handle:
-                for number, row in enumerate(csv.DictReader(handle), start=2):
+            lines = (line for _, line in _text_lines(path, split_cr=True))
+            reader = csv.DictReader(lines)
+            try:
+                for number, row in enumerate(reader, start=2):
                     yield f"{path}:{number}", dict(row)
+            except csv.Error as exc:
+                raise UserInputError(f"{path}:{reader.line_num}: not valid CSV ({exc})") from exc
         elif suffix in {".parquet", ".pq"}:
-            table = pq.read_table(path)
-            for number, row in enumerate(table.to_pylist()):
+            try:
+                table = pq.read_table(path)
+                rows = table.to_pylist()
+            except (pa.ArrowException, UnicodeDecodeError) as exc:
+                first = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+                raise UserInputError(f"{path}: not a readable Parquet file ({first})") from exc
+            for number, row in enumerate(rows):
                 yield f"{path} row {number}", row
         else:
             raise UserInputError(
@@ -93,6 +102,45 @@ def _records(path: Path) -> Iterator[tuple[str, dict[str, Any]]]:
             )
     except OSError as exc:
         raise UserInputError(f"{path}: cannot read prompts ({exc.strerror or exc})") from exc
+
+
+_BOM = b"\xef\xbb\xbf"
+_UTF16_BOMS = (b"\xff\xfe", b"\xfe\xff")
+
+
+def _text_lines(path: Path, split_cr: bool = False) -> Iterator[tuple[int, str]]:
+    """(line number, text) of a UTF-8 file, a leading byte-order mark dropped.
+
+    Excel's "CSV UTF-8" and many Windows tools start files with a BOM; it is not part of the
+    first record. Bytes that are not UTF-8 are an error naming the line and the byte offset in
+    the file, raised when that line is reached — a text-mode file decodes in 8 KB chunks and
+    would report neither. ``split_cr`` also ends lines at a lone ``\\r`` (old Mac files), as
+    ``open(newline="")`` does for the csv module; a UTF-8 byte sequence never contains 0x0A or
+    0x0D, so splitting bytes first is safe.
+    """
+    offset = 0
+    number = 0
+    with path.open("rb") as handle:
+        for raw_line in handle:
+            pieces = raw_line.splitlines(keepends=True) if split_cr else [raw_line]
+            for raw in pieces:
+                number += 1
+                start = 0
+                if offset == 0 and raw.startswith(_BOM):
+                    start = len(_BOM)
+                try:
+                    text = raw[start:].decode("utf-8")
+                except UnicodeDecodeError as exc:
+                    at = offset + start + exc.start
+                    hint = ""
+                    if offset == 0 and raw.startswith(_UTF16_BOMS):
+                        hint = "; the file is UTF-16: save it as UTF-8"
+                    raise UserInputError(
+                        f"{path}:{number}: not valid UTF-8 (byte 0x{raw[start + exc.start]:02x} "
+                        f"at offset {at}{hint})"
+                    ) from exc
+                offset += len(raw)
+                yield number, text
 
 
 def _compile_template(config: PromptsConfig) -> jinja2.Template | None:

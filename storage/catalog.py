@@ -25,17 +25,21 @@ views, so :func:`write_catalog` refuses remote outputs.
 
 from __future__ import annotations
 
+import logging
 from functools import cache
-from pathlib import Path
+from pathlib import Path, PurePosixPath
 
 import duckdb
 import pyarrow as pa
 import pyarrow.dataset as pads
 
 from distillery.errors import UserInputError
-from distillery.storage.location import Location, as_location
+from distillery.names import run_id_of_folder
+from distillery.storage.location import Location, Where, as_location
 from distillery.storage.schema import TABLES
 from distillery.storage.shards import committed_shards
+
+logger = logging.getLogger(__name__)
 
 
 def _source(con: duckdb.DuckDBPyConnection, location: Location, table: str, live: bool) -> str:
@@ -47,18 +51,53 @@ def _source(con: duckdb.DuckDBPyConnection, location: Location, table: str, live
     if location.local_path is None:
         return _remote_source(con, location, table)
     output = location.local_path
-    files = committed_shards(output, table)
+    files = _valid(committed_shards(output, table), table)
     if not files:
         return _empty(con, table)
     if live:
-        pattern = str(output.resolve() / table / "run_id=*" / "*.parquet").replace("'", "''")
-        scan = f"read_parquet('{pattern}', hive_partitioning = true, union_by_name = true)"
+        root = output.resolve() / table
+        # A folder that is not a run id breaks DuckDB's hive partitioning of the whole glob,
+        # and a glob cannot leave it out: then each valid partition is globbed on its own
+        # (later runs appear once the catalog is written again).
+        if any(run_id_of_folder(name) is None for name in _partition_folders(root)):
+            folders = sorted(name for name in _partition_folders(root) if run_id_of_folder(name))
+        else:
+            folders = ["run_id=*"]
+        patterns = ", ".join(
+            "'" + str(root / folder / "*.parquet").replace("'", "''") + "'" for folder in folders
+        )
+        scan = f"read_parquet([{patterns}], hive_partitioning = true, union_by_name = true)"
     else:
         listed = ", ".join("'" + str(path).replace("'", "''") + "'" for path in files)
         scan = f"read_parquet([{listed}], hive_partitioning = true, union_by_name = true)"
     # Every column of the schema, even if all shards predate it (null then): queries and
     # rewrites (dedup) that name a newer column work on older datasets too.
     return f"(SELECT * FROM {scan} UNION ALL BY NAME SELECT * FROM {_empty(con, table)})"
+
+
+def _partition_folders(root: Path) -> list[str]:
+    return [p.name for p in root.iterdir() if p.is_dir() and p.name.startswith("run_id=")]
+
+
+def _valid(files: list[Where], table: str) -> list[Where]:
+    """The shards in partitions whose folder names a valid run id; the others are skipped
+    with a warning. Such a folder (``run_id=x\\n``, made before run ids were checked whole)
+    made DuckDB refuse the hive partitioning of every shard, so every query failed."""
+    kept: list[Where] = []
+    skipped: set[str] = set()
+    for shard in files:
+        folder = PurePosixPath(str(shard)).parent.name
+        if run_id_of_folder(folder) is None:
+            skipped.add(folder)
+        else:
+            kept.append(shard)
+    for folder in sorted(skipped):
+        logger.warning(
+            "%s/%r: skipped, not a valid run id folder (rename it to query its shards)",
+            table,
+            folder,
+        )
+    return kept
 
 
 def _empty(con: duckdb.DuckDBPyConnection, table: str) -> str:
@@ -92,7 +131,7 @@ def _remote_source(con: duckdb.DuckDBPyConnection, location: Location, table: st
     The table's schema is given, so shards written before a column existed read it as null
     (what ``union_by_name`` does locally); ``run_id`` is a column of every file.
     """
-    files = committed_shards(location, table)
+    files = _valid(committed_shards(location, table), table)
     if not files:
         return _empty(con, table)
     dataset = pads.dataset(

@@ -18,6 +18,7 @@ sharing ``$DISTILLERY_HOME``); elsewhere, the spooled answers are sent again.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import uuid
@@ -73,11 +74,18 @@ class Spool:
             self._unsynced = 0
 
     def close(self) -> None:
-        if self._handle is not None:
-            self._handle.flush()
-            os.fsync(self._handle.fileno())
-            self._handle.close()
-            self._handle = None
+        """Flush, fsync and close; the file is closed even when the disk refuses the rest."""
+        handle, self._handle = self._handle, None
+        if handle is None:
+            return
+        try:
+            handle.flush()
+            os.fsync(handle.fileno())
+        except OSError:
+            with contextlib.suppress(OSError):
+                handle.close()
+            raise
+        handle.close()
 
     def discard(self) -> None:
         """Delete the spool: its rows are in committed shards now."""
@@ -102,12 +110,13 @@ def _encode(value: object) -> str:
 
 
 def read_spool(path: Path) -> Iterator[tuple[str, dict[str, Any]]]:
-    """(table, row) pairs of a spool file; a torn last line (killed mid-write) is skipped."""
-    with path.open(encoding="utf-8") as handle:
+    """(table, row) pairs of a spool file; a torn last line (killed mid-write, or a disk that
+    filled up) is skipped — even one cut inside a UTF-8 character, hence bytes per line."""
+    with path.open("rb") as handle:
         for line in handle:
             try:
                 record = json.loads(line)
-            except json.JSONDecodeError:
+            except ValueError:  # JSONDecodeError, or UnicodeDecodeError of a torn character
                 continue
             table, row = record["table"], record["row"]
             for column in _TIMESTAMP_COLUMNS.get(table, ()):

@@ -114,6 +114,28 @@ def test_output_override_and_emulator_flag(prefect_api: str, tmp_path: Path) -> 
     assert json.loads(rows.stdout) == [{"n": 240}]
 
 
+@pytest.mark.parametrize("run_id", ["r1\n", "../up", "-dash", "a b", "x" * 129])
+def test_run_ids_are_matched_whole(tmp_path: Path, run_id: str) -> None:
+    config = write_job(tmp_path, "http://127.0.0.1:9")
+    result = cli("run", str(config), "--run-id", run_id, env={"EMULATOR_API_KEY": "k"})
+    assert result.returncode == 2, result.stderr
+    assert "--run-id" in one_error_line(result)
+    assert not (tmp_path / "out").exists()
+
+
+def test_query_skips_a_partition_that_is_no_run_id(tmp_path: Path) -> None:
+    from distillery.storage.shards import write_shard
+
+    from .test_storage import sample
+
+    write_shard(tmp_path, "samples", "good", [sample("a", "good")], 0)
+    write_shard(tmp_path, "samples", "bad\n", [sample("b", "bad\n")], 0)
+    result = cli("query", "-d", str(tmp_path), "-f", "json", "SELECT run_id FROM samples")
+    assert result.returncode == 0, result.stderr
+    assert json.loads(result.stdout) == [{"run_id": "good"}]
+    assert "not a valid run id" in result.stderr
+
+
 def test_query_on_missing_directory(tmp_path: Path) -> None:
     result = cli("query", "--data", str(tmp_path / "nope"), "SELECT 1")
     assert result.returncode == 2

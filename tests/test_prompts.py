@@ -87,3 +87,48 @@ def test_csv_and_parquet(tmp_path: Path) -> None:
     pq.write_table(pa.table({"prompt": ["x", "y"], "n": [1, 2]}), parquet)
     from_parquet = load_prompts(PromptsConfig(path=parquet))
     assert [p.meta["n"] for p in from_parquet] == [1, 2]
+
+
+@pytest.mark.parametrize("suffix", [".jsonl", ".csv"])
+def test_invalid_utf8_names_file_line_and_offset(tmp_path: Path, suffix: str) -> None:
+    path = tmp_path / f"p{suffix}"
+    good = b'{"prompt": "ok"}\n' if suffix == ".jsonl" else b"prompt\nok\n"
+    path.write_bytes(good + b'{"prompt": "caf\xe9"}\n')  # Latin-1, not UTF-8
+    offset, line = len(good) + len(b'{"prompt": "caf'), good.count(b"\n") + 1
+    with pytest.raises(
+        UserInputError,
+        match=rf"p\{suffix}:{line}: not valid UTF-8 \(byte 0xe9 at offset {offset}\)$",
+    ) as caught:
+        load_prompts(PromptsConfig(path=path))
+    assert "\n" not in str(caught.value)
+
+
+def test_utf16_file_says_so(tmp_path: Path) -> None:
+    path = tmp_path / "p.csv"
+    path.write_bytes("prompt\nhello\n".encode("utf-16"))
+    with pytest.raises(
+        UserInputError, match=r"p\.csv:1: not valid UTF-8 .*UTF-16: save it as UTF-8"
+    ):
+        load_prompts(PromptsConfig(path=path))
+
+
+def test_a_byte_order_mark_is_read_not_refused(tmp_path: Path) -> None:
+    # Excel's "CSV UTF-8" and many Windows tools start the file with one.
+    jsonl_path = tmp_path / "p.jsonl"
+    jsonl_path.write_bytes(b"\xef\xbb\xbf" + '{"prompt": "héllo"}\n{"prompt": "b"}\n'.encode())
+    assert [p.text for p in load_prompts(PromptsConfig(path=jsonl_path))] == ["héllo", "b"]
+    csv_path = tmp_path / "p.csv"
+    csv_path.write_bytes(b"\xef\xbb\xbf" + 'id,prompt\r\n1,"two\r\nlines"\r\n2,ünï\r\n'.encode())
+    from_csv = load_prompts(PromptsConfig(path=csv_path))
+    assert [(p.prompt_id, p.text) for p in from_csv] == [("1", "two\r\nlines"), ("2", "ünï")]
+
+
+def test_malformed_csv_and_parquet_are_one_line(tmp_path: Path) -> None:
+    csv_path = tmp_path / "p.csv"
+    csv_path.write_text("prompt\n" + '"' + "x" * 200_000 + '"\n')  # over csv's field limit
+    with pytest.raises(UserInputError, match=r"p\.csv:\d+: not valid CSV \(field larger"):
+        load_prompts(PromptsConfig(path=csv_path))
+    parquet = tmp_path / "p.parquet"
+    parquet.write_bytes(b"PAR1 but not really")
+    with pytest.raises(UserInputError, match=r"p\.parquet: not a readable Parquet file"):
+        load_prompts(PromptsConfig(path=parquet))

@@ -4,6 +4,7 @@ import asyncio
 import json
 import subprocess
 import time
+from pathlib import Path
 
 import httpx
 import pytest
@@ -205,3 +206,66 @@ def test_redirects_are_not_followed(transport: str) -> None:
 
     assert asyncio.run(scenario()) == 307
     assert followed == []
+
+
+SECRETS = {
+    "OPENAI_API_KEY": "sk-canary-openai",
+    "AWS_SECRET_ACCESS_KEY": "canary-aws",
+    "GITHUB_TOKEN": "canary-token",
+    "HTTPS_PROXY": "http://user:canary-pass@127.0.0.1:9",
+    "PREFECT_API_KEY": "canary-prefect-client-key",
+}
+
+
+def test_the_server_environment_is_an_allowlist(tmp_path) -> None:
+    environ = {
+        **SECRETS,
+        "PATH": "/usr/bin",
+        "HOME": "/root",
+        "LC_ALL": "C.UTF-8",
+        "PREFECT_API_URL": "http://elsewhere/api",
+        "PREFECT_SERVER_DATABASE_CONNECTION_URL": "postgresql+asyncpg://p@h/db",
+    }
+    env = server._server_env(tmp_path, 4321, environ)
+    assert not set(SECRETS) & set(env)
+    assert "PREFECT_API_URL" not in env
+    assert env["PATH"] == "/usr/bin" and env["HOME"] == "/root" and env["LC_ALL"] == "C.UTF-8"
+    # The server's own settings pass: e.g. the PostgreSQL a production server runs on.
+    assert env["PREFECT_SERVER_DATABASE_CONNECTION_URL"] == "postgresql+asyncpg://p@h/db"
+    assert env["PREFECT_SERVER_API_PORT"] == "4321"
+
+
+def _session_environs(leader: int) -> list[bytes]:
+    """/proc/<pid>/environ of every process in ``leader``'s session (the server started one)."""
+    found = []
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            fields = (entry / "stat").read_text().rsplit(")", 1)[1].split()
+            if int(fields[3]) == leader:  # field 6 of stat: the session id
+                found.append((entry / "environ").read_bytes())
+        except (OSError, IndexError, ValueError):
+            continue
+    return found
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(not Path("/proc/self/environ").exists(), reason="needs /proc")
+def test_the_server_keeps_no_secret_of_the_run_that_started_it(
+    monkeypatch: pytest.MonkeyPatch, tmp_path
+) -> None:
+    monkeypatch.setenv("DISTILLERY_HOME", str(tmp_path / "home"))
+    for name, value in SECRETS.items():
+        monkeypatch.setenv(name, value)
+    info, started = server.ensure_server()
+    try:
+        assert started
+        environs = _session_environs(info.pid)
+        assert environs  # the server itself at least
+        for environ in environs:
+            assert b"PATH=" in environ
+            for value in SECRETS.values():
+                assert value.encode() not in environ
+    finally:
+        server.stop()

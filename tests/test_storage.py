@@ -280,3 +280,21 @@ def test_spool_replay_takes_rows_with_and_without_the_timing_columns(tmp_path: P
     ).fetchall()
     assert rows == [("a", 900.0, None, None), ("b", 90.0, 800.0, 10.0)]
     assert con.execute("SELECT queue_ms FROM failures").fetchall() == [(None,)]
+
+
+def test_a_folder_that_is_no_run_id_does_not_break_the_others(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    # Made before run ids were matched whole ("$" matches before a final newline): DuckDB then
+    # refused the hive partitioning of every shard, so every query of the dataset failed.
+    write_shard(tmp_path, "samples", "good", [sample("a", "good")], 0)
+    write_shard(tmp_path, "samples", "bad\n", [sample("b", "bad\n")], 0)
+    con = open_catalog(tmp_path)
+    assert con.execute("SELECT run_id, sample_id FROM samples").fetchall() == [("good", "a")]
+    assert "'run_id=bad\\n': skipped" in caplog.text
+    from distillery.storage.catalog import write_catalog
+
+    database = tmp_path / "catalog.duckdb"
+    write_catalog(tmp_path, database)
+    with duckdb.connect(str(database), read_only=True) as con:
+        assert con.execute("SELECT run_id FROM samples").fetchall() == [("good",)]
