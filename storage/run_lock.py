@@ -115,9 +115,9 @@ def run_writer(output: Path | str | Location, run_id: str, what: str = "run") ->
 
 def _busy(run_id: str, what: str, holder: Holder | None) -> RunBusyError:
     who = holder.describe() if holder else "another process"
+    advice = "wait for it to end, or use another --run-id" if what == "run" else "try again later"
     return RunBusyError(
-        f"run {run_id} is being written by {who}; {what} refused (one writer per run: "
-        "wait for it to end, or use another --run-id)"
+        f"run {run_id} is being written by {who}; {what} refused (one writer per run: {advice})"
     )
 
 
