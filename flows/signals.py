@@ -70,5 +70,7 @@ def graceful_stop() -> Iterator[None]:
     try:
         yield
     finally:
-        cancel_deadline()
+        # The deadline stays armed past the flow body: Prefect's engine still reports the
+        # run's end to its API, and a slow or unreachable API must not hold the exit longer
+        # than the grace period. The CLI disarms it once the run has returned.
         signal.signal(signal.SIGTERM, previous)

@@ -29,7 +29,13 @@ PROMPTS = 60
 def start(config: Path, prefect_api: str, **env: str) -> subprocess.Popen[str]:
     return subprocess.Popen(
         [sys.executable, "-m", "distillery", "run", str(config), "--run-id", "sig"],
-        env={**os.environ, "EMULATOR_API_KEY": "k", "PREFECT_API_URL": prefect_api, **env},
+        env={
+            **os.environ,
+            "EMULATOR_API_KEY": "k",
+            "PREFECT_API_URL": prefect_api,
+            "PYTHONFAULTHANDLER": "1",
+            **env,
+        },
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
         text=True,
@@ -80,7 +86,12 @@ def test_sigterm_at_any_moment_of_start_up_is_one_line_and_exit_130(
         process = start(config, prefect_api)
         time.sleep(delay_s)
         process.send_signal(signal.SIGTERM)
-        _, stderr = process.communicate(timeout=120)
+        try:
+            _, stderr = process.communicate(timeout=120)
+        except subprocess.TimeoutExpired:
+            process.send_signal(signal.SIGABRT)  # PYTHONFAULTHANDLER: every thread's stack
+            _, stderr = process.communicate(timeout=30)
+            raise AssertionError(f"no exit 120 s after SIGTERM:\n{stderr}") from None
         served = emulator.stats()["served_ok"]
     assert process.returncode in (0, 130), stderr  # 0: it had already finished
     assert "Traceback" not in stderr, stderr
