@@ -32,6 +32,7 @@ from rich.table import Table
 from distillery.config import JobConfig, load_config, require_api_keys
 from distillery.errors import (
     DistilleryError,
+    FatalRunError,
     RunInterruptedError,
     UserInputError,
     output_errors,
@@ -183,6 +184,13 @@ def _run(
         with output_errors(str(job.output), run_id):  # e.g. a resume while the disk is full
             summary = _run_with_progress(job, run_id, str(config), verbose)
     _print_summary(summary, ui)
+    if summary.status == "failed":
+        classes = ", ".join(f"{k} {v}" for k, v in sorted(summary.failures_by_class.items()))
+        raise FatalRunError(
+            f"every request failed ({classes}); why: distillery query --data {summary.output} "
+            f'"SELECT teacher_name, error_class, message FROM failures WHERE run_id = '
+            f"'{run_id}' LIMIT 5\""
+        )
     if summary.status == "stopped":
         raise RunInterruptedError(
             f"stopped before the end; resume with: distillery run {config} --run-id {run_id}"
@@ -257,9 +265,17 @@ def _dataset(data: str) -> Path | Location:
     from distillery.storage.location import as_location, is_uri
 
     if not is_uri(data):
+        from distillery.storage.schema import TABLES
+
         path = Path(data)
         if not path.is_dir():
             raise UserInputError(f"--data {data}: no such directory")
+        if not any((path / table).is_dir() for table in TABLES):
+            # Not an error to DuckDB (every view is empty), but never what the user meant.
+            raise UserInputError(
+                f"--data {data}: no dataset there (no {', '.join(TABLES)} folder); "
+                "name the run's output directory"
+            )
         return path
     try:
         location = as_location(data)

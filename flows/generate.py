@@ -311,6 +311,11 @@ async def _generate(job: JobConfig, run_id: str, config_path: str | None) -> Run
         elif spent_teachers and sum(r.not_sent for r in results):
             summary.status = "budget_reached"
             logger.warning("budget of %s reached; requests left unsent", ", ".join(spent_teachers))
+        elif _all_failed(results):
+            # Nothing answered, only failures (an unreachable base URL, a model that does not
+            # exist): not a success, whatever each request's own error was.
+            summary.status = "failed"
+            logger.error("every request of this invocation failed; see the failures view")
         else:
             summary.status = "completed"
         if job.curation.dedup.enabled and not STOP.requested:
@@ -452,6 +457,13 @@ def _spent_by_teacher(output: Location, run_id: str) -> dict[str, float]:
         for name, cost in zip(names, costs, strict=True):
             spent[str(name)] = spent.get(str(name), 0.0) + float(cost or 0.0)
     return spent
+
+
+def _all_failed(results: list[BatchSummary]) -> bool:
+    """Requests were made and none was answered: every one ended as a failure row."""
+    failures = sum(r.failures - r.fell_back for r in results)
+    answered = sum(r.samples + sum(r.rejected.values()) for r in results)
+    return failures > 0 and answered == 0
 
 
 def _kept_by(output: Location, run_id: str, flow_run_id: str | None, folded: int) -> int:

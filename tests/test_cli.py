@@ -142,6 +142,29 @@ def test_query_on_missing_directory(tmp_path: Path) -> None:
     assert "no such directory" in one_error_line(result)
 
 
+def test_query_on_a_folder_that_holds_no_dataset(tmp_path: Path) -> None:
+    # Every view of an empty folder is empty: 0 rows and exit 0 read as "the run made nothing".
+    (tmp_path / "notes").mkdir()
+    result = cli("query", "--data", str(tmp_path), "SELECT count(*) FROM samples")
+    assert result.returncode == 2
+    assert "no dataset there" in one_error_line(result)
+
+
+@pytest.mark.slow
+def test_a_run_in_which_every_request_failed_exits_1(prefect_api: str, tmp_path: Path) -> None:
+    # Nothing listens on port 9: every attempt is refused. It used to say "completed", exit 0.
+    config = write_job(tmp_path, "http://127.0.0.1:9", prompts=3)
+    result = cli("run", str(config), "--run-id", "down", env={"EMULATOR_API_KEY": "k"})
+    assert result.returncode == 1, result.stderr
+    errors = [line for line in result.stderr.splitlines() if line.startswith("error:")]
+    assert len(errors) == 1 and "Traceback" not in result.stderr, result.stderr
+    assert "every request failed (connection_error 3)" in errors[0]
+    assert "FROM failures" in errors[0]
+    assert "run down — failed" in result.stdout
+    runs = cli("query", "-d", str(tmp_path / "out"), "-f", "csv", "SELECT status FROM runs")
+    assert runs.stdout.splitlines() == ["status", "failed"]
+
+
 @pytest.mark.slow
 def test_wrong_key_exits_1_without_leaking_it(prefect_api: str, tmp_path: Path) -> None:
     from distillery.emulator import EmulatorOptions

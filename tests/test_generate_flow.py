@@ -120,7 +120,7 @@ def test_failed_requests_become_failure_rows(prefect_api: str, tmp_path: Path) -
     # Nothing listens on this port: every attempt is a connection error.
     job = load_config(write_job(tmp_path, "http://127.0.0.1:9", prompts=3))
     summary = asyncio.run(generate(job=job, run_id="down"))
-    assert (summary.samples, summary.failures) == (0, 3)
+    assert (summary.status, summary.samples, summary.failures) == ("failed", 0, 3)
     assert summary.failures_by_class == {"connection_error": 3}
     rows = (
         open_catalog(job.output)
