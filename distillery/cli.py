@@ -131,6 +131,14 @@ def run(
     verbose: Annotated[
         bool, typer.Option("--verbose", "-v", help="Show Prefect's logs on the terminal too.")
     ] = False,
+    allow_changed_job: Annotated[
+        bool,
+        typer.Option(
+            "--allow-changed-job",
+            help="Resume a run id even though the job's prompts, teachers, routing or "
+            "curation changed since it started.",
+        ),
+    ] = False,
 ) -> None:
     """Generate a dataset: prompts to teachers (as the job routes them), into Parquet shards."""
     from distillery.flows.signals import cancel_deadline, on_stop_signal
@@ -141,7 +149,7 @@ def run(
     # Once the run is under way, _run_with_progress stops it gracefully.
     previous = signal.signal(signal.SIGTERM, on_stop_signal)
     try:
-        _run(config, output, run_id, emulator, verbose)
+        _run(config, output, run_id, emulator, verbose, allow_changed_job)
     except KeyboardInterrupt:
         raise RunInterruptedError("stopped while starting; nothing was sent") from None
     finally:
@@ -158,7 +166,12 @@ def _stop_if_asked() -> None:
 
 
 def _run(
-    config: Path, output: str | None, run_id: str | None, emulator: bool, verbose: bool
+    config: Path,
+    output: str | None,
+    run_id: str | None,
+    emulator: bool,
+    verbose: bool,
+    allow_changed_job: bool,
 ) -> None:
     from distillery.generators.prompts import load_prompts
     from distillery.generators.records import teacher_facts
@@ -182,7 +195,7 @@ def _run(
         ui = _connect_prefect()
         _stop_if_asked()
         with output_errors(str(job.output), run_id):  # e.g. a resume while the disk is full
-            summary = _run_with_progress(job, run_id, str(config), verbose)
+            summary = _run_with_progress(job, run_id, str(config), verbose, allow_changed_job)
     _print_summary(summary, ui)
     if summary.status == "failed":
         classes = ", ".join(f"{k} {v}" for k, v in sorted(summary.failures_by_class.items()))
@@ -308,7 +321,9 @@ def _start_local_teachers(job: JobConfig, stack: contextlib.ExitStack) -> None:
             stack.enter_context(LocalTeacher("127.0.0.1", where.port))
 
 
-def _run_with_progress(job: JobConfig, run_id: str, config_path: str, verbose: bool) -> RunSummary:
+def _run_with_progress(
+    job: JobConfig, run_id: str, config_path: str, verbose: bool, allow_changed_job: bool
+) -> RunSummary:
     """Run the flow under a progress bar; Ctrl-C (or SIGTERM) stops it gracefully.
 
     The first signal stops new requests and lets the answers in flight land, be spooled and
@@ -334,7 +349,14 @@ def _run_with_progress(job: JobConfig, run_id: str, config_path: str, verbose: b
     try:
         with ProgressBar(err) as bar:
             set_listener(bar)
-            return asyncio.run(generate(job=job, run_id=run_id, config_path=config_path))
+            return asyncio.run(
+                generate(
+                    job=job,
+                    run_id=run_id,
+                    config_path=config_path,
+                    allow_changed_job=allow_changed_job,
+                )
+            )
     except (KeyboardInterrupt, TerminationSignal):
         # A second signal, the grace period running out, or a signal in the instant Prefect's
         # engine holds SIGTERM (before the flow body takes it back).

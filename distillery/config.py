@@ -651,6 +651,32 @@ class JobConfig(_Strict):
                     )
         return self
 
+    def shape(self) -> dict[str, Any]:
+        """What shapes the answers of a run: the prompts' wording, each teacher's identity and
+        parameters, routing, curation, schema and recipe — not where or how fast it runs.
+
+        A run resumed under the same id must have the same shape (its sample ids do not hash
+        the wording or the filters); budgets, limits, concurrency, endpoints, batch sizes and
+        the prompt file's path or limit may change between invocations (raising a budget or a
+        limit to finish a run is the point of resuming it).
+        """
+        operational = {"base_url", "api_key_env", "concurrency", "limits", "max_attempts"}
+        operational |= {"timeout_s", "budget_usd"}
+
+        def teacher(t: TeacherConfig) -> dict[str, Any]:
+            return t.model_dump(mode="json", exclude=operational)
+
+        dumped = self.model_dump(
+            mode="json",
+            include={"routing", "n", "temperatures", "response_schema", "recipe", "curation"},
+        )
+        dumped["prompts"] = self.prompts.model_dump(mode="json", include={"template", "system"})
+        dumped["teachers"] = {t.name: teacher(t) for t in self.teachers}
+        judge = self.curation.judge
+        if judge is not None:
+            dumped["curation"]["judge"]["teacher"] = teacher(judge.teacher)
+        return dumped
+
     def config_hash(self) -> str:
         """A short, stable fingerprint of everything that shapes the output."""
         # Where batches execute does not shape the output (and must not split a run's lineage).

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
 import time
 import uuid
 from collections import Counter
@@ -31,6 +32,7 @@ from distillery.flows.artifacts import Progress, publish_run_artifacts
 from distillery.flows.batches import BatchSummary, batch_label, current_ids, send_and_commit
 from distillery.flows.curate import dedup_run_task
 from distillery.flows.dask_runner import DaskBatches
+from distillery.flows.job_changes import refuse_changed_job
 from distillery.flows.progress import STOP, get_listener
 from distillery.flows.shared_limits import shared_limits_for
 from distillery.flows.signals import graceful_stop
@@ -161,7 +163,9 @@ def _batches(plan: list[list[WorkItem]], batch_size: int) -> list[list[WorkItem]
 
 
 @flow(name="generate", flow_run_name="{job.name}/{run_id}", persist_result=False)
-async def generate(job: JobConfig, run_id: str, config_path: str | None = None) -> RunSummary:
+async def generate(
+    job: JobConfig, run_id: str, config_path: str | None = None, allow_changed_job: bool = False
+) -> RunSummary:
     """Generate ``job.n`` samples per prompt from the teachers its routing picks, into
     ``job.output``.
 
@@ -171,6 +175,8 @@ async def generate(job: JobConfig, run_id: str, config_path: str | None = None) 
     """
     check_run_id(run_id, "run_id")
     with graceful_stop(), run_writer(as_location(job.output), run_id):
+        if not allow_changed_job:
+            refuse_changed_job(as_location(job.output), run_id, job)
         return await _generate(job, run_id, config_path)
 
 
@@ -545,6 +551,7 @@ def _write_run_record(
                 "rejected": sum(summary.rejected.values()),
                 "dedup_params": DEFAULT_PARAMS.describe() if job.curation.dedup.enabled else None,
                 "distillery_version": __version__,
+                "job_shape": json.dumps(job.shape(), sort_keys=True),
             }
         ],
         next_part_number(partition_dir(output, "runs", summary.run_id)),
@@ -565,6 +572,7 @@ async def generate_job(
     run_id: str | None = None,
     output: str | None = None,
     emulator: bool = False,
+    allow_changed_job: bool = False,
 ) -> RunSummary:
     """Deployment entry point: read a job file when the run starts, then generate.
 
@@ -588,4 +596,6 @@ async def generate_job(
 
             job, _ = stack.enter_context(emulated(job))
         require_api_keys(job)
-        return await generate.fn(job=job, run_id=run_id, config_path=config)
+        return await generate.fn(
+            job=job, run_id=run_id, config_path=config, allow_changed_job=allow_changed_job
+        )

@@ -134,6 +134,8 @@ RUN_SCHEMA = pa.schema(
         pa.field("rejected", pa.int64()),
         pa.field("dedup_params", pa.string()),
         pa.field("distillery_version", pa.string()),
+        # JobConfig.shape() as JSON: what a resume of the run must not change.
+        pa.field("job_shape", pa.string()),
     ]
 )
 
