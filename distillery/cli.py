@@ -84,8 +84,12 @@ def _connect_prefect() -> str:
         return configured.removesuffix("/api")
     from distillery.flows import server
 
-    with err.status("starting the local Prefect server (first run only)..."):
+    running = server.running()
+    if running is not None:
         info, _ = server.ensure_server()
+    else:
+        with err.status("starting the local Prefect server (first run only; kept for later)..."):
+            info, _ = server.ensure_server()
     os.environ["PREFECT_API_URL"] = info.api_url
     return info.url
 
@@ -375,7 +379,8 @@ def _print_summary(summary: RunSummary, ui: str) -> None:
     table = Table(title=f"run {summary.run_id} — {summary.status}", show_header=False, box=None)
     table.add_column(style="bold", no_wrap=True)
     table.add_column(overflow="fold")
-    rate = (summary.samples + summary.failures) / summary.elapsed_s if summary.elapsed_s else 0.0
+    ended = summary.samples + sum(summary.rejected.values()) + summary.failures
+    rate = ended / summary.elapsed_s if summary.elapsed_s else 0.0
     table.add_row("prompts", f"{summary.prompts}")
     table.add_row(
         "requests",
@@ -570,7 +575,8 @@ def lineage(
         [record["run_id"]],
     ).fetchall()
     if run:
-        table.add_row("run", ", ".join(str(v) for v in run[0]))
+        labels = ("dataset", "config", "status", "started", "ended", "invocations")
+        table.add_row("run", ", ".join(f"{k} {v}" for k, v in zip(labels, run[0], strict=True)))
     out.print(table)
 
 
@@ -623,6 +629,12 @@ def export(
     """Write the samples as training data: chat JSONL, optionally with reasoning traces."""
     from distillery.storage.export import export_chat_jsonl
 
+    given = {arg.split("=")[0] for arg in sys.argv}
+    if not with_reasoning and given & {"--reasoning-style", "--reasoning-key"}:
+        raise UserInputError(
+            "--reasoning-style and --reasoning-key shape the trace of --with-reasoning; "
+            "add --with-reasoning (without it no trace is exported)"
+        )
     if not re.fullmatch(r"[A-Za-z_][A-Za-z0-9_]{0,63}", reasoning_key) or reasoning_key in (
         "role",
         "content",

@@ -829,7 +829,10 @@ def load_config(path: Path) -> JobConfig:
     return job.model_copy(
         update={
             "prompts": prompts,
-            "output": job.output if isinstance(job.output, str) else base / job.output,
+            # Normalised: the summary and every record name examples/../out as out.
+            "output": job.output
+            if isinstance(job.output, str)
+            else Path(os.path.normpath(base / job.output)),
             "terms_file": base / job.terms_file if job.terms_file else None,
             "prices_file": base / job.prices_file if job.prices_file else None,
         }

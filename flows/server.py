@@ -171,6 +171,12 @@ def _server_env(home: Path, port: int, environ: Mapping[str, str] | None = None)
     return env
 
 
+def running() -> ServerInfo | None:
+    """The managed server if it is up and answering (no start, no wait)."""
+    info = _read_state()
+    return info if info is not None and _is_ours(info) and healthy(info) else None
+
+
 def ensure_server() -> tuple[ServerInfo, bool]:
     """A healthy managed server, started if need be; returns (info, started_now)."""
     with _locked():

@@ -260,3 +260,20 @@ def test_summary_counts_rejected_answers_as_sent(tmp_path: Path) -> None:
     text = console.export_text()
     assert "3 (repetition 3)" in text and "9 kept" in text
     assert "not sent" not in text
+
+
+def test_a_reasoning_style_without_with_reasoning_is_refused(tmp_path: Path) -> None:
+    # It used to be ignored silently: the export had no trace and said nothing.
+    result = cli("export", "--data", str(tmp_path), "-o", str(tmp_path / "x.jsonl"),
+                 "--reasoning-style", "field")  # fmt: skip
+    assert result.returncode == 2
+    assert "add --with-reasoning" in one_error_line(result)
+
+
+def test_the_output_path_is_normalised(tmp_path: Path) -> None:
+    from distillery.config import load_config
+
+    (tmp_path / "jobs").mkdir()
+    config = write_job(tmp_path / "jobs", "http://127.0.0.1:9")
+    config.write_text(config.read_text().replace("output: out", "output: ../out"))
+    assert load_config(config).output == tmp_path / "out"
