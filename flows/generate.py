@@ -380,6 +380,9 @@ async def _run_here(
         teacher_budgets=teacher_budgets,
         structured=structured,
     ) as pool:
+        listener = get_listener()
+        if listener is not None:
+            listener.watching(pool.in_flight)
         gate = asyncio.Semaphore(job.max_batches_in_flight)
 
         async def one(index: int, items: list[WorkItem], part: int, curator: Curator) -> None:

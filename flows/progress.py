@@ -24,6 +24,9 @@ class RunListener(Protocol):
     def advanced(self, requests: int, failed: int) -> None:
         """Requests that ended in another process (a Dask worker), told when their batch ends."""
 
+    def watching(self, in_flight: Callable[[], tuple[int, float]]) -> None:
+        """How to ask what is out now: (requests, seconds the longest has been out)."""
+
 
 _listener: RunListener | None = None
 

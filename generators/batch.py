@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
+import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field, replace
 from types import TracebackType
@@ -183,6 +184,8 @@ class TeacherPool:
             self._teachers[spec.name] = _Teacher(client, http, asyncio.Semaphore(spec.concurrency))
             self.judge = Judge(judge, client, self._prices.get(spec.name))
         self.fatal: FatalRunError | None = None
+        #: Requests in their teacher's slot now: id -> when they took it (time.monotonic()).
+        self._in_flight: dict[int, float] = {}
         # Prompts are counted once a teacher announces a token limit (or for budgets): load
         # the tokenizers while the run starts rather than on the first count.
         preload(t.client.teacher.model for t in self._teachers.values())
@@ -224,14 +227,27 @@ class TeacherPool:
         """
         teacher = self._teachers[item.teacher.name]
         async with teacher.slots:
-            outcome = await self._send(teacher, item, item.prompt.messages)
-            if outcome is None or self.structured is None:
-                return outcome
+            key = id(item)
+            self._in_flight[key] = time.monotonic()
+            try:
+                outcome = await self._send(teacher, item, item.prompt.messages)
+                if outcome is None or self.structured is None:
+                    return outcome
 
-            async def send(messages: list[Message]) -> Outcome | None:
-                return await self._send(teacher, item, messages)
+                async def send(messages: list[Message]) -> Outcome | None:
+                    return await self._send(teacher, item, messages)
 
-            return await repair(self.structured, item.prompt.messages, outcome, send, paid)
+                return await repair(self.structured, item.prompt.messages, outcome, send, paid)
+            finally:
+                self._in_flight.pop(key, None)
+
+    def in_flight(self, now: float | None = None) -> tuple[int, float]:
+        """(requests out now, seconds the longest has been out): what the end of a run is
+        waiting for (the progress line shows it)."""
+        if not self._in_flight:
+            return 0, 0.0
+        now = time.monotonic() if now is None else now
+        return len(self._in_flight), now - min(self._in_flight.values())
 
     async def _send(
         self, teacher: _Teacher, item: WorkItem, messages: list[Message]
