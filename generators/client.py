@@ -30,6 +30,7 @@ from tenacity import (
 
 from distillery.config import GenerationParams, TeacherConfig
 from distillery.errors import FatalRunError
+from distillery.generators.deadline import AttemptDeadline
 from distillery.generators.http import (
     HttpSender,
     HttpTransportError,
@@ -133,6 +134,8 @@ class TeacherClient:
         self.limiter = limiter
         #: Times the parts of a request (:class:`Outcome`); injected by tests.
         self._clock = clock or time.perf_counter
+        #: When an attempt is a straggler to retry rather than wait on (generators/deadline.py).
+        self.deadline = AttemptDeadline(teacher.timeout_s, teacher.params.max_tokens)
 
     def _api_key(self) -> str | None:
         if self.teacher.api_key_env is None:
@@ -259,8 +262,24 @@ class TeacherClient:
     async def _send(
         self, url: str, headers: dict[str, str], payload: bytes, outcome: Outcome
     ) -> Completion:
+        sent_at = self._clock()
+        deadline_s = self.deadline.seconds()
         try:
-            response = await self.http.request("POST", url, headers, payload)
+            if deadline_s < self.deadline.cap_s:
+                response = await asyncio.wait_for(
+                    self.http.request("POST", url, headers, payload), deadline_s
+                )
+            else:  # the transport's own read timeout is the teacher's timeout_s
+                response = await self.http.request("POST", url, headers, payload)
+        except TimeoutError as exc:
+            outcome.attempt_statuses.append("timeout")
+            if outcome.attempts < self.teacher.max_attempts:  # it reached the server
+                outcome.maybe_billed_twice += 1
+            raise _AttemptFailed(
+                "timeout",
+                f"no answer within {deadline_s:.0f}s ({self.deadline.describe()})",
+                retryable=True,
+            ) from exc
         except HttpTransportError as exc:
             outcome.attempt_statuses.append(exc.error_class)
             # The server may have answered (and billed) the request whose answer we lost.
@@ -271,6 +290,7 @@ class TeacherClient:
         outcome.attempt_statuses.append(str(status))
         lowered = response.headers
         if 200 <= status < 300:
+            self.deadline.observe(self._clock() - sent_at)
             try:
                 return self.provider.parse_success(json.loads(response.content), lowered)
             except (ValueError, MalformedResponse) as exc:
