@@ -135,6 +135,11 @@ class TeacherConfig(_Strict):
         gt=0,
         description="This teacher's own spending cap; once spent, routing falls back past it.",
     )
+    api_version: Literal["v1beta", "v1"] | None = Field(
+        default=None,
+        description="Gemini only: the API version in the URL (null: v1beta, which has every "
+        "feature distillery asks for; v1 is the stable surface).",
+    )
 
     @field_validator("provider")
     @classmethod
@@ -151,6 +156,12 @@ class TeacherConfig(_Strict):
         if not re.match(r"^https?://[^/\s]+", value):
             raise ValueError(f"must be an http(s) URL, got {value!r}")
         return value.rstrip("/")
+
+    @model_validator(mode="after")
+    def _api_version_is_gemini(self) -> TeacherConfig:
+        if self.api_version is not None and self.provider != "gemini":
+            raise ValueError(f"api_version is a gemini option; provider {self.provider} has none")
+        return self
 
     @model_validator(mode="after")
     def _reasoning_fits_provider(self) -> TeacherConfig:

@@ -23,7 +23,7 @@ from distillery.generators.budget import Budget
 from distillery.generators.client import Failure, Outcome, TeacherClient, TeacherUnusable
 from distillery.generators.curation.judge import Judge
 from distillery.generators.http import HttpSender, make_http_client
-from distillery.generators.pricing import PriceEntry, cost_usd
+from distillery.generators.pricing import PriceEntry, answer_cost, cost_usd
 from distillery.generators.prompts import Prompt
 from distillery.generators.providers.base import Message
 from distillery.generators.providers.registry import get_provider
@@ -288,11 +288,7 @@ class TeacherPool:
             return None
         if budgets:
             done = outcome.completion
-            actual = (
-                cost_usd(price, done.prompt_tokens, done.completion_tokens, done.cached_tokens)
-                if done is not None
-                else None
-            )
+            actual = answer_cost(price, done) if done is not None else None
             for budget in budgets:
                 budget.settle(estimate, actual or 0.0)
         return outcome
@@ -346,11 +342,10 @@ def repair_interrupted_row(ctx: RunContext, item: WorkItem, exchange: Outcome) -
         "prompt_tokens": completion.prompt_tokens,
         "completion_tokens": completion.completion_tokens,
         "cached_tokens": completion.cached_tokens,
+        "cache_write_tokens": completion.cache_write_tokens,
         "reasoning_tokens": completion.reasoning_tokens,
         "teacher_model_version": completion.model_version,
-        "cost_usd": cost_usd(
-            price, completion.prompt_tokens, completion.completion_tokens, completion.cached_tokens
-        ),
+        "cost_usd": answer_cost(price, completion),
     }
     answer: Message = {"role": "assistant", "content": completion.text}
     row.update(

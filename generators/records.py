@@ -15,7 +15,7 @@ from typing import Any
 from distillery.config import JobConfig, TeacherConfig
 from distillery.generators.client import Outcome
 from distillery.generators.curation.normalize import exact_key
-from distillery.generators.pricing import PriceEntry, cost_usd, load_prices, price_for
+from distillery.generators.pricing import PriceEntry, answer_cost, load_prices, price_for
 from distillery.generators.prompts import Prompt
 from distillery.generators.terms import UNKNOWN_TAG, load_terms, terms_for
 
@@ -152,15 +152,11 @@ def sample_row(
         "prompt_tokens": completion.prompt_tokens,
         "completion_tokens": completion.completion_tokens,
         "cached_tokens": completion.cached_tokens,
+        "cache_write_tokens": completion.cache_write_tokens,
         "reasoning_tokens": completion.reasoning_tokens,
         "reasoning_text": completion.reasoning_text,
         "reasoning_visibility": completion.reasoning_visibility,
-        "cost_usd": cost_usd(
-            ctx.facts(teacher).price,
-            completion.prompt_tokens,
-            completion.completion_tokens,
-            completion.cached_tokens,
-        ),
+        "cost_usd": answer_cost(ctx.facts(teacher).price, completion),
         "rate_limits": _json(completion.rate_limits),
         "content_hash": content_hash(completion.text),
         "schema_repairs": outcome.repairs,

@@ -296,6 +296,7 @@ def _added(last: Completion, earlier: Completion) -> Completion:
         prompt_tokens=total(last.prompt_tokens, earlier.prompt_tokens),
         completion_tokens=total(last.completion_tokens, earlier.completion_tokens),
         cached_tokens=total(last.cached_tokens, earlier.cached_tokens),
+        cache_write_tokens=total(last.cache_write_tokens, earlier.cache_write_tokens),
         reasoning_tokens=total(last.reasoning_tokens, earlier.reasoning_tokens),
     )
 

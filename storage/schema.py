@@ -73,7 +73,12 @@ SAMPLE_SCHEMA = pa.schema(
         pa.field("finish_reason_raw", pa.string()),
         pa.field("prompt_tokens", pa.int32()),
         pa.field("completion_tokens", pa.int32()),
+        # Prompt tokens read from (cached_tokens) and written to (cache_write_tokens) a prompt
+        # cache; both are part of prompt_tokens, for every provider. Shards written before
+        # cache_write_tokens existed read it as null, and their Anthropic rows count only the
+        # uncached part of the prompt in prompt_tokens.
         pa.field("cached_tokens", pa.int32()),
+        pa.field("cache_write_tokens", pa.int32()),
         pa.field("reasoning_tokens", pa.int32()),
         pa.field("reasoning_text", pa.string()),
         pa.field("reasoning_visibility", pa.string()),

@@ -175,6 +175,21 @@ def test_gemini_sdk_parses_a_success(emu: RunningEmulator) -> None:
     assert usage.total_token_count == usage.prompt_token_count + usage.candidates_token_count
 
 
+def test_gemini_sdk_with_its_defaults_uses_the_stable_path(emu: RunningEmulator) -> None:
+    """google-genai 3.x, told no api_version, posts to /v1 (the real service answers both)."""
+    client = genai.Client(api_key=KEY, http_options=genai_types.HttpOptions(base_url=emu.url))
+    # What the SDK defaults to (google-genai 3.6: v1), so this test says what it claims.
+    assert client._api_client._http_options.api_version == "v1"
+    settings = genai_types.GenerateContentConfig(system_instruction=SYSTEM)
+    response = client.models.generate_content(
+        model="gemini-2.0-flash", contents=QUESTION, config=settings
+    )
+    assert response.text == ask_gemini(gemini_client(emu)).text  # same answer as at v1beta
+    assert response.model_version == "gemini-2.0-flash-001"
+    assert response.usage_metadata is not None
+    assert response.usage_metadata.prompt_token_count == expected_usage("gemini-2.0-flash")
+
+
 def test_same_conversation_same_answer_in_every_format(emu: RunningEmulator) -> None:
     model = "teacher-x"
     texts = {
@@ -382,6 +397,7 @@ def test_sdks_raise_connection_errors_on_transport_faults() -> None:
         ("/v1/no-such-thing", {"error"}),
         ("/v1/messages/nope", {"type", "error", "request_id"}),
         ("/v1beta/models/gemini-2.0-flash:nope", {"error"}),
+        ("/v1/models/gemini-2.0-flash:nope", {"error"}),
     ],
 )
 def test_unknown_paths_answer_in_the_nearest_formats_shape(
@@ -392,7 +408,7 @@ def test_unknown_paths_answer_in_the_nearest_formats_shape(
     assert response.status_code == 404
     payload = response.json()
     assert set(payload) == shape
-    if path.startswith("/v1beta"):
+    if ":" in path:
         assert payload["error"]["status"] == "NOT_FOUND"
 
 

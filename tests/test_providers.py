@@ -6,6 +6,7 @@ End-to-end behaviour over HTTP is tested against the emulator (test_providers_ht
 import json
 
 import pytest
+from pydantic import ValidationError
 
 from distillery.config import GenerationParams, TeacherConfig
 from distillery.generators.providers.registry import get_provider, provider_names
@@ -70,6 +71,19 @@ def test_gemini_request_shape() -> None:
     assert call.body["systemInstruction"] == {"parts": [{"text": "Be brief."}]}
     assert [c["role"] for c in call.body["contents"]] == ["user", "model", "user"]
     assert call.body["generationConfig"] == {"topP": 0.9, "maxOutputTokens": 50}
+    stable = teacher("gemini", "https://gl.test").model_copy(update={"api_version": "v1"})
+    call = get_provider("gemini").build_call(stable, MESSAGES, "g")
+    assert call.url == "https://gl.test/v1/models/m-1:generateContent"
+
+
+def test_api_version_is_a_gemini_option() -> None:
+    spec = {"name": "t", "model": "m", "base_url": "https://x.test"}
+    chosen = TeacherConfig.model_validate({**spec, "provider": "gemini", "api_version": "v1"})
+    assert chosen.api_version == "v1"
+    with pytest.raises(ValidationError, match="api_version is a gemini option"):
+        TeacherConfig.model_validate({**spec, "provider": "openai", "api_version": "v1"})
+    with pytest.raises(ValidationError, match="v1beta"):
+        TeacherConfig.model_validate({**spec, "provider": "gemini", "api_version": "v2"})
 
 
 def test_parse_success_each_format() -> None:

@@ -58,6 +58,9 @@ class ChatRequest:
     #: The request's ask to reason (:mod:`.reasoning`); None: answer without a trace.
     thinking: Thinking | None = None
     schema: dict[str, Any] | None = None
+    #: Whether the request asks for prompt caching (Anthropic's ``cache_control``; the other
+    #: APIs cache without being asked). See :mod:`.caching`.
+    cache_marked: bool = False
 
 
 @dataclass(frozen=True, slots=True)
@@ -70,6 +73,9 @@ class Answer:
     completion_tokens: int
     #: The reasoning before the answer; its tokens are not in ``completion_tokens``.
     trace: Trace | None = None
+    #: Parts of ``prompt_tokens`` read from and written to the prompt cache (:mod:`.caching`).
+    cache_read_tokens: int = 0
+    cache_write_tokens: int = 0
 
     @property
     def output_tokens(self) -> int:

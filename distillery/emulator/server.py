@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import asyncio
 import random
+import re
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
@@ -27,6 +28,7 @@ from dataclasses import dataclass
 from aiohttp import web
 
 from distillery.emulator import transport
+from distillery.emulator.caching import PromptCache
 from distillery.emulator.completion import Answer, ChatRequest, complete
 from distillery.emulator.duplicates import Copier, Copy
 from distillery.emulator.faults import FLAGGED, HTTP_ERRORS, RATE_LIMITS, Fault, FaultPicker, flag
@@ -67,6 +69,7 @@ class EmulatorState:
             if options.limited
             else None
         )
+        self.prompt_cache = PromptCache()
         # Jitter only; seeded so a single-client run has reproducible timings too.
         self._jitter = random.Random(options.seed)
         # One stream of fault draws for all formats; None keeps the fault-free path free of it.
@@ -89,12 +92,13 @@ class EmulatorState:
             await asyncio.sleep(mean * (0.5 + self._jitter.random()) / 1000)
 
     def reset(self) -> None:
-        """Zero the stats and the usage window, and empty the limits' window.
+        """Zero the stats and the usage window, empty the limits' window, forget cached prompts.
 
         Requests still in flight stay counted in flight (they still hold their slots).
         """
         self.stats.reset()
         self.window.clear()
+        self.prompt_cache.clear()
         limiter = self.limiter
         if limiter is not None:
             if limiter.window is not None:
@@ -133,9 +137,13 @@ OPENAI, ANTHROPIC, GEMINI = OpenAIFormat(), AnthropicFormat(), GeminiFormat()
 FORMATS: tuple[WireFormat, ...] = (OPENAI, ANTHROPIC, GEMINI)
 
 
+# Gemini's stable version shares OpenAI's /v1 prefix; its method after a colon tells it apart.
+_GEMINI_V1 = re.compile(r"^/v1/models/[^/]+:")
+
+
 def fallback_format(path: str) -> WireFormat:
     """The format whose error shape answers an unknown ``path`` (by its API's prefix)."""
-    if path.startswith("/v1beta/"):
+    if path.startswith("/v1beta/") or _GEMINI_V1.match(path):
         return GEMINI
     if path.startswith("/v1/messages"):
         return ANTHROPIC
@@ -162,6 +170,7 @@ def _api_handler(state: EmulatorState, fmt: WireFormat) -> Handler:
             answer = flag(answer, fault, chat)
         elif fault is None and copier is not None:
             answer, copy = copier.answer(answer, chat)
+        answer = state.prompt_cache.apply(fmt.name, chat, answer)
         now = time.monotonic()
         window.add(now, answer.prompt_tokens + answer.output_tokens)
         quota = window.quota(now) if limiter is None else limiter.quota(now, paid.tokens, window)

@@ -19,7 +19,7 @@ import jinja2
 
 from distillery.config import JudgeConfig
 from distillery.generators.client import TeacherClient
-from distillery.generators.pricing import PriceEntry, cost_usd
+from distillery.generators.pricing import PriceEntry, answer_cost
 
 _SCORE = re.compile(r"score\s*[:=]?\s*(\d+(?:\.\d+)?)", re.IGNORECASE)
 
@@ -70,9 +70,7 @@ class Judge:
             judge_model_version=done.model_version,
             judge_response_id=done.response_id,
             judge_text=done.text[:2000],
-            judge_cost_usd=cost_usd(
-                self.price, done.prompt_tokens, done.completion_tokens, done.cached_tokens
-            ),
+            judge_cost_usd=answer_cost(self.price, done),
         )
         return Grade(score, columns)
 

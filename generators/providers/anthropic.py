@@ -96,9 +96,10 @@ class AnthropicProvider(Provider):
             model_version=payload.get("model"),
             response_id=payload.get("id"),
             request_id=headers.get("request-id"),
-            prompt_tokens=usage.get("input_tokens"),
+            prompt_tokens=_all_input(usage),
             completion_tokens=usage.get("output_tokens"),
             cached_tokens=usage.get("cache_read_input_tokens"),
+            cache_write_tokens=usage.get("cache_creation_input_tokens"),
             rate_limits=self.parse_rate_limits(headers),
             reasoning_text=trace,
             reasoning_visibility=shown,
@@ -121,6 +122,18 @@ class AnthropicProvider(Provider):
             fatal_for_run=status in (401, 403),
             retry_after_s=hint,
         )
+
+
+def _all_input(usage: dict[str, Any]) -> int | None:
+    """Every input token of the request. Anthropic's ``input_tokens`` counts only those after
+    the last cache breakpoint: the tokens read from the cache and those written to it come on
+    top (and are billed at their own rates, see :mod:`distillery.generators.pricing`)."""
+    uncached = usage.get("input_tokens")
+    if uncached is None:
+        return None
+    read = usage.get("cache_read_input_tokens") or 0
+    written = usage.get("cache_creation_input_tokens") or 0
+    return int(uncached) + int(read) + int(written)
 
 
 def _thinking(blocks: list[dict[str, Any]], model: str) -> tuple[str | None, Visibility]:

@@ -30,7 +30,13 @@ class HttpCall:
 
 @dataclass(frozen=True)
 class Completion:
-    """A successful answer, normalised across providers (each field lands in a column)."""
+    """A successful answer, normalised across providers (each field lands in a column).
+
+    Usage means the same for every provider: ``prompt_tokens`` counts all input tokens,
+    including those read from a prompt cache (``cached_tokens``) and those written to one
+    (``cache_write_tokens``) — as OpenAI's and Gemini's prompt counts do, and unlike Anthropic's
+    ``input_tokens``, which the Anthropic provider adds its cache counts to.
+    """
 
     text: str
     finish_reason: FinishReason
@@ -42,6 +48,7 @@ class Completion:
     prompt_tokens: int | None = None
     completion_tokens: int | None = None
     cached_tokens: int | None = None
+    cache_write_tokens: int | None = None
     reasoning_tokens: int | None = None
     rate_limits: dict[str, float] = field(default_factory=dict)
     #: The teacher's trace without the answer, and how much of it the API gave us

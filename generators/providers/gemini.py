@@ -1,6 +1,9 @@
-"""Gemini API ``generateContent`` (``POST {base_url}/v1beta/models/{model}:generateContent``).
+"""Gemini API ``generateContent`` (``POST {base_url}/{version}/models/{model}:generateContent``).
 
 ``base_url`` is the bare host as in google-genai (``https://generativelanguage.googleapis.com``).
+The version is the teacher's ``api_version``: ``v1beta`` unless a job asks for the stable ``v1``
+(the service answers both; google-genai 3.x defaults to ``v1``, while thinking summaries and
+``responseJsonSchema`` came to ``v1beta`` first).
 Gemini sends no ``Retry-After``: the wait is ``RetryInfo.retryDelay`` in the error's
 ``details``, and a ``QuotaFailure`` whose quota id says ``PerDay`` will not clear by retrying.
 A bad key is a 400 with reason ``API_KEY_INVALID``, not a 401.
@@ -28,6 +31,7 @@ from distillery.generators.providers.registry import register
 from distillery.generators.providers.traces import visibility
 from distillery.generators.retry import status_is_retryable
 
+DEFAULT_API_VERSION = "v1beta"
 _FILTERED = {"SAFETY", "RECITATION", "BLOCKLIST", "PROHIBITED_CONTENT", "SPII", "IMAGE_SAFETY"}
 _RETRY_INFO = "type.googleapis.com/google.rpc.RetryInfo"
 _QUOTA_FAILURE = "type.googleapis.com/google.rpc.QuotaFailure"
@@ -81,7 +85,8 @@ class GeminiProvider(Provider):
         headers = {"content-type": "application/json"}
         if api_key:
             headers["x-goog-api-key"] = api_key
-        url = f"{teacher.base_url}/v1beta/models/{teacher.model}:generateContent"
+        version = teacher.api_version or DEFAULT_API_VERSION
+        url = f"{teacher.base_url}/{version}/models/{teacher.model}:generateContent"
         return HttpCall(url=url, headers=headers, body=body)
 
     def structured_output(self, schema: dict[str, Any], name: str, strict: bool) -> dict[str, Any]:

@@ -32,7 +32,7 @@ import jinja2
 from distillery.config import ConversationRecipe, JobConfig, TeacherConfig
 from distillery.generators.batch import RowSink, TeacherPool, WorkItem
 from distillery.generators.client import Failure, Outcome
-from distillery.generators.pricing import cost_usd
+from distillery.generators.pricing import answer_cost
 from distillery.generators.prompts import Message, Prompt
 from distillery.generators.recipes.base import Lineage, Stage, StageRows
 from distillery.generators.records import RunContext, failure_row, sample_row
@@ -177,6 +177,7 @@ class ConversationRunner:
             "prompt_tokens": usage["prompt_tokens"],
             "completion_tokens": usage["completion_tokens"],
             "cached_tokens": usage["cached_tokens"],
+            "cache_write_tokens": usage["cache_write_tokens"],
             "reasoning_tokens": usage["reasoning_tokens"],
             "cost_usd": usage["cost_usd"],
             "attempts": sum(t.outcome.attempts for t in done),
@@ -251,10 +252,7 @@ def _failed(outcome: Outcome, failure: Failure) -> Outcome:
 def _usage(ctx: RunContext, turns: list[_Turn]) -> dict[str, Any]:
     """Tokens and cost of the answered requests among ``turns`` (cost null if any is unpriced)."""
     answered = [(t.teacher, t.outcome.completion) for t in turns if t.outcome.completion]
-    costs = [
-        cost_usd(ctx.facts(teacher).price, c.prompt_tokens, c.completion_tokens, c.cached_tokens)
-        for teacher, c in answered
-    ]
+    costs = [answer_cost(ctx.facts(teacher).price, c) for teacher, c in answered]
 
     def total(name: str) -> int | None:
         values = [getattr(c, name) for _, c in answered]
@@ -264,6 +262,7 @@ def _usage(ctx: RunContext, turns: list[_Turn]) -> dict[str, Any]:
         "prompt_tokens": total("prompt_tokens"),
         "completion_tokens": total("completion_tokens"),
         "cached_tokens": total("cached_tokens"),
+        "cache_write_tokens": total("cache_write_tokens"),
         "reasoning_tokens": total("reasoning_tokens"),
         "cost_usd": sum(c for c in costs if c is not None)
         if costs and all(c is not None for c in costs)

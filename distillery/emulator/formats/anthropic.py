@@ -146,6 +146,18 @@ def _output_schema(data: dict[str, Any]) -> dict[str, Any] | None:
     return schema
 
 
+def _cache_marked(data: dict[str, Any]) -> bool:
+    """Whether the request marks anything for caching: ``cache_control`` at the top level
+    (automatic caching), on a system block or on a message's content block."""
+    if data.get("cache_control"):
+        return True
+    blocks: list[Any] = []
+    for content in [data.get("system"), *(m.get("content") for m in data["messages"])]:
+        if isinstance(content, list):
+            blocks.extend(content)
+    return any(isinstance(b, dict) and b.get("cache_control") for b in blocks)
+
+
 def _request_id() -> str:
     return "req_011C" + "".join(_ids.choices(_ALNUM, k=20))
 
@@ -247,6 +259,7 @@ class AnthropicFormat:
             max_tokens=max_tokens,
             thinking=thinking,
             schema=_output_schema(data),
+            cache_marked=_cache_marked(data),
         )
 
     def render(self, chat: ChatRequest, answer: Answer, served: Served) -> web.Response:
@@ -271,10 +284,18 @@ class AnthropicFormat:
             "content": content,
             "stop_reason": _STOP_REASONS[answer.finish],
             "stop_sequence": None,
+            # input_tokens leaves out the tokens read from and written to the prompt cache,
+            # which come on top (see ..caching); writes here are all 5-minute ones.
             "usage": {
-                "input_tokens": answer.prompt_tokens,
-                "cache_creation_input_tokens": 0,
-                "cache_read_input_tokens": 0,
+                "input_tokens": answer.prompt_tokens
+                - answer.cache_read_tokens
+                - answer.cache_write_tokens,
+                "cache_creation_input_tokens": answer.cache_write_tokens,
+                "cache_read_input_tokens": answer.cache_read_tokens,
+                "cache_creation": {
+                    "ephemeral_5m_input_tokens": answer.cache_write_tokens,
+                    "ephemeral_1h_input_tokens": 0,
+                },
                 "output_tokens": output_tokens,
             },
         }

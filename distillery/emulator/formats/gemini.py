@@ -1,4 +1,6 @@
-"""Gemini API: ``POST /v1beta/models/{model}:generateContent``, as ``google-genai`` expects it.
+"""Gemini API: ``POST /v1beta/models/{model}:generateContent``, as ``google-genai`` expects it,
+and the same at the stable ``/v1`` (the real service answers both; google-genai 3.x posts to
+``/v1`` unless told an ``api_version``).
 
 Requests map to the neutral chat (``systemInstruction`` becomes a system message, role
 ``model`` becomes ``assistant``). Errors use Google's ``{"error":{"code","message","status",
@@ -213,7 +215,10 @@ class GeminiFormat:
     """generateContent, non-streaming, one candidate (``candidateCount`` is ignored)."""
 
     name = "gemini"
-    paths = ("/v1beta/models/{model:[^/:]+}:generateContent",)
+    paths = (
+        "/v1beta/models/{model:[^/:]+}:generateContent",
+        "/v1/models/{model:[^/:]+}:generateContent",
+    )
 
     def api_key(self, request: web.Request) -> str | None:
         return request.headers.get("x-goog-api-key") or request.query.get("key")
@@ -280,6 +285,12 @@ class GeminiFormat:
             usage["thoughtsTokenCount"] = answer.trace.tokens
             usage["totalTokenCount"] += answer.trace.tokens
         usage["promptTokensDetails"] = [{"modality": "TEXT", "tokenCount": answer.prompt_tokens}]
+        if answer.cache_read_tokens:
+            # Part of promptTokenCount, as in OpenAI's usage (unlike Anthropic's); see .caching.
+            usage["cachedContentTokenCount"] = answer.cache_read_tokens
+            usage["cacheTokensDetails"] = [
+                {"modality": "TEXT", "tokenCount": answer.cache_read_tokens}
+            ]
         payload = {
             "candidates": [candidate],
             "usageMetadata": usage,

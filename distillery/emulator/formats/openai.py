@@ -345,6 +345,8 @@ class OpenAIFormat:
             "prompt_tokens": answer.prompt_tokens,
             "completion_tokens": answer.completion_tokens,
             "total_tokens": answer.prompt_tokens + answer.completion_tokens,
+            # Part of prompt_tokens (OpenAI counts cached tokens in the prompt); see .caching.
+            "prompt_tokens_details": {"cached_tokens": answer.cache_read_tokens},
         }
         if trace is not None:
             # completion_tokens includes the reasoning; the details break it out.
