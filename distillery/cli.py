@@ -35,6 +35,7 @@ from distillery.errors import (
     FatalRunError,
     RunInterruptedError,
     UserInputError,
+    UserInputErrors,
     output_errors,
 )
 from distillery.names import check_run_id
@@ -69,7 +70,10 @@ def _reports_errors(command: Callable[P, R]) -> Callable[P, R]:
         try:
             return command(*args, **kwargs)
         except DistilleryError as exc:
-            err.print(f"[bold red]error:[/] {exc}", highlight=False, markup=True, soft_wrap=True)
+            for line in str(exc).splitlines() or [""]:
+                err.print(
+                    f"[bold red]error:[/] {line}", highlight=False, markup=True, soft_wrap=True
+                )
             raise typer.Exit(exc.exit_code) from None
 
     return wrapper
@@ -161,6 +165,42 @@ def run(
         signal.signal(signal.SIGTERM, previous)
 
 
+def _check_before_starting(job: JobConfig, emulator: bool) -> None:
+    """Every problem of the job that can be found before anything starts, reported at once
+    (prompts, output, prices and terms, keys), in the order they are fixed."""
+    from distillery.generators.prompts import load_prompts
+    from distillery.generators.records import teacher_facts
+
+    checks: list[Callable[[], object]] = [
+        lambda: load_prompts(job.prompts),
+        lambda: _output_is_no_file(job.output),
+        lambda: teacher_facts(job),
+    ]
+    if not emulator:  # the emulator needs no key: every teacher is retargeted to it
+        local = [t for t in job.teachers if t.provider == "local"]
+        keyed = job.model_copy(update={"teachers": [t for t in job.teachers if t not in local]})
+        checks.append(lambda: require_api_keys(keyed) if keyed.teachers else None)
+    problems: list[UserInputError] = []
+    for check in checks:
+        try:
+            check()
+        except UserInputErrors as several:
+            problems += several.problems
+        except UserInputError as problem:
+            problems.append(problem)
+    if len(problems) == 1:
+        raise problems[0]
+    if problems:
+        raise UserInputErrors(problems)
+    _prepare_output(job.output)  # creates it: only once the job is otherwise sound
+
+
+def _output_is_no_file(output: Path | str) -> None:
+    """The part of the output check that creates nothing: a file in the directory's place."""
+    if isinstance(output, Path) and output.exists() and not output.is_dir():
+        raise UserInputError(f"output {output}: is a file, not a directory")
+
+
 def _stop_if_asked() -> None:
     """Between start-up steps: end here if a SIGTERM asked the run to stop."""
     from distillery.flows.progress import STOP
@@ -177,14 +217,12 @@ def _run(
     verbose: bool,
     allow_changed_job: bool,
 ) -> None:
-    from distillery.generators.prompts import load_prompts
-    from distillery.generators.records import teacher_facts
-
     job = load_config(config)
     if output is not None:
         job = job.model_copy(update={"output": _output_option(output)})
     run_id = run_id or datetime.now(UTC).strftime("%Y%m%d-%H%M%S-") + secrets.token_hex(2)
     check_run_id(run_id)
+    _check_before_starting(job, emulator)
     with contextlib.ExitStack() as stack:
         if emulator:
             job = stack.enter_context(_emulated(job))
@@ -192,9 +230,6 @@ def _run(
             _start_local_teachers(job, stack)
         require_api_keys(job)
         _preload_tokenizers(job)
-        load_prompts(job.prompts)
-        teacher_facts(job)
-        _prepare_output(job.output)
         _stop_if_asked()
         ui = _connect_prefect()
         _stop_if_asked()

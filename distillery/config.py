@@ -857,7 +857,8 @@ def require_api_keys(job: JobConfig) -> None:
         teachers.append(("curation.judge.teacher", job.curation.judge.teacher))
     for where, teacher in teachers:
         if teacher.api_key_env and not os.environ.get(teacher.api_key_env):
+            state = "is empty" if teacher.api_key_env in os.environ else "is not set"
             raise ConfigError(
                 f"{where}.api_key_env: environment variable "
-                f"{teacher.api_key_env} is not set (teacher {teacher.name!r})"
+                f"{teacher.api_key_env} {state} (teacher {teacher.name!r})"
             )

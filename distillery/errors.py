@@ -71,3 +71,12 @@ class RunInterruptedError(DistilleryError):
     """The user stopped the run; what was received is kept and the run can be resumed."""
 
     exit_code = 130
+
+
+class UserInputErrors(UserInputError):
+    """Several problems with what the user supplied, found in one pass: each is one line, so
+    a job file is fixed in one round rather than one error per attempt."""
+
+    def __init__(self, problems: list[UserInputError]) -> None:
+        self.problems = problems
+        super().__init__("\n".join(str(p) for p in problems))

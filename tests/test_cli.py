@@ -277,3 +277,21 @@ def test_the_output_path_is_normalised(tmp_path: Path) -> None:
     config = write_job(tmp_path / "jobs", "http://127.0.0.1:9")
     config.write_text(config.read_text().replace("output: out", "output: ../out"))
     assert load_config(config).output == tmp_path / "out"
+
+
+def test_every_problem_of_a_job_is_reported_at_once_before_anything_starts(
+    tmp_path: Path,
+) -> None:
+    config = write_job(tmp_path, "http://127.0.0.1:9")
+    config.write_text(config.read_text().replace("prompts.jsonl", "absent.jsonl"))
+    (tmp_path / "out").write_text("a file where the output directory goes")
+    result = cli("run", str(config), env={"EMULATOR_API_KEY": ""})
+    assert result.returncode == 2
+    errors = [line for line in result.stderr.splitlines() if line.strip()]
+    assert len(errors) == 3, result.stderr
+    assert "absent.jsonl" in errors[0]  # in the order they are fixed
+    assert "out" in errors[1]
+    assert "EMULATOR_API_KEY is empty" in errors[2]  # set, but to nothing: not "not set"
+    with_emulator = cli("run", str(config), "--emulator")
+    assert with_emulator.returncode == 2
+    assert "emulator" not in with_emulator.stderr  # refused before it was started
