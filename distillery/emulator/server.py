@@ -63,6 +63,7 @@ class EmulatorState:
                 max_concurrency=options.max_concurrency,
                 window_s=options.window_s,
                 latency_ms=options.latency_ms,
+                quantum_s=options.quantum_s,
             )
             if options.limited
             else None
@@ -97,8 +98,7 @@ class EmulatorState:
         self.window.clear()
         limiter = self.limiter
         if limiter is not None:
-            if limiter.window is not None:
-                limiter.window.clear()
+            limiter.clear()
             self.stats.max_in_flight = limiter.in_flight
 
 
