@@ -121,8 +121,11 @@ class SlidingWindow:
 
 #: Least catch-up of a :class:`Pacer`: how late the admitting task may wake up (a busy event
 #: loop) without the time being lost. Small against a quantum (OpenAI enforces 60,000 RPM as
-#: 1,000 per second), whose slack is the 2% window margin: 20 ms of it.
+#: 1,000 per second), whose slack is the window margin: 10-20 ms of it.
 MIN_BURST_S = 0.015
+#: Most catch-up, before any cut of the rate: a run that stalled for this long (a shard write
+#: on a loaded machine) sends what it owes at once rather than losing it.
+MAX_BURST_S = 0.25
 
 
 class Pacer:
@@ -134,8 +137,8 @@ class Pacer:
     and a server that enforces its limit over shorter quanta refuses it outright. The pacer is
     virtual scheduling (GCRA): ``due`` is when the next admission is due; each admission moves
     it on by ``amount / rate``. An admission that comes late (the event loop was busy) may catch
-    up by at most ``max(MIN_BURST_S, amount / rate)`` (one unit early), so lateness is not
-    lost and a burst is at most two units.
+    up by ``burst_s`` (at least one unit), so a stall is not lost; a fresh schedule starts
+    without a burst.
     """
 
     def __init__(self) -> None:
@@ -144,10 +147,9 @@ class Pacer:
     def wait_s(self, now: float) -> float:
         return max(0.0, self.due - now)
 
-    def admit(self, amount: float, rate: float, now: float) -> None:
+    def admit(self, amount: float, rate: float, now: float, burst_s: float = MIN_BURST_S) -> None:
         step = amount / rate
-        # Catching up is for a schedule that was running; a fresh one starts now, no burst.
-        late = now if self.due == -math.inf else now - max(MIN_BURST_S, step)
+        late = now if self.due == -math.inf else now - max(burst_s, step)
         self.due = max(self.due, late) + step
 
     def refund(self, amount: float, rate: float) -> None:
@@ -166,23 +168,32 @@ class RateControl:
     """A multiplier on a teacher's paced rate: cut when 429s keep coming, grown back after.
 
     429s are noise below the benchmark's tolerance (1% of a window's requests, at least two);
-    above it the server allows less than the limit the client paces to (a limit that is wrong,
-    unknown, quantized, or shared with others), so the rate is cut by ``DECREASE``. Only 429s
-    of requests sent after the last cut count towards the next one: those sent before were
-    sent at the old rate and that cut already answered them, so a burst of 429s is one cut,
-    not one per 429 (the rate would collapse). Every success then grows the multiplier back
-    by ``RECOVERY`` per window of time elapsed, up to the ceiling (1: the known limit), so a
-    transient cut is undone within a few windows.
+    above it the server allows less than the client paces to (a limit that is wrong, unknown,
+    quantized, or shared with others), so the rate is cut by ``DECREASE``. Only 429s of
+    requests sent after the last cut count towards the next one: those sent before were sent
+    at the old rate and that cut already answered them, so a burst of 429s is one cut, not one
+    per 429 (the rate would collapse). Successes grow the multiplier back quickly (``FAST``
+    per window) to just under the rate that failed, hold it there for ``HOLD_WINDOWS``, then
+    probe further slowly (``RECOVERY`` per window) up to the ceiling (1: the known limit): a
+    persistent cause (a quantized server) costs a probe every few windows, a transient one a
+    few windows. Each cut also halves how much a late admission may catch up at once
+    (``burst_s``): a server that refuses bursts is sent none.
     """
 
     DECREASE = 0.9
-    RECOVERY = 0.05  # of the base rate, per window
+    FAST = 0.25
+    BELOW_FAILED = 0.98
+    HOLD_WINDOWS = 3.0
+    RECOVERY = 0.05
     TOLERANCE = 0.01
     FLOOR = 0.02
 
     def __init__(self, window_s: float) -> None:
         self.window_s = window_s
         self.factor = 1.0
+        #: The multiplier at which 429s last forced a cut (None: never).
+        self.failed: float | None = None
+        self.burst_s = max(MIN_BURST_S, min(MAX_BURST_S, window_s / 40))
         self.cuts = 0
         self.cut_at = -math.inf
         self._refused: deque[float] = deque()
@@ -198,7 +209,9 @@ class RateControl:
             refused.popleft()
         if len(refused) < max(2.0, self.TOLERANCE * sent_in_window):
             return False
+        self.failed = self.factor
         self.factor = max(self.FLOOR, self.factor * self.DECREASE)
+        self.burst_s = max(MIN_BURST_S, self.burst_s / 2)
         self.cuts += 1
         self.cut_at = self._grown_at = now
         refused.clear()
@@ -208,8 +221,15 @@ class RateControl:
         last, self._grown_at = self._grown_at, now
         if last is None or self.factor >= ceiling:
             return
-        elapsed = min(now - last, self.window_s)
-        self.factor = min(ceiling, self.factor + self.RECOVERY * elapsed / self.window_s)
+        windows = min(now - last, self.window_s) / self.window_s
+        if self.failed is not None:
+            below = min(ceiling, self.failed * self.BELOW_FAILED)
+            if self.factor < below:
+                self.factor = min(below, self.factor + self.FAST * windows)
+                return
+            if now - self.cut_at < self.HOLD_WINDOWS * self.window_s:
+                return
+        self.factor = min(ceiling, self.factor + self.RECOVERY * windows)
 
 
 class AdaptiveConcurrency:
@@ -557,6 +577,11 @@ def window_margin_s(window_s: float) -> float:
     return min(1.0, max(0.05, 0.02 * window_s))
 
 
+def timed_margin_s(window_s: float) -> float:
+    """The margin once answers tell when the server started on them: 1%, 10 ms to 0.5 s."""
+    return min(0.5, max(0.01, 0.01 * window_s))
+
+
 @dataclass
 class Ticket:
     """One admitted attempt: what it reserved, to settle afterwards."""
@@ -610,6 +635,7 @@ class Limiter:
         self._clock = clock or time.monotonic
         self._sleep = sleep or asyncio.sleep
         self._length = limits.window_s + window_margin_s(limits.window_s)
+        self._timed = False  # answers tell when the server started on them
         # The job's allowances per window: ceilings for what the headers announce.
         self._job_requests = self._allowance(limits.rpm)
         self._job_tokens = self._allowance(limits.tpm)
@@ -709,14 +735,15 @@ class Limiter:
             now = self._clock()
             requests_entry = self._sent.admit(1, now)
             rate = self.request_rate()
+            burst_s = self.control.burst_s
             if rate is not None:
-                self._request_pacer.admit(1, rate, now)
+                self._request_pacer.admit(1, rate, now, burst_s)
             entry = None
             if self.tokens is not None:
                 entry = self.tokens.admit(tokens, now)
                 token_rate = self.token_rate()
                 assert token_rate is not None
-                self._token_pacer.admit(tokens, token_rate, now)
+                self._token_pacer.admit(tokens, token_rate, now, burst_s)
             self.concurrency.in_flight += 1
         return Ticket(entry, tokens, charges, requests_entry=requests_entry, sent_at=now)
 
@@ -725,6 +752,19 @@ class Limiter:
         now = self._clock()
         ticket.sent_at = max(ticket.sent_at, now)
         self._move(ticket, now)
+
+    def _timed_by_server(self) -> None:
+        """Answers say when the server started on them: a smaller margin will do.
+
+        The 2% margin is for requests counted by the server later than the client counted
+        them; an entry moved to (answer - processing time) is counted no earlier than the
+        server did, so only rounding is left to cover (BENCHMARKS.md, rate-limit utilisation).
+        """
+        self._timed = True
+        self._length = self.limits.window_s + timed_margin_s(self.limits.window_s)
+        for window in (self._sent, self.tokens):
+            if window is not None:
+                window.window_s = self._length
 
     def _move(self, ticket: Ticket, at: float) -> None:
         if ticket.requests_entry is not None:
@@ -755,6 +795,8 @@ class Limiter:
         if ticket.server_s is not None:
             # The server started on it at most this long before its answer reached us.
             self._move(ticket, now - ticket.server_s)
+            if not self._timed:
+                self._timed_by_server()
         if rate_limited:
             # A refused request is not counted by the server: nor here.
             if ticket.requests_entry is not None:

@@ -517,6 +517,8 @@ def simulate(limiter: Limiter, clock: FakeClock, server: Server, until: float) -
             ticket = await limiter.acquire(prompt_tokens=0)
             limiter.sent(ticket)
             ok, headers = server.answer(clock.now)
+            if headers is not None:
+                ticket.server_s = 0.0  # it says how long it worked, as openai-processing-ms
             limiter.release(
                 ticket, usage_tokens=1 if ok else None, rate_limited=not ok, headers=headers
             )
@@ -566,7 +568,7 @@ def test_repeated_429s_without_headers_cut_the_rate_and_it_recovers() -> None:
     assert limiter.control.factor < 0.6
     # The server now allows what the job says: the rate grows back to all of it.
     server.limits = Server(1200, headers=False).limits
-    simulate(limiter, clock, server, until=clock.now + 90)
+    simulate(limiter, clock, server, until=clock.now + 150)
     assert limiter.control.factor == 1.0
     admitted, refused = server.between(clock.now - 30, clock.now)
     assert refused == 0 and admitted >= 0.97 * 1200 / 2
@@ -592,8 +594,12 @@ def test_a_burst_of_429s_sent_before_a_cut_is_one_cut() -> None:
         assert not control.on_rate_limited(sent_at=1.5, now=2.1, sent_in_window=100)
     assert control.factor == pytest.approx(0.9)
     assert not control.on_rate_limited(sent_at=2.2, now=2.4, sent_in_window=100)  # one alone
-    control.on_success(8.0, 1.0)  # a window after the cut: 5% of the rate back
-    assert control.factor == pytest.approx(0.95)
+    control.on_success(8.0, 1.0)  # a window after the cut: back to just under what failed
+    assert control.factor == pytest.approx(0.98)
+    control.on_success(14.0, 1.0)  # held there for three windows
+    assert control.factor == pytest.approx(0.98)
+    control.on_success(20.5, 1.0)  # then probing on: 5% per window
+    assert control.factor == pytest.approx(1.0)
 
 
 def test_a_request_counts_from_when_it_left_and_from_when_the_server_started_on_it() -> None:
@@ -613,8 +619,10 @@ def test_a_request_counts_from_when_it_left_and_from_when_the_server_started_on_
         ticket.server_s = 0.5  # the server says it worked 0.5 s: it arrived at 103.5 at most
         limiter.release(ticket, usage_tokens=1)
         assert window.oldest(clock.now) == 103.5
-        assert window.used(103.5 + 6.12 - 0.01) == 1
-        assert window.used(103.5 + 6.12 + 0.01) == 0
+        # Counted from no earlier than the server did, the 2% margin shrinks to 1%.
+        assert window.window_s == pytest.approx(6.06)
+        assert window.used(103.5 + 6.06 - 0.01) == 1
+        assert window.used(103.5 + 6.06 + 0.01) == 0
 
     asyncio.run(scenario())
 

@@ -218,9 +218,11 @@ def _api_handler(state: EmulatorState, fmt: WireFormat) -> Handler:
         if stats.max_in_flight is not None and limiter.in_flight > stats.max_in_flight:
             stats.max_in_flight = limiter.in_flight
         try:
+            # Processing time from the admission, as a provider's rate limiter sits in front of
+            # its model: (answer - openai-processing-ms) is then never before the admission.
             if picker is not None and (fault := picker.pick()) is not None:
-                return await inject(fault, request, chat, started, paid)
-            response, answer, copy = await produce(chat, started, paid=paid)
+                return await inject(fault, request, chat, now, paid)
+            response, answer, copy = await produce(chat, now, paid=paid)
             stats.served(answer.prompt_tokens, answer.output_tokens, copy)
             stats.answered(response.status)
             return response
