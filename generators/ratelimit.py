@@ -1,23 +1,28 @@
 """Admission control: keep each teacher just under its rate limits, and adapt live.
 
 Per teacher (provider + model + key) a :class:`Limiter` admits every *attempt* (retries count
-against a provider's limits too) when three gates agree:
+against a provider's limits too) when these gates agree:
 
 - requests per window and tokens per window, as sliding windows over the attempts sent
   (:class:`SlidingWindow`): a request reserves its estimated tokens when it is admitted — the
   prompt counted with tiktoken plus the expected completion (``max_tokens`` or, without one, a
   running average of real completions) — and the reservation is corrected to the usage the API
-  reports, so the window holds what was really spent;
+  reports, so the window holds what was really spent. An attempt counts from when it left,
+  and once answered from when the server says it started on it, never from its admission;
+- a pace (:class:`Pacer`): the same limits spread evenly over the window instead of let out in
+  bursts, which a loaded machine delivers late and out of order, and which a server enforcing
+  its limit over shorter quanta refuses;
+- a rate multiplier (:class:`RateControl`): cut when 429s exceed 1% of a window's requests,
+  grown back after, so a limit that is wrong, unknown, quantized or shared is converged on;
 - in-flight requests (:class:`AdaptiveConcurrency`): starts at the configured ``concurrency``,
-  is cut multiplicatively on every 429 and grows back additively on successes (AIMD), instead
-  of pausing everything for a fixed time;
-- what the server says: every response's rate-limit headers (normalised by
-  :mod:`.ratelimit_headers`) that show a window exhausted hold new attempts until its reset, and
-  a 429's hint holds them for the hint.
+  cut with the rate and grown back additively on successes;
+- what the server says: the limits its rate-limit headers announce (normalised by
+  :mod:`.ratelimit_headers`) replace the job's where lower, and a window they show exhausted
+  holds new attempts until its reset.
 
-Limits come from the job file or, where it gives none, from the first responses' headers. The
-pure parts take the clock as an argument, so their invariants are property-tested without
-sleeping.
+Limits come from the job file, lowered by what the headers announce, or, where the job gives
+none, from the headers alone. The pure parts take the clock as an argument, so their
+invariants are tested without sleeping.
 """
 
 from __future__ import annotations
