@@ -689,14 +689,22 @@ class Limiter:
         return self.tokens is not None or self.shared.tokens is not None
 
     def request_rate(self) -> float | None:
-        """Requests per second to pace at now (None: not paced)."""
+        """Requests per second to pace at now (None: not paced).
+
+        A limit shared between workers is not paced here: the leases of :class:`LeaseGate`
+        already spread it, and a lease whose units were spread over its whole window idles
+        longer once retired (its last unit leaves a window later): two workers reached 84-91%
+        of a shared limit paced, against 97% unpaced (BENCHMARKS.md, rate-limit utilisation).
+        """
+        if self.shared.requests is not None:
+            return None
         limit = self._sent.limit
         base = limit / self._length if math.isfinite(limit) else self.found_rate
         return None if base is None else base * self.control.factor
 
     def token_rate(self) -> float | None:
-        """Tokens per second to pace at now (None: not paced)."""
-        if self.tokens is None:
+        """Tokens per second to pace at now (None: not paced; see :meth:`request_rate`)."""
+        if self.tokens is None or self.shared.tokens is not None:
             return None
         return self.tokens.limit / self._length * self.control.factor
 
@@ -715,7 +723,8 @@ class Limiter:
             waits.append(self._request_pacer.wait_s(now))
         if self.tokens is not None:
             waits.append(self.tokens.wait_s(tokens, now))
-            waits.append(self._token_pacer.wait_s(now))
+            if self.token_rate() is not None:
+                waits.append(self._token_pacer.wait_s(now))
         return max(0.0, *waits)
 
     async def acquire(self, prompt_tokens: int) -> Ticket:
@@ -747,8 +756,8 @@ class Limiter:
             if self.tokens is not None:
                 entry = self.tokens.admit(tokens, now)
                 token_rate = self.token_rate()
-                assert token_rate is not None
-                self._token_pacer.admit(tokens, token_rate, now, burst_s)
+                if token_rate is not None:
+                    self._token_pacer.admit(tokens, token_rate, now, burst_s)
             self.concurrency.in_flight += 1
         return Ticket(entry, tokens, charges, requests_entry=requests_entry, sent_at=now)
 

@@ -15,6 +15,7 @@ from distillery.generators.ratelimit import (
     Limiter,
     Limits,
     RateControl,
+    SharedLimits,
     SlidingWindow,
 )
 
@@ -650,3 +651,21 @@ def test_the_limiter_paces_rather_than_bursts() -> None:
     for index, start in enumerate(times):
         assert len([t for t in times[index:] if t < start + 0.2]) <= 5  # ~4 per 0.2 s
     assert len(times) >= 0.97 * 1200 / 2
+
+
+def test_a_shared_limit_is_not_paced_locally() -> None:
+    # Its leases spread it already; paced, each lease's units would be spread over its whole
+    # window and a retired lease would idle longer (BENCHMARKS.md, rate-limit utilisation).
+    clock = FakeClock()
+    shared = SharedLimits(requests=_gate(FakePool(120), clock, block=120, hold=6.12))
+    limiter = Limiter(Limits(rpm=1200, window_s=6), 64, clock=clock, shared=shared)
+    assert limiter.request_rate() is None
+    alone = Limiter(Limits(rpm=1200, window_s=6), 64, clock=clock)
+    assert alone.request_rate() == pytest.approx(120 / 6.12)
+
+    async def scenario() -> None:
+        for _ in range(20):  # a lease of the whole pool: 20 at once, not one per 51 ms
+            limiter.release(await limiter.acquire(0), usage_tokens=1)
+
+    asyncio.run(scenario())
+    assert clock.now == 100.0
