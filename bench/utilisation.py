@@ -307,6 +307,7 @@ def run_lease_case(case: Case, server: PrefectServer, seconds: float) -> Result:
         measured_s=whole * window,
         wall_s=[seconds],
         max_in_flight=None,
+        load=load_average(),
     )
     leases = [int(output["leases"]) for output in outputs]
     print(f"  {case.name}: {result.utilisation:.1%} of the limit, leases {leases}", flush=True)
