@@ -852,8 +852,11 @@ class Limiter:
             return
         self.concurrency.on_rate_limited()
         if self.request_rate() is None:
-            # No limit known: what was sent in the last window was too much.
-            self.found_rate = max(sent, 1.0) / self._length
+            # No limit known: the rate sent over the last window (or since the first request,
+            # if the run is younger than a window) was too much.
+            oldest = self._sent.oldest(now)
+            span = self._length if oldest is None else min(self._length, max(now - oldest, 1.0))
+            self.found_rate = max(sent, 1.0) / span
 
     def _learn(self, headers: dict[str, float], now: float) -> None:
         """Adopt the limits the server announces, under the job's; hold off when it says a
