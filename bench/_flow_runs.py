@@ -336,22 +336,25 @@ class Request:
 
 
 def read_samples(output: Path, run_id: str) -> list[Request]:
-    """Every committed sample of a run, from its shards (``created_at`` + ``latency_ms``).
+    """Every committed sample of a run, from its shards.
 
     ``created_at`` is taken when the request is handed to the teacher client (after the
-    teacher's concurrency slot, before its limiter), ``latency_ms`` runs until the answer is
-    parsed, so ``done`` is when the successful attempt was answered.
+    teacher's concurrency slot, before its limiter); ``queue_ms`` + ``retry_ms`` +
+    ``latency_ms`` run from then until the answer is parsed, so ``done`` is when the
+    successful attempt was answered (``latency_ms`` alone is that attempt's time on the wire).
     """
-    columns = ["created_at", "latency_ms", "prompt_tokens", "completion_tokens", "attempts"]
+    columns = ["created_at", "latency_ms", "queue_ms", "retry_ms"]
+    columns += ["prompt_tokens", "completion_tokens", "attempts"]
     requests: list[Request] = []
     for path in committed_shards(output, "samples", run_id):
         table = pq.read_table(path, columns=columns).to_pydict()
-        for created, latency, prompt, completion, attempts in zip(
+        for created, latency, queue, retry, prompt, completion, attempts in zip(
             *(table[c] for c in columns), strict=True
         ):
             sent = created.timestamp()
+            took_ms = latency + (queue or 0.0) + (retry or 0.0)
             requests.append(
-                Request(sent, sent + latency / 1000, prompt or 0, completion or 0, attempts)
+                Request(sent, sent + took_ms / 1000, prompt or 0, completion or 0, attempts)
             )
     requests.sort(key=lambda r: r.done)
     return requests

@@ -789,6 +789,13 @@ def emulator_command(
             "(--rpm 1200 --window-s 6 admits 120 requests per 6 s)."
         ),
     ] = 60.0,
+    quantum_s: Annotated[
+        float | None,
+        typer.Option(
+            help="Also enforce --rpm/--tpm over every slice of this many seconds, as OpenAI "
+            "may enforce 60,000 RPM as 1,000 per second."
+        ),
+    ] = None,
     dup_rate: Annotated[
         float,
         typer.Option(help="Share of clean answers (0..1) that repeat an earlier answer verbatim."),
@@ -830,6 +837,7 @@ def emulator_command(
         "tpm": tpm,
         "max_concurrency": max_concurrency,
         "window_s": window_s,
+        "quantum_s": quantum_s,
         "dup_rate": dup_rate,
         "near_dup_rate": near_dup_rate,
         "reasoning_redact_rate": reasoning_redact_rate,

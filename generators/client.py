@@ -14,6 +14,7 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import json
+import math
 import os
 import time
 from collections.abc import Callable
@@ -46,7 +47,7 @@ from distillery.generators.providers.base import (
     Provider,
 )
 from distillery.generators.providers.traces import split_trace
-from distillery.generators.ratelimit import Limiter
+from distillery.generators.ratelimit import Limiter, Ticket
 from distillery.generators.retry import MAX_HINT_S, wait_s
 from distillery.generators.tokens import count_message_tokens
 
@@ -241,7 +242,7 @@ class TeacherClient:
         ticket = await limiter.acquire(prompt_tokens)
         outcome.admitted(queued_at, self._clock())
         try:
-            completion = await self._send(url, headers, payload, outcome)
+            completion = await self._send(url, headers, payload, outcome, ticket)
         except _AttemptFailed as exc:
             limiter.release(ticket, rate_limited=exc.status == 429, headers=exc.rate_limits)
             raise
@@ -260,8 +261,16 @@ class TeacherClient:
         return completion
 
     async def _send(
-        self, url: str, headers: dict[str, str], payload: bytes, outcome: Outcome
+        self,
+        url: str,
+        headers: dict[str, str],
+        payload: bytes,
+        outcome: Outcome,
+        ticket: Ticket | None = None,
     ) -> Completion:
+        if ticket is not None and self.limiter is not None:
+            # Counted against the windows from now, when it leaves, not from its admission.
+            self.limiter.sent(ticket)
         sent_at = self._clock()
         deadline_s = self.deadline.seconds()
         try:
@@ -289,6 +298,8 @@ class TeacherClient:
         status = response.status
         outcome.attempt_statuses.append(str(status))
         lowered = response.headers
+        if ticket is not None:
+            ticket.server_s = processing_s(lowered)
         if 200 <= status < 300:
             self.deadline.observe(self._clock() - sent_at)
             try:
@@ -330,6 +341,22 @@ def merge_body(body: dict[str, Any], extra: dict[str, Any]) -> dict[str, Any]:
         else:
             merged[name] = value
     return merged
+
+
+def processing_s(headers: dict[str, str]) -> float | None:
+    """How long the server says it worked on a request (``openai-processing-ms``), or None.
+
+    The limiter counts the request from (its answer's arrival - this): no earlier than the
+    server started on it, however late the request reached it (a loaded machine, a queue).
+    """
+    raw = headers.get("openai-processing-ms")
+    if raw is None:
+        return None
+    try:
+        value = float(raw) / 1000.0
+    except ValueError:
+        return None
+    return value if math.isfinite(value) and value >= 0 else None
 
 
 def request_hash(body: dict[str, object]) -> str:

@@ -1,23 +1,28 @@
 """Admission control: keep each teacher just under its rate limits, and adapt live.
 
 Per teacher (provider + model + key) a :class:`Limiter` admits every *attempt* (retries count
-against a provider's limits too) when three gates agree:
+against a provider's limits too) when these gates agree:
 
 - requests per window and tokens per window, as sliding windows over the attempts sent
   (:class:`SlidingWindow`): a request reserves its estimated tokens when it is admitted — the
   prompt counted with tiktoken plus the expected completion (``max_tokens`` or, without one, a
   running average of real completions) — and the reservation is corrected to the usage the API
-  reports, so the window holds what was really spent;
+  reports, so the window holds what was really spent. An attempt counts from when it left,
+  and once answered from when the server says it started on it, never from its admission;
+- a pace (:class:`Pacer`): the same limits spread evenly over the window instead of let out in
+  bursts, which a loaded machine delivers late and out of order, and which a server enforcing
+  its limit over shorter quanta refuses;
+- a rate multiplier (:class:`RateControl`): cut when 429s exceed 1% of a window's requests,
+  grown back after, so a limit that is wrong, unknown, quantized or shared is converged on;
 - in-flight requests (:class:`AdaptiveConcurrency`): starts at the configured ``concurrency``,
-  is cut multiplicatively on every 429 and grows back additively on successes (AIMD), instead
-  of pausing everything for a fixed time;
-- what the server says: every response's rate-limit headers (normalised by
-  :mod:`.ratelimit_headers`) that show a window exhausted hold new attempts until its reset, and
-  a 429's hint holds them for the hint.
+  cut with the rate and grown back additively on successes;
+- what the server says: the limits its rate-limit headers announce (normalised by
+  :mod:`.ratelimit_headers`) replace the job's where lower, and a window they show exhausted
+  holds new attempts until its reset.
 
-Limits come from the job file or, where it gives none, from the first responses' headers. The
-pure parts take the clock as an argument, so their invariants are property-tested without
-sleeping.
+Limits come from the job file, lowered by what the headers announce, or, where the job gives
+none, from the headers alone. The pure parts take the clock as an argument, so their
+invariants are tested without sleeping.
 """
 
 from __future__ import annotations
@@ -59,6 +64,11 @@ class SlidingWindow:
         self._expire(now)
         return self._total
 
+    def oldest(self, now: float) -> float | None:
+        """When the oldest entry still in the window was counted (None: it is empty)."""
+        self._expire(now)
+        return self._entries[0][0] if self._entries else None
+
     def wait_s(self, amount: float, now: float) -> float:
         """0 if ``amount`` fits now, else how long until enough expires for it to fit.
 
@@ -89,6 +99,142 @@ class SlidingWindow:
         if self._entries and entry[0] > now - self.window_s:
             self._total += amount - entry[1]
         entry[1] = float(amount)
+
+    def move(self, entry: list[float], at: float) -> None:
+        """Count an entry from ``at`` instead (later only), keeping the entries in time order.
+
+        An attempt is admitted a little before it leaves, and the server counts it when it
+        arrives: the entry is moved to the moment it was sent, then to when the server says
+        it started on it, so it leaves this window no earlier than it leaves the server's.
+        Entries moved are recent (admitted less than a round trip ago): the search starts at
+        the newest end.
+        """
+        if at <= entry[0]:
+            return
+        entries = self._entries
+        index = len(entries) - 1
+        while index >= 0 and entries[index] is not entry:
+            index -= 1
+        if index < 0:  # already out of the window: nothing counts it any more
+            return
+        del entries[index]
+        entry[0] = at
+        while index < len(entries) and entries[index][0] <= at:
+            index += 1
+        entries.insert(index, entry)
+
+
+#: Least catch-up of a :class:`Pacer`: how late the admitting task may wake up (a busy event
+#: loop) without the time being lost. Small against a quantum (OpenAI enforces 60,000 RPM as
+#: 1,000 per second), whose slack is the window margin: 10-20 ms of it.
+MIN_BURST_S = 0.015
+#: Most catch-up, before any cut of the rate: a run that stalled for this long (a shard write
+#: on a loaded machine) sends what it owes at once rather than losing it.
+MAX_BURST_S = 0.25
+
+
+class Pacer:
+    """Admissions spread evenly at a rate, instead of a window's allowance in one burst.
+
+    A sliding window alone lets its whole allowance out at once, then again the moment that
+    burst expires: on a loaded machine such a burst reaches the server spread over tens or
+    hundreds of milliseconds, in another order, and the next burst overlaps it there (429s),
+    and a server that enforces its limit over shorter quanta refuses it outright. The pacer is
+    virtual scheduling (GCRA): ``due`` is when the next admission is due; each admission moves
+    it on by ``amount / rate``. An admission that comes late (the event loop was busy) may catch
+    up by ``burst_s`` (at least one unit), so a stall is not lost; a fresh schedule starts
+    without a burst.
+    """
+
+    def __init__(self) -> None:
+        self.due = -math.inf
+
+    def wait_s(self, now: float) -> float:
+        return max(0.0, self.due - now)
+
+    def admit(self, amount: float, rate: float, now: float, burst_s: float = MIN_BURST_S) -> None:
+        step = amount / rate
+        late = now if self.due == -math.inf else now - max(burst_s, step)
+        self.due = max(self.due, late) + step
+
+    def refund(self, amount: float, rate: float) -> None:
+        """Give back units reserved but not spent (a reservation settled lower)."""
+        self.due -= amount / rate
+
+    def start(self, sent: SlidingWindow, rate: float, now: float) -> None:
+        """Start pacing a window that already holds units (a limit learnt mid-run): as if they
+        had been paced from the first of them, so the window is not filled twice."""
+        oldest = sent.oldest(now)
+        if oldest is not None:
+            self.due = oldest + sent.used(now) / rate
+
+
+class RateControl:
+    """A multiplier on a teacher's paced rate: cut when 429s keep coming, grown back after.
+
+    429s are noise below the benchmark's tolerance (1% of a window's requests, at least two);
+    above it the server allows less than the client paces to (a limit that is wrong, unknown,
+    quantized, or shared with others), so the rate is cut by ``DECREASE``. Only 429s of
+    requests sent after the last cut count towards the next one: those sent before were sent
+    at the old rate and that cut already answered them, so a burst of 429s is one cut, not one
+    per 429 (the rate would collapse). Successes grow the multiplier back quickly (``FAST``
+    per window) to just under the rate that failed, hold it there for ``HOLD_WINDOWS``, then
+    probe further slowly (``RECOVERY`` per window) up to the ceiling (1: the known limit): a
+    persistent cause (a quantized server) costs a probe every few windows, a transient one a
+    few windows. Each cut also halves how much a late admission may catch up at once
+    (``burst_s``): a server that refuses bursts is sent none.
+    """
+
+    DECREASE = 0.9
+    FAST = 0.25
+    BELOW_FAILED = 0.98
+    HOLD_WINDOWS = 3.0
+    RECOVERY = 0.05
+    TOLERANCE = 0.01
+    FLOOR = 0.02
+
+    def __init__(self, window_s: float) -> None:
+        self.window_s = window_s
+        self.factor = 1.0
+        #: The multiplier at which 429s last forced a cut (None: never).
+        self.failed: float | None = None
+        self.burst_s = max(MIN_BURST_S, min(MAX_BURST_S, window_s / 40))
+        self.cuts = 0
+        self.cut_at = -math.inf
+        self._refused: deque[float] = deque()
+        self._grown_at: float | None = None
+
+    def on_rate_limited(self, sent_at: float, now: float, sent_in_window: float) -> bool:
+        """Count a 429 of an attempt sent at ``sent_at``; True if the rate was cut."""
+        if sent_at < self.cut_at:
+            return False
+        refused = self._refused
+        refused.append(now)
+        while refused and refused[0] <= now - self.window_s:
+            refused.popleft()
+        if len(refused) < max(2.0, self.TOLERANCE * sent_in_window):
+            return False
+        self.failed = self.factor
+        self.factor = max(self.FLOOR, self.factor * self.DECREASE)
+        self.burst_s = max(MIN_BURST_S, self.burst_s / 2)
+        self.cuts += 1
+        self.cut_at = self._grown_at = now
+        refused.clear()
+        return True
+
+    def on_success(self, now: float, ceiling: float) -> None:
+        last, self._grown_at = self._grown_at, now
+        if last is None or self.factor >= ceiling:
+            return
+        windows = min(now - last, self.window_s) / self.window_s
+        if self.failed is not None:
+            below = min(ceiling, self.failed * self.BELOW_FAILED)
+            if self.factor < below:
+                self.factor = min(below, self.factor + self.FAST * windows)
+                return
+            if now - self.cut_at < self.HOLD_WINDOWS * self.window_s:
+                return
+        self.factor = min(ceiling, self.factor + self.RECOVERY * windows)
 
 
 class AdaptiveConcurrency:
@@ -436,6 +582,11 @@ def window_margin_s(window_s: float) -> float:
     return min(1.0, max(0.05, 0.02 * window_s))
 
 
+def timed_margin_s(window_s: float) -> float:
+    """The margin once answers tell when the server started on them: 1%, 10 ms to 0.5 s."""
+    return min(0.5, max(0.01, 0.01 * window_s))
+
+
 @dataclass
 class Ticket:
     """One admitted attempt: what it reserved, to settle afterwards."""
@@ -444,6 +595,11 @@ class Ticket:
     reserved_tokens: float
     shared_tokens: list[Charge] = field(default_factory=list)
     settled: bool = False
+    requests_entry: list[float] | None = None
+    #: When it left (:meth:`Limiter.sent`); until then, when it was admitted.
+    sent_at: float = 0.0
+    #: How long the server says it worked on the answer (``openai-processing-ms``), if it did.
+    server_s: float | None = None
 
 
 @dataclass(frozen=True)
@@ -456,7 +612,15 @@ class Limits:
 
 
 class Limiter:
-    """The three gates of one teacher, shared by every batch of a run in this process."""
+    """The gates of one teacher, shared by every batch of a run in this process.
+
+    Requests and tokens are paced (:class:`Pacer`) at the known limit times the
+    :class:`RateControl` multiplier, under sliding windows that hold the limit itself. A limit
+    the job states is a ceiling, not a fact: when the server announces a lower one in its
+    headers, that one is used (the job's again if the server later announces more). Without
+    any known request limit, the first cut of the rate sets one: the rate sent in the last
+    window, cut.
+    """
 
     def __init__(
         self,
@@ -466,6 +630,7 @@ class Limiter:
         clock: Callable[[], float] | None = None,
         shared: SharedLimits | None = None,
         refund_below_reservation: bool = True,
+        sleep: Callable[[float], Awaitable[None]] | None = None,
     ) -> None:
         self.limits = limits
         # OpenAI counts max_tokens against TPM when a request is admitted and never gives it
@@ -473,8 +638,21 @@ class Limiter:
         self._refunds = refund_below_reservation or expected_completion_tokens is None
         self.shared = shared or SharedLimits()
         self._clock = clock or time.monotonic
-        self.requests = self._window(limits.rpm)
+        self._sleep = sleep or asyncio.sleep
+        self._length = limits.window_s + window_margin_s(limits.window_s)
+        self._timed = False  # answers tell when the server started on them
+        # The job's allowances per window: ceilings for what the headers announce.
+        self._job_requests = self._allowance(limits.rpm)
+        self._job_tokens = self._allowance(limits.tpm)
+        # Always kept (without a known limit, an unlimited one): the requests sent in the last
+        # window are what a limit learnt later, or a rate cut without one, starts from.
+        self._sent = SlidingWindow(self._job_requests, self._length)
         self.tokens = self._window(limits.tpm)
+        self.control = RateControl(limits.window_s)
+        #: Requests per second found by the first rate cut while no request limit is known.
+        self.found_rate: float | None = None
+        self._request_pacer = Pacer()
+        self._token_pacer = Pacer()
         self.concurrency = AdaptiveConcurrency(concurrency)
         self.blocked_until = 0.0
         self.rate_limited = 0
@@ -485,6 +663,10 @@ class Limiter:
         self._gate = asyncio.Lock()
         self._slot_freed = asyncio.Event()
 
+    def _allowance(self, per_minute: float | None) -> float:
+        """Units per window for a per-minute limit (inf: none)."""
+        return math.inf if per_minute is None else per_minute * self.limits.window_s / 60.0
+
     def _window(self, per_minute: float | None) -> SlidingWindow | None:
         """A window over what the provider allows, a little longer than the provider's own.
 
@@ -494,13 +676,37 @@ class Limiter:
         """
         if per_minute is None:
             return None
-        window = self.limits.window_s
-        return SlidingWindow(per_minute * window / 60.0, window + window_margin_s(window))
+        return SlidingWindow(self._allowance(per_minute), self._length)
+
+    @property
+    def requests(self) -> SlidingWindow | None:
+        """The requests window, once a request limit is known (configured or announced)."""
+        return self._sent if math.isfinite(self._sent.limit) else None
 
     @property
     def counts_tokens(self) -> bool:
         """Whether admissions are charged tokens (so prompts must be counted)."""
         return self.tokens is not None or self.shared.tokens is not None
+
+    def request_rate(self) -> float | None:
+        """Requests per second to pace at now (None: not paced).
+
+        A limit shared between workers is not paced here: the leases of :class:`LeaseGate`
+        already spread it, and a lease whose units were spread over its whole window idles
+        longer once retired (its last unit leaves a window later): two workers reached 84-91%
+        of a shared limit paced, against 97% unpaced (BENCHMARKS.md, rate-limit utilisation).
+        """
+        if self.shared.requests is not None:
+            return None
+        limit = self._sent.limit
+        base = limit / self._length if math.isfinite(limit) else self.found_rate
+        return None if base is None else base * self.control.factor
+
+    def token_rate(self) -> float | None:
+        """Tokens per second to pace at now (None: not paced; see :meth:`request_rate`)."""
+        if self.tokens is None or self.shared.tokens is not None:
+            return None
+        return self.tokens.limit / self._length * self.control.factor
 
     def estimate_completion(self) -> float:
         """Tokens to reserve for an answer: max_tokens, else the running average (else 256)."""
@@ -509,11 +715,16 @@ class Limiter:
         return self._completion_avg if self._completion_avg is not None else 256.0
 
     def _delay(self, tokens: float, now: float) -> float:
-        waits = [self.blocked_until - now]
-        if self.requests is not None:
-            waits.append(self.requests.wait_s(1, now))
+        waits = [self.blocked_until - now, self._sent.wait_s(1, now)]
+        rate = self.request_rate()
+        if rate is not None:
+            if self._request_pacer.due == -math.inf:
+                self._request_pacer.start(self._sent, rate, now)
+            waits.append(self._request_pacer.wait_s(now))
         if self.tokens is not None:
             waits.append(self.tokens.wait_s(tokens, now))
+            if self.token_rate() is not None:
+                waits.append(self._token_pacer.wait_s(now))
         return max(0.0, *waits)
 
     async def acquire(self, prompt_tokens: int) -> Ticket:
@@ -524,7 +735,7 @@ class Limiter:
                 now = self._clock()
                 delay = self._delay(tokens, now)
                 if delay > 0:
-                    await asyncio.sleep(delay)
+                    await self._sleep(delay)
                 elif not self.concurrency.can_start():
                     self._slot_freed.clear()
                     await self._slot_freed.wait()
@@ -536,11 +747,44 @@ class Limiter:
             if self.shared.tokens is not None:
                 charges = await self.shared.tokens.take(tokens)
             now = self._clock()
-            if self.requests is not None:
-                self.requests.admit(1, now)
-            entry = self.tokens.admit(tokens, now) if self.tokens is not None else None
+            requests_entry = self._sent.admit(1, now)
+            rate = self.request_rate()
+            burst_s = self.control.burst_s
+            if rate is not None:
+                self._request_pacer.admit(1, rate, now, burst_s)
+            entry = None
+            if self.tokens is not None:
+                entry = self.tokens.admit(tokens, now)
+                token_rate = self.token_rate()
+                if token_rate is not None:
+                    self._token_pacer.admit(tokens, token_rate, now, burst_s)
             self.concurrency.in_flight += 1
-        return Ticket(entry, tokens, charges)
+        return Ticket(entry, tokens, charges, requests_entry=requests_entry, sent_at=now)
+
+    def sent(self, ticket: Ticket) -> None:
+        """The attempt leaves now: it counts against the windows from now, not its admission."""
+        now = self._clock()
+        ticket.sent_at = max(ticket.sent_at, now)
+        self._move(ticket, now)
+
+    def _timed_by_server(self) -> None:
+        """Answers say when the server started on them: a smaller margin will do.
+
+        The 2% margin is for requests counted by the server later than the client counted
+        them; an entry moved to (answer - processing time) is counted no earlier than the
+        server did, so only rounding is left to cover (BENCHMARKS.md, rate-limit utilisation).
+        """
+        self._timed = True
+        self._length = self.limits.window_s + timed_margin_s(self.limits.window_s)
+        for window in (self._sent, self.tokens):
+            if window is not None:
+                window.window_s = self._length
+
+    def _move(self, ticket: Ticket, at: float) -> None:
+        if ticket.requests_entry is not None:
+            self._sent.move(ticket.requests_entry, at)
+        if ticket.tokens_entry is not None and self.tokens is not None:
+            self.tokens.move(ticket.tokens_entry, at)
 
     def release(
         self,
@@ -553,18 +797,34 @@ class Limiter:
     ) -> None:
         """Settle an attempt: real usage, whether it was rate limited, the server's view.
 
-        A 429 cuts concurrency; it does not pause the teacher — the rate-limited request itself
-        waits for the server's hint in the retry layer, the others go on.
+        A 429 does not pause the teacher — the rate-limited request itself waits for the
+        server's hint in the retry layer, the others go on — but 429s beyond the tolerance cut
+        the rate and the concurrency (:class:`RateControl`).
         """
         if ticket.settled:
             return
         ticket.settled = True
         now = self._clock()
         self.concurrency.in_flight -= 1
+        if ticket.server_s is not None:
+            # The server started on it at most this long before its answer reached us.
+            self._move(ticket, now - ticket.server_s)
+            if not self._timed:
+                self._timed_by_server()
+        if rate_limited:
+            # A refused request is not counted by the server: nor here.
+            if ticket.requests_entry is not None:
+                self._sent.correct(ticket.requests_entry, 0, now)
+            if ticket.tokens_entry is not None and self.tokens is not None:
+                self.tokens.correct(ticket.tokens_entry, 0, now)
+                usage_tokens = None
         if usage_tokens is not None and not self._refunds:
             usage_tokens = max(usage_tokens, int(ticket.reserved_tokens))
         if ticket.tokens_entry is not None and self.tokens is not None and usage_tokens is not None:
             self.tokens.correct(ticket.tokens_entry, usage_tokens, now)
+            token_rate = self.token_rate()
+            if token_rate is not None and usage_tokens < ticket.reserved_tokens:
+                self._token_pacer.refund(ticket.reserved_tokens - usage_tokens, token_rate)
         if self.shared.tokens is not None and usage_tokens is not None:
             self.shared.tokens.refund(ticket.shared_tokens, ticket.reserved_tokens - usage_tokens)
         if completion_tokens is not None:
@@ -574,21 +834,43 @@ class Limiter:
                 if previous is None
                 else 0.9 * previous + 0.1 * completion_tokens
             )
-        if rate_limited:
-            self.rate_limited += 1
-            self.concurrency.on_rate_limited()
-        elif usage_tokens is not None:
-            self.concurrency.on_success()
         if headers:
             self._learn(headers, now)
+        if rate_limited:
+            self.rate_limited += 1
+            self._rate_limited(ticket, now)
+        elif usage_tokens is not None:
+            self.concurrency.on_success()
+            known = math.isfinite(self._sent.limit) or self.tokens is not None
+            self.control.on_success(now, 1.0 if known else math.inf)
         self._slot_freed.set()
 
+    def _rate_limited(self, ticket: Ticket, now: float) -> None:
+        """429s beyond the tolerance: cut the rate (finding one if none is known)."""
+        sent = self._sent.used(now)
+        if not self.control.on_rate_limited(ticket.sent_at, now, sent):
+            return
+        self.concurrency.on_rate_limited()
+        if self.request_rate() is None:
+            # No limit known: the rate sent over the last window (or since the first request,
+            # if the run is younger than a window) was too much.
+            oldest = self._sent.oldest(now)
+            span = self._length if oldest is None else min(self._length, max(now - oldest, 1.0))
+            self.found_rate = max(sent, 1.0) / span
+
     def _learn(self, headers: dict[str, float], now: float) -> None:
-        """Adopt limits the server announces; hold off when it says a window is exhausted."""
-        if self.requests is None and headers.get("requests_limit"):
-            self.requests = self._window(headers["requests_limit"])
-        if self.tokens is None and headers.get("tokens_limit"):
-            self.tokens = self._window(headers["tokens_limit"])
+        """Adopt the limits the server announces, under the job's; hold off when it says a
+        window is exhausted."""
+        announced = headers.get("requests_limit")
+        if announced:
+            self._sent.limit = min(self._job_requests, self._allowance(announced))
+        announced = headers.get("tokens_limit")
+        if announced:
+            allowance = min(self._job_tokens, self._allowance(announced))
+            if self.tokens is None:
+                self.tokens = SlidingWindow(allowance, self._length)
+            else:
+                self.tokens.limit = allowance
         for kind in ("requests", "tokens", "input_tokens", "output_tokens"):
             remaining = headers.get(f"{kind}_remaining")
             reset = headers.get(f"{kind}_reset_s")

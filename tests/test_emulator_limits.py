@@ -420,3 +420,52 @@ def test_the_window_never_admits_more_than_the_allowance_and_hints_exactly(
     requests, tokens_used = limits.used(now)
     assert requests == sum(1 for moment, _ in admitted if moment > now - window)
     assert tokens_used == sum(t for moment, t in admitted if moment > now - window)
+
+
+def test_quantized_limits_hold_over_every_quantum_too() -> None:
+    # 60,000 RPM enforced as 1,000 per second (OpenAI: limits "may be quantized"): a minute's
+    # allowance is not a second's.
+    from distillery.emulator.limits import Limiter as ServerLimits
+    from distillery.emulator.window import UsageWindow
+
+    usage = UsageWindow()
+    quantized = ServerLimits(
+        rpm=60_000, tpm=None, max_concurrency=None, window_s=60.0, quantum_s=1.0
+    )
+    plain = ServerLimits(rpm=60_000, tpm=None, max_concurrency=None, window_s=60.0)
+    for index in range(1000):
+        assert quantized.admit(index / 2000, 0, usage) is None  # 1,000 in half a second
+        assert plain.admit(index / 2000, 0, usage) is None
+    refusal = quantized.admit(0.5, 0, usage)
+    assert refusal is not None and refusal.reason is Refused.REQUESTS
+    assert refusal.per == "1s" and refusal.allowance == 1000 and refusal.limit == 60_000
+    assert refusal.wait_s == pytest.approx(0.5)  # the first of the second's 1,000 leaves then
+    assert plain.admit(0.5, 0, usage) is None  # the minute alone would take it
+    assert quantized.admit(1.0, 0, usage) is None
+    # Paced at the limit's rate (a hair under: float times), nothing is refused.
+    paced = ServerLimits(rpm=60_000, tpm=None, max_concurrency=None, window_s=60.0, quantum_s=1.0)
+    assert all(paced.admit(i / 999.99, 0, usage) is None for i in range(3000))
+    # Tokens too; a request larger than a quantum's tokens (not the window's) fits an empty one.
+    tokens = ServerLimits(rpm=None, tpm=6000, max_concurrency=None, window_s=6.0, quantum_s=1.0)
+    assert tokens.admit(0.0, 150, usage) is None
+    refused = tokens.admit(0.1, 100, usage)  # 100 per 1 s quantum
+    assert refused is not None and refused.reason is Refused.TOKENS
+    assert tokens.admit(1.0, 150, usage) is None
+    tokens.clear()
+    assert tokens.admit(1.0, 100, usage) is None
+
+
+def test_quantized_emulator_refuses_a_burst_over_http_and_validates_its_quantum() -> None:
+    # 1,200 RPM over a 6 s window, quantized to 1 s: 20 a second, not 120 at once.
+    options = EmulatorOptions(rpm=1200, window_s=6.0, quantum_s=1.0)
+    with RunningEmulator(options) as emu:
+        responses = asyncio.run(_blast(emu.url, 40))
+    statuses = [r.status_code for r in responses]
+    assert statuses.count(200) == 20 and statuses.count(429) == 20
+    refused = [r for r in responses if r.status_code == 429]
+    assert all(0 < hint_ms(r) <= 1000 for r in refused)
+    assert "1s" in refused[0].json()["error"]["message"]
+    with pytest.raises(ValidationError, match="longer than window_s"):
+        EmulatorOptions(rpm=60, window_s=6.0, quantum_s=10.0)
+    with pytest.raises(ValidationError, match="less than one token"):
+        EmulatorOptions(tpm=30, window_s=60.0, quantum_s=1.0)

@@ -1,6 +1,8 @@
 """The limiter's invariants, property-tested with a fake clock (no sleeping, no timing)."""
 
 import asyncio
+import math
+from collections.abc import Awaitable, Callable
 
 import pytest
 from hypothesis import given, settings
@@ -12,6 +14,8 @@ from distillery.generators.ratelimit import (
     LeaseGate,
     Limiter,
     Limits,
+    RateControl,
+    SharedLimits,
     SlidingWindow,
 )
 
@@ -419,6 +423,7 @@ def test_no_refund_below_max_tokens_where_the_provider_keeps_it() -> None:
         expected_completion_tokens=100,
         clock=clock,
         refund_below_reservation=False,
+        sleep=fake_sleep(clock),  # the second request is paced 1.5 s after the first
     )
 
     async def scenario() -> None:
@@ -465,3 +470,202 @@ def test_closing_while_the_reaper_gives_a_lease_back_still_returns_it() -> None:
         assert pool.active == 0 and gate.held == 0
 
     asyncio.run(scenario())
+
+
+# --- Converging on the server's limit (issue 15): a simulated server is the emulator's own
+# window (distillery.emulator.limits), a fake clock drives both, and sleeping advances it.
+
+
+class Server:
+    """The emulator's limits at ``rpm`` over a 6 s window, answered with or without headers."""
+
+    def __init__(self, rpm: int, headers: bool, quantum_s: float | None = None) -> None:
+        from distillery.emulator.limits import Limiter as ServerLimits
+        from distillery.emulator.window import UsageWindow
+
+        self.limits = ServerLimits(
+            rpm=rpm, tpm=None, max_concurrency=None, window_s=6.0, quantum_s=quantum_s
+        )
+        self.usage = UsageWindow()
+        self.headers = headers
+        self.log: list[tuple[float, bool]] = []  # (arrival, admitted)
+
+    def answer(self, now: float) -> tuple[bool, dict[str, float] | None]:
+        refusal = self.limits.admit(now, 0, self.usage)
+        if refusal is None:
+            self.limits.release()  # answered at once
+        self.log.append((now, refusal is None))
+        if not self.headers:
+            return refusal is None, None
+        quota = self.limits.quota(now, 0, self.usage, refusal)
+        return refusal is None, {
+            "requests_limit": float(quota.limit_requests),
+            "requests_remaining": float(quota.remaining_requests),
+            "requests_reset_s": quota.reset_requests_s,
+        }
+
+    def between(self, start: float, end: float) -> tuple[int, int]:
+        """(admitted, refused) of the requests that arrived in [start, end)."""
+        inside = [ok for at, ok in self.log if start <= at < end]
+        return sum(inside), len(inside) - sum(inside)
+
+
+def simulate(limiter: Limiter, clock: FakeClock, server: Server, until: float) -> None:
+    """One request after another (answered at once) until the fake clock reaches ``until``."""
+
+    async def scenario() -> None:
+        while clock.now < until:
+            ticket = await limiter.acquire(prompt_tokens=0)
+            limiter.sent(ticket)
+            ok, headers = server.answer(clock.now)
+            if headers is not None:
+                ticket.server_s = 0.0  # it says how long it worked, as openai-processing-ms
+            limiter.release(
+                ticket, usage_tokens=1 if ok else None, rate_limited=not ok, headers=headers
+            )
+
+    asyncio.run(scenario())
+
+
+def fake_sleep(clock: FakeClock) -> Callable[[float], Awaitable[None]]:
+    async def sleep(seconds: float) -> None:
+        clock.now += seconds
+        await asyncio.sleep(0)
+
+    return sleep
+
+
+@pytest.mark.parametrize(
+    "job",
+    [{"rpm": 1200, "window_s": 6}, {"rpm": 600, "window_s": 6}, {"window_s": 6}, {}],
+    ids=["twice too high", "right", "absent (window stated)", "absent"],
+)
+def test_the_limit_the_server_announces_is_reached_and_never_overshot(
+    job: dict[str, float],
+) -> None:
+    # Real limit 600 RPM over 6 s (60 per 6 s), announced in every answer's headers.
+    clock = FakeClock()
+    limiter = Limiter(Limits(**job), 64, clock=clock, sleep=fake_sleep(clock))
+    server = Server(600, headers=True)
+    simulate(limiter, clock, server, until=clock.now + 66)
+    assert limiter.requests is not None
+    assert limiter.requests.limit == pytest.approx(60 if job.get("window_s") else 600)
+    admitted, refused = server.between(106, 166)  # after the first window
+    assert refused <= 0.01 * (admitted + refused)
+    assert admitted >= 0.97 * 600  # >= 97% of the binding limit
+    assert limiter.rate_limited <= 2
+
+
+def test_repeated_429s_without_headers_cut_the_rate_and_it_recovers() -> None:
+    # The job says 1,200 RPM, the server allows 600 and says nothing but 429.
+    clock = FakeClock()
+    limiter = Limiter(Limits(rpm=1200, window_s=6), 64, clock=clock, sleep=fake_sleep(clock))
+    server = Server(600, headers=False)
+    simulate(limiter, clock, server, until=clock.now + 120)
+    assert limiter.control.cuts >= 5
+    admitted, refused = server.between(160, 220)
+    assert refused <= 0.05 * (admitted + refused)  # a probe now and then, not 50% for ever
+    assert admitted >= 0.85 * 600
+    assert limiter.control.factor < 0.6
+    # The server now allows what the job says: the rate grows back to all of it.
+    server.limits = Server(1200, headers=False).limits
+    simulate(limiter, clock, server, until=clock.now + 150)
+    assert limiter.control.factor == 1.0
+    admitted, refused = server.between(clock.now - 30, clock.now)
+    assert refused == 0 and admitted >= 0.97 * 1200 / 2
+
+
+def test_without_any_known_limit_429s_find_a_rate() -> None:
+    clock = FakeClock()
+    limiter = Limiter(Limits(window_s=6), 8, clock=clock, sleep=fake_sleep(clock))
+    server = Server(600, headers=False)
+    simulate(limiter, clock, server, until=clock.now + 120)
+    assert limiter.found_rate is not None
+    admitted, refused = server.between(160, 220)
+    assert refused <= 0.05 * (admitted + refused)
+    assert admitted >= 0.85 * 600
+
+
+def test_a_burst_of_429s_sent_before_a_cut_is_one_cut() -> None:
+    control = RateControl(window_s=6)
+    for _ in range(2):
+        control.on_rate_limited(sent_at=1.0, now=2.0, sent_in_window=100)
+    assert control.cuts == 1 and control.factor == pytest.approx(0.9)
+    for _ in range(50):  # answers of requests that left before the cut: no further cut
+        assert not control.on_rate_limited(sent_at=1.5, now=2.1, sent_in_window=100)
+    assert control.factor == pytest.approx(0.9)
+    assert not control.on_rate_limited(sent_at=2.2, now=2.4, sent_in_window=100)  # one alone
+    control.on_success(8.0, 1.0)  # a window after the cut: back to just under what failed
+    assert control.factor == pytest.approx(0.98)
+    control.on_success(14.0, 1.0)  # held there for three windows
+    assert control.factor == pytest.approx(0.98)
+    control.on_success(20.5, 1.0)  # then probing on: 5% per window
+    assert control.factor == pytest.approx(1.0)
+
+
+def test_a_request_counts_from_when_it_left_and_from_when_the_server_started_on_it() -> None:
+    clock = FakeClock()
+    limiter = Limiter(Limits(rpm=60, window_s=6), 4, clock=clock, sleep=fake_sleep(clock))
+    window = limiter.requests
+    assert window is not None
+
+    async def scenario() -> None:
+        ticket = await limiter.acquire(0)  # admitted at 100
+        clock.now = 103.0  # e.g. a busy event loop, a connection being opened
+        limiter.sent(ticket)
+        assert window.oldest(clock.now) == 103.0
+        # Stamped at its admission it would have left the 6.12 s window at 106.12.
+        assert window.used(106.5) == 1
+        clock.now = 104.0
+        ticket.server_s = 0.5  # the server says it worked 0.5 s: it arrived at 103.5 at most
+        limiter.release(ticket, usage_tokens=1)
+        assert window.oldest(clock.now) == 103.5
+        # Counted from no earlier than the server did, the 2% margin shrinks to 1%.
+        assert window.window_s == pytest.approx(6.06)
+        assert window.used(103.5 + 6.06 - 0.01) == 1
+        assert window.used(103.5 + 6.06 + 0.01) == 0
+
+    asyncio.run(scenario())
+
+
+def test_moved_entries_stay_in_time_order() -> None:
+    sliding = SlidingWindow(10, 5.0)
+    first, second, third = (sliding.admit(1, t) for t in (0.0, 0.1, 0.2))
+    sliding.move(first, 0.3)
+    sliding.move(third, 0.25)
+    assert [e[0] for e in sliding._entries] == [0.1, 0.25, 0.3]
+    assert sliding.used(5.2) == 2  # 0.1 left; the moved ones stay
+    sliding.move(second, 9.0)  # already out: nothing counts it
+    assert sliding.used(5.2) == 2
+
+
+def test_the_limiter_paces_rather_than_bursts() -> None:
+    # 1,200 RPM enforced as 20 per second (quantized): a paced client is never refused, where
+    # a window's 120 in one burst would be refused 100 times.
+    clock = FakeClock()
+    limiter = Limiter(Limits(rpm=1200, window_s=6), 64, clock=clock, sleep=fake_sleep(clock))
+    server = Server(1200, headers=True, quantum_s=1.0)
+    simulate(limiter, clock, server, until=clock.now + 30)
+    times = [at for at, _ in server.log]
+    assert server.between(0, math.inf)[1] == 0
+    for index, start in enumerate(times):
+        assert len([t for t in times[index:] if t < start + 0.2]) <= 5  # ~4 per 0.2 s
+    assert len(times) >= 0.97 * 1200 / 2
+
+
+def test_a_shared_limit_is_not_paced_locally() -> None:
+    # Its leases spread it already; paced, each lease's units would be spread over its whole
+    # window and a retired lease would idle longer (BENCHMARKS.md, rate-limit utilisation).
+    clock = FakeClock()
+    shared = SharedLimits(requests=_gate(FakePool(120), clock, block=120, hold=6.12))
+    limiter = Limiter(Limits(rpm=1200, window_s=6), 64, clock=clock, shared=shared)
+    assert limiter.request_rate() is None
+    alone = Limiter(Limits(rpm=1200, window_s=6), 64, clock=clock)
+    assert alone.request_rate() == pytest.approx(120 / 6.12)
+
+    async def scenario() -> None:
+        for _ in range(20):  # a lease of the whole pool: 20 at once, not one per 51 ms
+            limiter.release(await limiter.acquire(0), usage_tokens=1)
+
+    asyncio.run(scenario())
+    assert clock.now == 100.0

@@ -32,6 +32,12 @@ def main(argv: list[str] | None = None) -> None:
         "--window-s", type=float, default=60.0, help="sliding window of --rpm/--tpm (seconds)"
     )
     parser.add_argument(
+        "--quantum-s",
+        type=float,
+        default=None,
+        help="also enforce --rpm/--tpm over every sliding quantum this long (quantized limits)",
+    )
+    parser.add_argument(
         "--reasoning-redact-rate", type=float, default=0.0, help="share of traces withheld"
     )
     parser.add_argument(
@@ -53,6 +59,7 @@ def main(argv: list[str] | None = None) -> None:
             tpm=args.tpm,
             max_concurrency=args.max_concurrency,
             window_s=args.window_s,
+            quantum_s=args.quantum_s,
             reasoning_redact_rate=args.reasoning_redact_rate,
             openai_reasoning=args.openai_reasoning,
             **extra,

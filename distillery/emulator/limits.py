@@ -31,6 +31,13 @@ Semantics, chosen to match what real providers do and what a pacing client needs
   aiohttp (latency, hangs and transport faults included).
 - **One limit state per emulator**, shared by every format and model, like one organisation's
   key being used through three APIs at once.
+- **Quantized enforcement** (``quantum_s``, optional). OpenAI documents that limits "may be
+  quantized", enforced over shorter periods: 60,000 RPM may be enforced as 1,000 requests per
+  second. With ``quantum_s`` the same limits are also enforced over a second, shorter sliding
+  window of that length (allowances scaled to it the same way), so a client that sends a
+  window's allowance in a burst is refused even though the minute would hold it; only a client
+  that paces its requests gets the whole limit. A request with more tokens than a quantum allows
+  (but not more than the window does) is admitted into an empty quantum, or it could never be.
 
 The hint of a refusal (:attr:`Refusal.wait_s`) is the true time until the window admits that
 request, so a client that waits for it gets in on its next try unless another client took the
@@ -279,24 +286,36 @@ class Limiter:
         max_concurrency: int | None,
         window_s: float,
         latency_ms: float = 0.0,
+        quantum_s: float | None = None,
     ) -> None:
         self.rpm = rpm
         self.tpm = tpm
         self.max_concurrency = max_concurrency
         self.window_s = window_s
         self.counts_tokens = tpm is not None
-        self.window = (
-            SlidingWindow(
-                window_s,
-                None if rpm is None else request_allowance(rpm, window_s),
-                None if tpm is None else token_allowance(tpm, window_s),
-            )
-            if rpm is not None or tpm is not None
-            else None
-        )
+        self.window = self._sliding(window_s)
+        #: The shorter window of quantized enforcement (None: the limits hold per window only).
+        self.quantum = None if quantum_s is None else self._sliding(quantum_s)
         self.in_flight = 0
         hint = latency_ms / 1000 / max_concurrency if max_concurrency else 0.0
         self.concurrency_hint_s = min(CONCURRENCY_HINT_MAX_S, max(CONCURRENCY_HINT_MIN_S, hint))
+
+    def _sliding(self, length_s: float) -> SlidingWindow | None:
+        """A window of ``length_s`` over the configured limits, scaled to its length."""
+        rpm, tpm = self.rpm, self.tpm
+        if rpm is None and tpm is None:
+            return None
+        return SlidingWindow(
+            length_s,
+            None if rpm is None else request_allowance(rpm, length_s),
+            None if tpm is None else token_allowance(tpm, length_s),
+        )
+
+    def clear(self) -> None:
+        """Forget every admission (a stats reset)."""
+        for window in (self.window, self.quantum):
+            if window is not None:
+                window.clear()
 
     def crowded(self, now: float, usage: UsageWindow) -> Refusal | None:
         """The refusal of any request while ``max_concurrency`` requests are in flight, or None.
@@ -325,14 +344,19 @@ class Limiter:
         crowded = self.crowded(now, usage)
         if crowded is not None:
             return crowded
-        window = self.window
+        window, quantum = self.window, self.quantum
         if window is not None:
             refusal = window.check(now, tokens)
+            if refusal is None and quantum is not None:
+                cap = quantum.max_tokens
+                refusal = quantum.check(now, tokens if cap is None else min(tokens, cap))
             if refusal is not None:
                 configured = self.rpm if refusal.reason is Refused.REQUESTS else self.tpm
                 assert configured is not None  # a dimension refuses only when it is limited
                 return _with(refusal, configured, self.quota(now, tokens, usage, refusal))
             window.record(now, tokens)
+            if quantum is not None:
+                quantum.record(now, tokens)
         self.in_flight += 1
         return None
 

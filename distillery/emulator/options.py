@@ -39,6 +39,10 @@ class EmulatorOptions(BaseModel):
     max_concurrency: int | None = Field(default=None, ge=1)
     #: Length of the sliding window; shorter than a minute compresses it for tests and benches.
     window_s: float = Field(default=SECONDS_PER_MINUTE, gt=0.0)
+    #: Quantized enforcement (:mod:`.limits`): the same limits also hold over every sliding
+    #: ``quantum_s`` (``rpm=60000, quantum_s=1``: at most 1,000 requests in any second), as
+    #: OpenAI may enforce them. None: over ``window_s`` only.
+    quantum_s: float | None = Field(default=None, gt=0.0)
     #: Share of clean answers (0..1) replaced by an earlier answer verbatim (:mod:`.duplicates`).
     dup_rate: float = Field(default=0.0, ge=0.0, le=1.0)
     #: Share of clean answers replaced by an earlier answer lightly edited (five-word-shingle
@@ -87,6 +91,23 @@ class EmulatorOptions(BaseModel):
             raise ValueError(
                 f"tpm {tpm} over a {value:g} s window allows less than one token; "
                 "use a longer window or a higher tpm"
+            )
+        return value
+
+    @field_validator("quantum_s")
+    @classmethod
+    def _quantum_fits(cls, value: float | None, info: ValidationInfo) -> float | None:
+        """A quantum is a part of the window, and must allow at least one token."""
+        if value is None:
+            return value
+        window = info.data.get("window_s")
+        if isinstance(window, int | float) and value > window:
+            raise ValueError(f"quantum_s {value:g} is longer than window_s {window:g}")
+        tpm = info.data.get("tpm")
+        if isinstance(tpm, int) and token_allowance(tpm, value) < 1:
+            raise ValueError(
+                f"tpm {tpm} over a {value:g} s quantum allows less than one token; "
+                "use a longer quantum or a higher tpm"
             )
         return value
 

@@ -65,6 +65,7 @@ class EmulatorState:
                 max_concurrency=options.max_concurrency,
                 window_s=options.window_s,
                 latency_ms=options.latency_ms,
+                quantum_s=options.quantum_s,
             )
             if options.limited
             else None
@@ -101,8 +102,7 @@ class EmulatorState:
         self.prompt_cache.clear()
         limiter = self.limiter
         if limiter is not None:
-            if limiter.window is not None:
-                limiter.window.clear()
+            limiter.clear()
             self.stats.max_in_flight = limiter.in_flight
 
 
@@ -227,9 +227,11 @@ def _api_handler(state: EmulatorState, fmt: WireFormat) -> Handler:
         if stats.max_in_flight is not None and limiter.in_flight > stats.max_in_flight:
             stats.max_in_flight = limiter.in_flight
         try:
+            # Processing time from the admission, as a provider's rate limiter sits in front of
+            # its model: (answer - openai-processing-ms) is then never before the admission.
             if picker is not None and (fault := picker.pick()) is not None:
-                return await inject(fault, request, chat, started, paid)
-            response, answer, copy = await produce(chat, started, paid=paid)
+                return await inject(fault, request, chat, now, paid)
+            response, answer, copy = await produce(chat, now, paid=paid)
             stats.served(answer.prompt_tokens, answer.output_tokens, copy)
             stats.answered(response.status)
             return response
