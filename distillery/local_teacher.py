@@ -317,7 +317,11 @@ class LocalTeacher:
             self.process = subprocess.Popen(
                 self.command(), stdin=subprocess.PIPE, stdout=handle, stderr=subprocess.STDOUT
             )
-        self._wait_until_answering()
+        try:
+            self._wait_until_answering()
+        except BaseException:  # Ctrl-C or SIGTERM while it loads: no ``with`` will stop it
+            self.stop()
+            raise
         return self
 
     def _wait_until_answering(self) -> None:
