@@ -254,3 +254,25 @@ def test_teacher_started_by_a_run_exits_when_the_run_is_killed(tmp_path: Path) -
         for pid in (parent.pid, child):
             if pid and _alive(pid):
                 os.kill(pid, signal.SIGKILL)
+
+
+def test_gemma_is_served_with_its_chat_template_and_named_by_its_weights() -> None:
+    """Gemma's GGUF carries no chat template; without llama.cpp's built-in one the server falls
+    back to ChatML, which this base model merely continues."""
+    with LocalTeacher("127.0.0.1", _free_port(), model=GEMMA3.file_name) as gemma:
+        root = gemma.base_url.removesuffix("/v1")
+        template = httpx.post(
+            f"{root}/apply-template",
+            json={"messages": [{"role": "user", "content": "Hello"}]},
+            timeout=60,
+            trust_env=False,
+        )
+        response = httpx.post(
+            f"{gemma.base_url}/chat/completions",
+            json={"messages": [{"role": "user", "content": "Hello"}], "max_tokens": 8},
+            timeout=300,
+            trust_env=False,
+        )
+    assert template.json()["prompt"].startswith("<start_of_turn>user\nHello<end_of_turn>")
+    assert response.json()["model"] == GEMMA3.alias
+    assert response.json()["usage"]["completion_tokens"] > 0
