@@ -233,7 +233,10 @@ class ModelServer:
         try:
             self._server = runtime.Server(params)
         except Exception as exc:  # the binding raises plain exceptions for a bad port or file
-            raise FatalRunError(f"the local teacher did not start: {exc}") from exc
+            raise FatalRunError(
+                f"the local teacher did not start on {self.host}:{self.port} (port in use? "
+                f"llama.cpp's log says): {exc}"
+            ) from exc
         return self
 
     def stop(self) -> None:

@@ -276,3 +276,18 @@ def test_gemma_is_served_with_its_chat_template_and_named_by_its_weights() -> No
     assert template.json()["prompt"].startswith("<start_of_turn>user\nHello<end_of_turn>")
     assert response.json()["model"] == GEMMA3.alias
     assert response.json()["usage"]["completion_tokens"] > 0
+
+
+def test_teacher_serve_with_an_unknown_model_is_a_one_line_error() -> None:
+    serve = subprocess.run(
+        [sys.executable, "-m", "distillery", "teacher", "serve", "--model", "nope.gguf"],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
+    assert serve.returncode == 2
+    assert serve.stderr.strip().splitlines() == [
+        "error: local teacher model 'nope.gguf': not one of the embedded models "
+        "(SmolLM2-135M-Instruct.Q4_1.gguf, gemma-3-270m-q4_k_m.gguf)"
+    ]
