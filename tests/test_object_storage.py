@@ -354,8 +354,7 @@ def test_cli_run_query_rerun_and_compact_on_s3(
     assert all(key.startswith("datasets/demo/") for key in objects)
     names = {key.rsplit("/", 1)[1] for key in objects}
     assert names - {MANIFEST} and all(
-        name == MANIFEST
-        or (name.startswith(("part-", "compacted-")) and name.endswith(".parquet"))
+        name == MANIFEST or (name.startswith(("part-", "compacted-")) and name.endswith(".parquet"))
         for name in names
     )
     compacted = cli("compact", "--data", data)
