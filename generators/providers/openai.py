@@ -163,8 +163,10 @@ class LocalProvider(OpenAIProvider):
     """The embedded local teacher (``distillery teacher serve``): OpenAI-compatible wire
     format, its own provider name so lineage, terms and prices can tell it apart.
 
-    llama-cpp-python's server echoes whatever model name it is sent, so the request names the
-    exact weights (``<file>@sha256:<digest>``) and the echo becomes the sample's model version.
+    llama.cpp's server answers with the alias of the weights it loaded
+    (``<file>@sha256:<digest>``), whatever the request names, and that answer becomes the
+    sample's model version. The request names the same alias for the job's model, so a log of
+    requests says which weights were asked for.
     """
 
     def build_call(
@@ -173,4 +175,4 @@ class LocalProvider(OpenAIProvider):
         from distillery.local_teacher import model_alias
 
         call = super().build_call(teacher, messages, api_key)
-        return HttpCall(call.url, call.headers, {**call.body, "model": model_alias()})
+        return HttpCall(call.url, call.headers, {**call.body, "model": model_alias(teacher.model)})
