@@ -47,6 +47,7 @@ app = typer.Typer(
     name="distillery",
     help="Synthetic data from teacher models: Prefect fan-out, Parquet out, lineage on every row.",
     no_args_is_help=True,
+    invoke_without_command=True,
     add_completion=False,
     pretty_exceptions_enable=False,
 )
@@ -306,6 +307,7 @@ def _check_writable(output: Path) -> None:
 
 
 _DATA_HELP = "Dataset directory, or s3://bucket/prefix."
+_VIEWS = "samples, rejected, failures, failures_log, runs, teachers"
 
 
 def _dataset(data: str) -> Path | Location:
@@ -543,13 +545,14 @@ def _minutes(value: float) -> str:
 @app.command()
 @_reports_errors
 def query(
-    sql: Annotated[str, typer.Argument(help="DuckDB SQL over samples, failures and runs.")],
+    sql: Annotated[str, typer.Argument(help=f"DuckDB SQL over the views: {_VIEWS}.")],
     data: Annotated[str, typer.Option("--data", "-d", help=_DATA_HELP)] = "out",
     fmt: Annotated[
         Literal["table", "csv", "json"], typer.Option("--format", "-f", help="Output format.")
     ] = "table",
 ) -> None:
-    """Run SQL over a dataset's views: samples, failures, runs."""
+    """Run SQL over a dataset's views: samples, rejected, failures, failures_log, runs,
+    teachers."""
     import duckdb
 
     from distillery.storage.catalog import open_catalog
@@ -559,7 +562,10 @@ def query(
         cursor = con.execute(sql)
         rows = cursor.fetchall()
     except duckdb.Error as exc:
-        raise UserInputError(f"query: {str(exc).splitlines()[0]}") from exc
+        first = str(exc).splitlines()[0]
+        if isinstance(exc, duckdb.CatalogException):  # a table that is not one of the views
+            first += f" (the views: {_VIEWS})"
+        raise UserInputError(f"query: {first}") from exc
     columns = [d[0] for d in cursor.description or []]
     _print_rows(columns, rows, fmt)
 
@@ -939,6 +945,20 @@ def server_stop() -> None:
 
     info = server.stop()
     out.print(f"stopped pid {info.pid}" if info else "the local Prefect server was not running")
+
+
+@app.callback()
+def _options(
+    version: Annotated[
+        bool, typer.Option("--version", help="Print the version and exit.", is_eager=True)
+    ] = False,
+) -> None:
+    """Synthetic data from teacher models: Prefect fan-out, Parquet out, lineage on every row."""
+    if version:
+        from distillery import __version__
+
+        out.print(f"distillery {__version__}")
+        raise typer.Exit(0)
 
 
 def main() -> None:

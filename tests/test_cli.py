@@ -306,3 +306,21 @@ def test_plan_names_a_teachers_own_budget(tmp_path: Path) -> None:
     result = cli("plan", str(config))
     assert result.returncode == 0, result.stderr
     assert "t0: budget_usd 0.01 — below its estimate: it will stop early" in result.stdout
+
+
+def test_version() -> None:
+    from distillery import __version__
+
+    version = cli("--version")
+    assert (version.returncode, version.stdout.strip()) == (0, f"distillery {__version__}")
+
+
+def test_a_wrong_table_name_lists_the_views(tmp_path: Path) -> None:
+    from distillery.storage.shards import write_shard
+
+    from .test_storage import sample
+
+    write_shard(tmp_path, "samples", "r1", [sample("a")], 0)
+    result = cli("query", "--data", str(tmp_path), "SELECT * FROM sample")
+    assert result.returncode == 2
+    assert "(the views: samples, rejected, failures" in one_error_line(result)
