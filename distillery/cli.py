@@ -580,14 +580,47 @@ def _print_rows(columns: list[str], rows: list[tuple[Any, ...]], fmt: str) -> No
         writer.writerow(columns)
         writer.writerows(rows)
         sys.stdout.write(buffer.getvalue())
-    else:
+    elif _fits(columns, rows):
         table = Table()
         for column in columns:
             table.add_column(column, overflow="fold")
         for row in rows:
-            table.add_row(*("" if v is None else str(v) for v in row))
+            table.add_row(*(_cell(v) for v in row))
         out.print(table)
         out.print(f"{len(rows)} row{'s' if len(rows) != 1 else ''}", style="dim")
+    else:
+        # Too wide for the terminal as columns (SELECT * FROM runs at 80 columns folded every
+        # name to three letters): one block per row, a column a line, as psql's \x does.
+        for number, row in enumerate(rows, 1):
+            block = Table(title=f"row {number}", show_header=False, box=None, title_justify="left")
+            block.add_column(style="bold", no_wrap=True)
+            block.add_column(overflow="fold")
+            for column, value in zip(columns, row, strict=True):
+                block.add_row(column, _cell(value))
+            out.print(block)
+        if not rows:
+            out.print("  ".join(columns))
+        out.print(f"{len(rows)} row{'s' if len(rows) != 1 else ''}", style="dim")
+
+
+def _cell(value: object) -> str:
+    """A value as a table shows it: floats without binary noise (0.0007797, not
+    0.0007797000000000001); --format csv and json keep every digit."""
+    if value is None:
+        return ""
+    if isinstance(value, float):
+        return f"{value:.10g}"
+    return str(value)
+
+
+def _fits(columns: list[str], rows: list[tuple[Any, ...]]) -> bool:
+    """Whether a table of these columns reads at the terminal's width: each column as wide as
+    its name or its widest value up to 12 characters, plus borders."""
+    widths = [
+        min(12, max([len(name), *(len(_cell(row[i])) for row in rows[:50])]))
+        for i, name in enumerate(columns)
+    ]
+    return sum(widths) + 3 * len(columns) + 1 <= out.width
 
 
 @app.command()

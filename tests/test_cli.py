@@ -324,3 +324,23 @@ def test_a_wrong_table_name_lists_the_views(tmp_path: Path) -> None:
     result = cli("query", "--data", str(tmp_path), "SELECT * FROM sample")
     assert result.returncode == 2
     assert "(the views: samples, rejected, failures" in one_error_line(result)
+
+
+def test_query_reads_at_80_columns(tmp_path: Path) -> None:
+    from distillery.storage.shards import write_shard
+
+    from .test_storage import sample
+
+    write_shard(tmp_path, "samples", "r1", [sample("a") | {"cost_usd": 0.0007797000000000001}], 0)
+    wide = cli("query", "-d", str(tmp_path), "SELECT * FROM samples", env={"COLUMNS": "80"})
+    assert wide.returncode == 0, wide.stderr
+    lines = wide.stdout.splitlines()
+    assert lines[0].strip() == "row 1"  # one block per row, a column a line
+    assert any(line.split()[:2] == ["sample_id", "a"] for line in lines)
+    assert all(len(line) <= 80 for line in lines)
+    narrow = cli(
+        "query", "-d", str(tmp_path), "SELECT cost_usd FROM samples", env={"COLUMNS": "80"}
+    )
+    assert "0.0007797 " in narrow.stdout and "0.00077970000" not in narrow.stdout
+    exact = cli("query", "-d", str(tmp_path), "-f", "csv", "SELECT cost_usd FROM samples")
+    assert exact.stdout.splitlines()[1] == "0.0007797000000000001"  # csv keeps every digit
