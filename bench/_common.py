@@ -63,6 +63,8 @@ class EmulatorProcess:
         self.startup_timeout_s = startup_timeout_s
         self._process: subprocess.Popen[str] | None = None
         self.url = ""
+        #: More ``distillery emulator`` flags (limits, faults), for subclasses.
+        self.extra: list[str] = []
 
     @property
     def pid(self) -> int:
@@ -72,7 +74,7 @@ class EmulatorProcess:
 
     def start(self) -> None:
         command = [str(DISTILLERY), "emulator", "--host", "127.0.0.1", "--port", "0"]
-        command += ["--latency-ms", str(self.latency_ms)]
+        command += ["--latency-ms", str(self.latency_ms), *self.extra]
         self._process = process = subprocess.Popen(
             command, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, text=True
         )

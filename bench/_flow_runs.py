@@ -14,7 +14,6 @@ import contextlib
 import itertools
 import json
 import os
-import select
 import subprocess
 import time
 from collections.abc import Sequence
@@ -45,38 +44,19 @@ class LimitedEmulator(EmulatorProcess):
         tpm: int | None = None,
         max_concurrency: int | None = None,
         window_s: float | None = None,
+        quantum_s: float | None = None,
         startup_timeout_s: float = 60.0,
     ) -> None:
         super().__init__(latency_ms, startup_timeout_s)
-        self.extra: list[str] = []
         for flag, value in (
             ("--rpm", rpm),
             ("--tpm", tpm),
             ("--max-concurrency", max_concurrency),
             ("--window-s", window_s),
+            ("--quantum-s", quantum_s),
         ):
             if value is not None:
                 self.extra += [flag, str(value)]
-
-    def start(self) -> None:
-        # EmulatorProcess.start with extra flags (it builds its command line inline).
-        command = [str(DISTILLERY), "emulator", "--host", "127.0.0.1", "--port", "0"]
-        command += ["--latency-ms", str(self.latency_ms), *self.extra]
-        self._process = process = subprocess.Popen(
-            command, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, text=True
-        )
-        assert process.stdout is not None
-        deadline = time.monotonic() + self.startup_timeout_s
-        while time.monotonic() < deadline:
-            ready, _, _ = select.select([process.stdout], [], [], 0.5)
-            if ready:
-                line = process.stdout.readline()
-                if line.startswith("emulator listening on "):
-                    self.url = line.split()[-1]
-                    return
-                if not line:
-                    break
-        raise RuntimeError(f"the emulator did not start (exit code {process.poll()})")
 
     def __enter__(self) -> LimitedEmulator:
         super().__enter__()

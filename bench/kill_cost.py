@@ -20,15 +20,13 @@ import os
 import random
 import signal
 import subprocess
-import sys
 import tempfile
 import time
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+from _common import DISTILLERY, append_section, markdown_table
+from _flow_runs import PrefectServer, load_average, short_prompts, write_job
 
-from bench._common import DISTILLERY, append_section, markdown_table
-from bench._flow_runs import PrefectServer, load_average, short_prompts, write_job
 from distillery.emulator import EmulatorOptions, RunningEmulator
 
 

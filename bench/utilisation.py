@@ -48,7 +48,6 @@ import argparse
 import asyncio
 import json
 import math
-import select
 import shutil
 import statistics
 import subprocess
@@ -357,34 +356,6 @@ async def lease_worker(limits_json: str, seconds: str, base_url: str) -> None:
     print(json.dumps({"times": times, "leases": gate.leases, "block": gate.block}))
 
 
-class ModuleEmulator(LimitedEmulator):
-    """``python -m distillery.emulator``: its flags include ``--quantum-s``, which the
-    ``distillery emulator`` command does not pass on yet."""
-
-    def __init__(self, latency_ms: float, quantum_s: float, **limits: Any) -> None:
-        super().__init__(latency_ms, **limits)
-        self.extra += ["--quantum-s", str(quantum_s)]
-
-    def start(self) -> None:
-        command = [sys.executable, "-m", "distillery.emulator", "--host", "127.0.0.1"]
-        command += ["--port", "0", "--latency-ms", str(self.latency_ms), *self.extra]
-        self._process = process = subprocess.Popen(
-            command, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, text=True
-        )
-        assert process.stdout is not None
-        deadline = time.monotonic() + self.startup_timeout_s
-        while time.monotonic() < deadline:
-            ready, _, _ = select.select([process.stdout], [], [], 0.5)
-            if ready:
-                line = process.stdout.readline()
-                if line.startswith("emulator listening on "):
-                    self.url = line.split()[-1]
-                    return
-                if not line:
-                    break
-        raise RuntimeError(f"the emulator did not start (exit code {process.poll()})")
-
-
 @contextmanager
 def cpu_hogs(count: int) -> Iterator[list[int]]:
     """``count`` busy-looping processes beside the run (a loaded machine), stopped at the end."""
@@ -415,11 +386,7 @@ def run(args: argparse.Namespace, workdir: Path) -> tuple[list[Result], float]:
         servers = dict.fromkeys((c.kind, c.quantum_s) for c in selected if c.kind != "lease")
         for kind, quantum_s in servers:
             limit = {"rpm": RPM} if kind == "rpm" else {"tpm": TPM}
-            emulator = (
-                LimitedEmulator(LATENCY_MS, window_s=WINDOW_S, **limit)
-                if quantum_s is None
-                else ModuleEmulator(LATENCY_MS, quantum_s, window_s=WINDOW_S, **limit)
-            )
+            emulator = LimitedEmulator(LATENCY_MS, window_s=WINDOW_S, quantum_s=quantum_s, **limit)
             with emulator:
                 for case in selected:
                     if (case.kind, case.quantum_s) == (kind, quantum_s):
