@@ -41,6 +41,7 @@ from typing import Any
 
 import httpx
 
+from distillery.child_env import child_env
 from distillery.errors import FatalRunError, UserInputError
 from distillery.home import distillery_home
 
@@ -318,7 +319,12 @@ class LocalTeacher:
         self.model.path()  # a missing or altered model is the user's to fix: say so here
         with self.log.open("ab") as handle:
             self.process = subprocess.Popen(
-                self.command(), stdin=subprocess.PIPE, stdout=handle, stderr=subprocess.STDOUT
+                self.command(),
+                stdin=subprocess.PIPE,
+                stdout=handle,
+                stderr=subprocess.STDOUT,
+                # Not the run's API keys: llama.cpp's own settings and OpenMP's pass.
+                env=child_env(("LC_", "OMP_", "GGML_", "LLAMA_")),
             )
         try:
             self._wait_until_answering()

@@ -25,6 +25,7 @@ from pathlib import Path
 
 import httpx
 
+from distillery.child_env import child_env
 from distillery.errors import FatalRunError
 from distillery.home import distillery_home
 
@@ -121,42 +122,17 @@ def _free_port() -> int:
 # it, and nothing else: it outlives that run, and anything passed stays readable in its
 # /proc/<pid>/environ for as long as it lives — teachers' API keys, cloud credentials and
 # tokens must not. Its own settings are PREFECT_* (a PostgreSQL URL, say) minus a client's.
-_SERVER_PASSES = frozenset(
-    {
-        "PATH",
-        "HOME",
-        "USER",
-        "LOGNAME",
-        "LANG",
-        "LANGUAGE",
-        "TZ",
-        "TMPDIR",
-        "TEMP",
-        "TMP",
-        "DISTILLERY_HOME",
-        "VIRTUAL_ENV",
-        "PYTHONUTF8",
-        "PYTHONIOENCODING",
-        "SSL_CERT_FILE",
-        "SSL_CERT_DIR",
-    }
-)
-_SERVER_PASSES_PREFIXES = ("LC_", "PREFECT_")
+# The server's own settings pass, besides what every child gets (distillery/child_env.py).
+_SERVER_PREFIXES = ("LC_", "PREFECT_")
 # A client's API address, key and credentials are not the server's business (and its own
 # address would confuse it).
 _CLIENT_ONLY = frozenset({"PREFECT_API_URL", "PREFECT_API_KEY", "PREFECT_API_AUTH_STRING"})
 
 
 def _server_env(home: Path, port: int, environ: Mapping[str, str] | None = None) -> dict[str, str]:
-    """The managed server's whole environment: :data:`_SERVER_PASSES`, ``LC_*`` and the
+    """The managed server's whole environment: what every child gets, ``LC_*`` and the
     server's ``PREFECT_*`` settings from ``environ`` (default: ours), plus its own."""
-    source = os.environ if environ is None else environ
-    env = {
-        name: value
-        for name, value in source.items()
-        if (name in _SERVER_PASSES or name.startswith(_SERVER_PASSES_PREFIXES))
-        and name not in _CLIENT_ONLY
-    }
+    env = child_env(_SERVER_PREFIXES, _CLIENT_ONLY, environ)
     env.update(
         PREFECT_HOME=str(home / "prefect"),
         # The UI learns its API address from the server's settings, which default to port 4200

@@ -88,10 +88,25 @@ def _wait_until(condition: object, timeout_s: float, what: str) -> None:
     raise AssertionError(f"not within {timeout_s:.0f}s: {what}")
 
 
+CANARY = "sk-canary-local-teacher"
+
+
 @pytest.fixture(scope="module")
 def teacher() -> Iterator[LocalTeacher]:
-    with LocalTeacher("127.0.0.1", _free_port()) as running:
-        yield running
+    # Started by a run whose environment holds an API key (the child must not get it).
+    os.environ["OPENAI_API_KEY"] = CANARY
+    try:
+        with LocalTeacher("127.0.0.1", _free_port()) as running:
+            yield running
+    finally:
+        os.environ.pop("OPENAI_API_KEY", None)
+
+
+def test_the_teacher_process_gets_no_api_key(teacher: LocalTeacher) -> None:
+    assert teacher.process is not None
+    environ = Path(f"/proc/{teacher.process.pid}/environ").read_bytes().split(b"\0")
+    assert not [entry for entry in environ if CANARY.encode() in entry]
+    assert any(entry.startswith(b"PATH=") for entry in environ)  # what it needs does pass
 
 
 def test_answer_names_the_loaded_weights_whatever_the_request_says(teacher: LocalTeacher) -> None:
