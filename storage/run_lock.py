@@ -152,8 +152,15 @@ def _local_lock(path: Path, run_id: str, what: str) -> Iterator[None]:
 def _parse(text: str) -> Holder | None:
     try:
         data = json.loads(text)
-        return Holder(str(data["host"]), int(data["pid"]), str(data["since"]))
-    except (ValueError, KeyError, TypeError):
+    except ValueError:
+        return None
+    return _holder(data) if isinstance(data, dict) else None
+
+
+def _holder(data: dict[str, object]) -> Holder | None:
+    try:
+        return Holder(str(data["host"]), int(str(data["pid"])), str(data["since"]))
+    except (KeyError, ValueError):
         return None
 
 
@@ -209,21 +216,18 @@ class RunLease:
         body = {**self.holder.__dict__, "token": self.token, "renewed": self._clock()}
         self.location.replace(json.dumps(body).encode())
 
-    def _holder_of(self, data: dict[str, object]) -> Holder | None:
-        return _parse(json.dumps(data))
-
     def acquire(self) -> None:
         current = self._read()
         if current is not None and current.get("token") != self.token:
             renewed = current.get("renewed")
             age = self._clock() - float(renewed) if isinstance(renewed, int | float) else 1e9
             if age < LEASE_TTL_S:
-                raise _busy(self.run_id, self.what, self._holder_of(current))
+                raise _busy(self.run_id, self.what, _holder(current))
         self._write()
         self._sleep(_LEASE_SETTLE_S)
         after = self._read()
         if after is None or after.get("token") != self.token:
-            raise _busy(self.run_id, self.what, self._holder_of(after) if after else None)
+            raise _busy(self.run_id, self.what, _holder(after) if after else None)
         self._thread = threading.Thread(target=self._renew, name="run-lease", daemon=True)
         self._thread.start()
 
