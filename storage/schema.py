@@ -132,6 +132,8 @@ RUN_SCHEMA = pa.schema(
         pa.field("prompts", pa.int64()),
         pa.field("requests_planned", pa.int64()),
         pa.field("requests_skipped", pa.int64()),
+        # The samples this invocation wrote that the run still keeps once it ends (by
+        # flow_run_id): a resume that finishes an earlier invocation's dedup stays >= 0.
         pa.field("samples", pa.int64()),
         pa.field("failures", pa.int64()),
         pa.field("prompt_tokens", pa.int64()),
