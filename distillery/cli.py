@@ -9,10 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import csv
 import functools
-import io
-import json
 import os
 import re
 import secrets
@@ -28,6 +25,7 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
+from distillery.cli_app import DistilleryApp
 from distillery.config import JobConfig, load_config, require_api_keys
 from distillery.errors import (
     DistilleryError,
@@ -38,12 +36,13 @@ from distillery.errors import (
     output_errors,
 )
 from distillery.names import check_run_id
+from distillery.render import print_rows, print_table
 
 if TYPE_CHECKING:
     from distillery.flows.generate import RunSummary
     from distillery.storage.location import Location
 
-app = typer.Typer(
+app = DistilleryApp(
     name="distillery",
     help="Synthetic data from teacher models: Prefect fan-out, Parquet out, lineage on every row.",
     no_args_is_help=True,
@@ -51,9 +50,11 @@ app = typer.Typer(
     add_completion=False,
     pretty_exceptions_enable=False,
 )
-server_app = typer.Typer(help="The local Prefect server distillery manages.", no_args_is_help=True)
+server_app = DistilleryApp(
+    help="The local Prefect server distillery manages.", no_args_is_help=True
+)
 app.add_typer(server_app, name="server")
-teacher_app = typer.Typer(
+teacher_app = DistilleryApp(
     help="The embedded local teacher (SmolLM2-135M-Instruct on llama.cpp).", no_args_is_help=True
 )
 app.add_typer(teacher_app, name="teacher")
@@ -418,11 +419,20 @@ def _print_summary(summary: RunSummary, ui: str) -> None:
     table.add_column(style="bold", no_wrap=True)
     table.add_column(overflow="fold")
     ended = summary.samples + sum(summary.rejected.values()) + summary.failures
-    rate = ended / summary.elapsed_s if summary.elapsed_s else 0.0
+    sent = summary.http_requests or ended
+    rate = sent / summary.elapsed_s if summary.elapsed_s else 0.0
     table.add_row("prompts", f"{summary.prompts}")
+    # A conversation of three turns is one planned request and five HTTP requests; retries
+    # are more HTTP requests too. The line says both when they differ.
+    over_http = (
+        f" as {summary.http_requests} HTTP requests (counting turns and retries)"
+        if summary.http_requests > summary.requests_planned
+        else ""
+    )
     table.add_row(
         "requests",
-        f"{summary.requests_planned} sent, {summary.requests_skipped} already answered earlier",
+        f"{summary.requests_planned} sent{over_http}, "
+        f"{summary.requests_skipped} already answered earlier",
     )
     table.add_row("samples", f"{summary.samples} kept")
     if summary.rejected:
@@ -442,26 +452,30 @@ def _print_summary(summary: RunSummary, ui: str) -> None:
         table.add_row(
             "not sent", f"{unsent} ({why}re-run with --run-id {summary.run_id} to finish)"
         )
-    table.add_row("tokens", f"{summary.prompt_tokens} in, {summary.completion_tokens} out")
+    table.add_row("tokens", f"{summary.prompt_tokens:,} in, {summary.completion_tokens:,} out")
     table.add_row("cost", f"${summary.cost_usd:.4f} (models without a price count as $0)")
     if summary.maybe_billed_twice:
         table.add_row(
             "maybe billed twice",
             f"{summary.maybe_billed_twice} retries after an answer may have been produced",
         )
-    table.add_row("time", f"{summary.elapsed_s:.1f}s ({rate:.1f} requests/s)")
+    table.add_row("time", f"{summary.elapsed_s:.1f}s ({rate:.1f} HTTP requests/s)")
     if len(summary.processes) > 1:
         table.add_row("processes", f"{len(summary.processes)} ran batches (task_runner: dask)")
     table.add_row("output", summary.output)
+    out.print(table)
+    # A URL and a command are copied, not read: printed whole on their own lines (the terminal
+    # wraps them if it must), never folded into the table's column.
     if summary.flow_run_id:
-        table.add_row("Prefect UI", f"{ui}/runs/flow-run/{summary.flow_run_id}")
-    table.add_row(
-        "query",
+        out.print(
+            f"[bold]Prefect UI[/bold]  {ui}/runs/flow-run/{summary.flow_run_id}", soft_wrap=True
+        )
+    query = (
         f"distillery query --data {summary.output} "
         f"\"SELECT teacher_name, count(*) FROM samples WHERE run_id = '{summary.run_id}' "
-        'GROUP BY ALL"',
+        'GROUP BY ALL"'
     )
-    out.print(table)
+    out.print(f"[bold]query[/bold]  {query}", soft_wrap=True, markup=True, highlight=False)
 
 
 @app.command()
@@ -475,31 +489,28 @@ def plan(config: Annotated[Path, typer.Argument(help="Job file (YAML).")]) -> No
     job = load_config(config)
     prompts = load_prompts(job.prompts)
     plans = plan_job(job, prompts)
-    table = Table(title=f"plan for {job.name}")
-    for column in (
-        "teacher",
-        "requests",
-        "prompt tokens",
-        "completion tokens",
-        "of which reasoning",
-        "cost (USD)",
-        "min. time",
-        "bound by",
-    ):
-        table.add_column(column, justify="left" if column == "teacher" else "right")
+    thinking = any(p.reasoning_tokens for p in plans)
+    columns = ["teacher", "requests", "prompt\ntokens", "answer\ntokens"]
+    columns += ["of which\nthinking"] if thinking else []
+    columns += ["cost\nUSD", "min.\ntime", "bound by"]
+    rows = []
     for item in plans:
         completion = f"{item.completion_tokens:,}" + ("" if item.completion_is_bound else " *")
-        table.add_row(
-            item.teacher,
-            f"{item.requests:,}",
-            f"{item.prompt_tokens:,}",
-            completion,
-            f"{item.reasoning_tokens:,}" if item.reasoning_tokens else "-",
-            "no price" if item.cost_usd is None else f"{item.cost_usd:,.4f}",
-            "-" if item.min_minutes is None else _minutes(item.min_minutes),
-            item.binding_limit or "no limits set",
+        reasoning = [f"{item.reasoning_tokens:,}" if item.reasoning_tokens else "-"]
+        rows.append(
+            (
+                item.teacher,
+                f"{item.requests:,}",
+                f"{item.prompt_tokens:,}",
+                completion,
+                *(reasoning if thinking else []),
+                "no price" if item.cost_usd is None else f"{item.cost_usd:,.4f}",
+                "-" if item.min_minutes is None else _minutes(item.min_minutes),
+                item.binding_limit or "no limit",
+            )
         )
-    out.print(table)
+    right = frozenset(columns[1:-1])
+    print_table(out, f"plan for {job.name}", columns, rows, right=right)
     known = [p.cost_usd for p in plans if p.cost_usd is not None]
     slowest = max((p.min_minutes for p in plans if p.min_minutes is not None), default=None)
     out.print(
@@ -542,7 +553,7 @@ def _minutes(value: float) -> str:
     return f"{value * 60:.0f}s" if value < 1 else f"{value:.1f} min"
 
 
-@app.command()
+@app.command(help=f"Run SQL over a dataset's views: {_VIEWS}.")
 @_reports_errors
 def query(
     sql: Annotated[str, typer.Argument(help=f"DuckDB SQL over the views: {_VIEWS}.")],
@@ -551,8 +562,6 @@ def query(
         Literal["table", "csv", "json"], typer.Option("--format", "-f", help="Output format.")
     ] = "table",
 ) -> None:
-    """Run SQL over a dataset's views: samples, rejected, failures, failures_log, runs,
-    teachers."""
     import duckdb
 
     from distillery.storage.catalog import open_catalog
@@ -567,60 +576,7 @@ def query(
             first += f" (the views: {_VIEWS})"
         raise UserInputError(f"query: {first}") from exc
     columns = [d[0] for d in cursor.description or []]
-    _print_rows(columns, rows, fmt)
-
-
-def _print_rows(columns: list[str], rows: list[tuple[Any, ...]], fmt: str) -> None:
-    if fmt == "json":
-        records = [dict(zip(columns, row, strict=True)) for row in rows]
-        sys.stdout.write(json.dumps(records, default=str, ensure_ascii=False, indent=1) + "\n")
-    elif fmt == "csv":
-        buffer = io.StringIO()
-        writer = csv.writer(buffer, lineterminator="\n")
-        writer.writerow(columns)
-        writer.writerows(rows)
-        sys.stdout.write(buffer.getvalue())
-    elif _fits(columns, rows):
-        table = Table()
-        for column in columns:
-            table.add_column(column, overflow="fold")
-        for row in rows:
-            table.add_row(*(_cell(v) for v in row))
-        out.print(table)
-        out.print(f"{len(rows)} row{'s' if len(rows) != 1 else ''}", style="dim")
-    else:
-        # Too wide for the terminal as columns (SELECT * FROM runs at 80 columns folded every
-        # name to three letters): one block per row, a column a line, as psql's \x does.
-        for number, row in enumerate(rows, 1):
-            block = Table(title=f"row {number}", show_header=False, box=None, title_justify="left")
-            block.add_column(style="bold", no_wrap=True)
-            block.add_column(overflow="fold")
-            for column, value in zip(columns, row, strict=True):
-                block.add_row(column, _cell(value))
-            out.print(block)
-        if not rows:
-            out.print("  ".join(columns))
-        out.print(f"{len(rows)} row{'s' if len(rows) != 1 else ''}", style="dim")
-
-
-def _cell(value: object) -> str:
-    """A value as a table shows it: floats without binary noise (0.0007797, not
-    0.0007797000000000001); --format csv and json keep every digit."""
-    if value is None:
-        return ""
-    if isinstance(value, float):
-        return f"{value:.10g}"
-    return str(value)
-
-
-def _fits(columns: list[str], rows: list[tuple[Any, ...]]) -> bool:
-    """Whether a table of these columns reads at the terminal's width: each column as wide as
-    its name or its widest value up to 12 characters, plus borders."""
-    widths = [
-        min(12, max([len(name), *(len(_cell(row[i])) for row in rows[:50])]))
-        for i, name in enumerate(columns)
-    ]
-    return sum(widths) + 3 * len(columns) + 1 <= out.width
+    print_rows(out, columns, rows, fmt)
 
 
 @app.command()

@@ -51,6 +51,9 @@ class BatchSummary(BaseModel):
     prompt_tokens: int
     completion_tokens: int
     maybe_billed_twice: int = 0
+    http_requests: int = Field(
+        default=0, description="Requests sent over HTTP: every attempt, every turn of a recipe."
+    )
     cost_usd: float = 0.0
     process: str = Field(default="", description="host:pid of the process that ran the batch.")
     fatal: str | None = Field(
@@ -207,6 +210,7 @@ async def send_and_commit(
         maybe_billed_twice=sum(
             int(r["maybe_billed_twice"] or 0) for r in (*rows.samples, *rows.failures)
         ),
+        http_requests=sum(int(r["attempts"] or 0) for r in (*rows.samples, *rows.failures)),
         cost_usd=sum(float(r["cost_usd"] or 0.0) for r in rows.samples),
         process=process,
         fatal=str(pool.fatal) if pool.fatal is not None else None,

@@ -89,6 +89,9 @@ class RunSummary(BaseModel):
     maybe_billed_twice: int = Field(
         default=0, description="Retries after an answer may have been produced and billed."
     )
+    http_requests: int = Field(
+        default=0, description="Requests sent over HTTP: every attempt, every turn of a recipe."
+    )
     cost_usd: float = 0.0
     elapsed_s: float = 0.0
     flow_run_id: str | None = None
@@ -515,6 +518,7 @@ def _fold(summary: RunSummary, results: list[BatchSummary], removed: dict[str, i
         summary.prompt_tokens += result.prompt_tokens
         summary.completion_tokens += result.completion_tokens
         summary.maybe_billed_twice += result.maybe_billed_twice
+        summary.http_requests += result.http_requests
         summary.cost_usd += result.cost_usd
         by_class.update(result.failures_by_class)
     summary.failures_by_class = dict(by_class)

@@ -344,3 +344,29 @@ def test_query_reads_at_80_columns(tmp_path: Path) -> None:
     assert "0.0007797 " in narrow.stdout and "0.00077970000" not in narrow.stdout
     exact = cli("query", "-d", str(tmp_path), "-f", "csv", "SELECT cost_usd FROM samples")
     assert exact.stdout.splitlines()[1] == "0.0007797000000000001"  # csv keeps every digit
+
+
+def test_plan_reads_at_80_columns(tmp_path: Path) -> None:
+    config = write_job(tmp_path, "http://127.0.0.1:9", prompts=30)
+    result = cli("plan", str(config), env={"COLUMNS": "80"})
+    assert result.returncode == 0, result.stderr
+    lines = result.stdout.splitlines()
+    assert all(len(line) <= 80 for line in lines), result.stdout
+    assert "…" not in result.stdout  # no header or value cut short ("reques…")
+    header = " ".join(lines[:6])
+    for word in ("teacher", "requests", "prompt", "answer", "cost", "bound by"):
+        assert word in header, result.stdout
+    narrow = cli("plan", str(config), env={"COLUMNS": "40"})
+    assert narrow.returncode == 0, narrow.stderr
+    assert "…" not in narrow.stdout  # too narrow for a table: a block per teacher
+    assert any(line.split()[:2] == ["requests", "30"] for line in narrow.stdout.splitlines())
+
+
+@pytest.mark.parametrize("command", [[], ["run"], ["query"], ["server"], ["emulator"]])
+def test_help_names_arguments_as_the_docs_do(command: list[str]) -> None:
+    result = cli(*command, "--help", env={"COLUMNS": "80"})
+    assert result.returncode == 0, result.stderr
+    assert "<bool>" not in result.stdout  # a flag takes no value
+    assert "{" not in result.stdout.splitlines()[1]  # usage: `run [OPTIONS] CONFIG`
+    if command == ["run"]:
+        assert "run [OPTIONS] CONFIG" in result.stdout

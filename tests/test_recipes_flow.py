@@ -44,6 +44,8 @@ curation:
     assert summary.samples == 8 and summary.failures == 0
     # Per conversation: 3 assistant answers and 2 user turns; then one grading each.
     assert _served(emulator) == 8 * 5 + 8
+    # The summary counts what went over HTTP for the answers, not one request a conversation.
+    assert summary.requests_planned == 8 and summary.http_requests == 8 * 5
     con = open_catalog(job.output)
     rows = con.execute(
         """SELECT messages, conversation, response_text, recipe, stage,
