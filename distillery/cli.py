@@ -822,6 +822,7 @@ def emulator_command(
     openai_reasoning: Annotated[
         Literal["auto", "field", "inline", "hidden"],
         typer.Option(
+            metavar="<mode>",  # the four modes are in the help; as a type they cut option names
             help="Where the OpenAI route puts a trace: reasoning_content (field), <think> tags "
             "(inline), nowhere (hidden); auto: hidden for o-series/gpt-5 names, else field."
         ),

@@ -367,6 +367,7 @@ def test_help_names_arguments_as_the_docs_do(command: list[str]) -> None:
     result = cli(*command, "--help", env={"COLUMNS": "80"})
     assert result.returncode == 0, result.stderr
     assert "<bool>" not in result.stdout  # a flag takes no value
+    assert "…" not in result.stdout  # no option name cut ("--reasoning-redact-ra…")
     assert "{" not in result.stdout.splitlines()[1]  # usage: `run [OPTIONS] CONFIG`
     if command == ["run"]:
         assert "run [OPTIONS] CONFIG" in result.stdout
