@@ -1,10 +1,12 @@
 """What a job will cost before anything is sent: tokens, dollars, and the time limits allow.
 
-Prompt tokens are counted with tiktoken (exact for OpenAI models, an estimate for others);
-completion tokens are ``max_tokens`` when set — an upper bound, which includes reasoning for
-every provider (Anthropic needs budget_tokens < max_tokens; OpenAI's and Gemini's limits count
-reasoning tokens) — or an assumed :data:`ASSUMED_COMPLETION_TOKENS` plus, for a reasoning
-teacher, its thinking budget (or the effort's, see :mod:`.providers.reasoning`). Reasoning
+Token estimates are the provider's (:meth:`.Provider.prompt_tokens`,
+:meth:`.Provider.completion_bound`). Prompt tokens are counted with tiktoken (exact for OpenAI
+models, an estimate for others); completion tokens are the provider's bound — ``max_tokens``
+when set, an upper bound which includes reasoning for every provider (Anthropic needs
+budget_tokens < max_tokens; OpenAI's and Gemini's limits count reasoning tokens) — or an
+assumed :data:`ASSUMED_COMPLETION_TOKENS` plus, for a reasoning teacher, its thinking budget
+(or the effort's, see :mod:`.providers.reasoning`). Reasoning
 tokens are billed as output, so they are in the completion tokens and the cost. The minimum
 wall time is what the rate limits allow at full utilisation: requests / rpm or tokens / tpm,
 whichever binds, for the slowest teacher.
@@ -21,13 +23,11 @@ from dataclasses import dataclass
 from distillery.config import JobConfig, TeacherConfig
 from distillery.generators.pricing import cost_usd
 from distillery.generators.prompts import Prompt
-from distillery.generators.providers.reasoning import (
-    ANTHROPIC_ANSWER_TOKENS,
-    expected_reasoning_tokens,
-)
+from distillery.generators.providers.base import Provider
+from distillery.generators.providers.reasoning import expected_reasoning_tokens
+from distillery.generators.providers.registry import get_provider
 from distillery.generators.records import teacher_facts
 from distillery.generators.routing import Router
-from distillery.generators.tokens import count_message_tokens
 
 ASSUMED_COMPLETION_TOKENS = 512
 
@@ -56,9 +56,10 @@ def plan_job(job: JobConfig, prompts: Sequence[Prompt]) -> list[TeacherPlan]:
     plans: list[TeacherPlan] = []
     for teacher in job.teachers:
         mine = routed[teacher.name]
+        provider = get_provider(teacher.provider)
         requests = len(mine) * job.n
-        prompt_tokens = job.n * sum(count_message_tokens(p.messages, teacher.model) for p in mine)
-        per_answer, thinking = completion_per_answer(teacher)
+        prompt_tokens = job.n * sum(provider.prompt_tokens(p.messages, teacher.model) for p in mine)
+        per_answer, thinking = completion_per_answer(teacher, provider)
         completion_tokens = per_answer * requests
         price = facts[teacher.name].price
         minutes: dict[str, float] = {}
@@ -83,16 +84,14 @@ def plan_job(job: JobConfig, prompts: Sequence[Prompt]) -> list[TeacherPlan]:
     return plans
 
 
-def completion_per_answer(teacher: TeacherConfig) -> tuple[int, int]:
+def completion_per_answer(teacher: TeacherConfig, provider: Provider) -> tuple[int, int]:
     """(completion tokens, of which reasoning) expected per answer of ``teacher``.
 
-    With ``max_tokens`` the bound holds reasoning and answer together; the reasoning share is
-    the budget, at most the bound. Anthropic without ``max_tokens`` is sent thinking + 4096.
+    A bound (``max_tokens``, or what the provider sends in its place) holds reasoning and
+    answer together; the reasoning share is the budget, at most the bound.
     """
     thinking = expected_reasoning_tokens(teacher)
-    bound = teacher.params.max_tokens
-    if bound is None and teacher.provider == "anthropic" and thinking:
-        bound = thinking + ANTHROPIC_ANSWER_TOKENS
+    bound = provider.completion_bound(teacher)
     if bound is not None:
         return bound, min(thinking, bound)
     return ASSUMED_COMPLETION_TOKENS + thinking, thinking

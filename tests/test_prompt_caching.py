@@ -23,7 +23,8 @@ from google.genai import types as genai_types
 
 from distillery.config import TeacherConfig
 from distillery.emulator import EmulatorOptions, RunningEmulator
-from distillery.emulator.caching import MIN_CACHED_TOKENS, OPENAI_CACHE_STEP
+from distillery.emulator.caching import MIN_CACHED_TOKENS
+from distillery.emulator.retarget import base_url
 from distillery.generators.client import TeacherClient
 from distillery.generators.http import make_http_client
 from distillery.generators.pricing import PriceEntry, answer_cost, cost_usd, load_prices, price_for
@@ -42,7 +43,7 @@ KEY = "sk-cache"
 
 
 def teacher(url: str, provider: str, model: str, **params: Any) -> TeacherConfig:
-    base = url + get_provider(provider).emulator_path
+    base = base_url(url, provider)
     spec = {"name": "t", "provider": provider, "model": model, "base_url": base}
     return TeacherConfig.model_validate({**spec, "params": params})
 
@@ -189,7 +190,7 @@ def test_openai_and_gemini_count_the_cached_part_in_the_prompt(
     assert not first.cached_tokens and not first.cache_write_tokens
     expected = prefix(model)
     if provider == "openai":
-        expected -= (expected - MIN_CACHED_TOKENS) % OPENAI_CACHE_STEP
+        expected -= (expected - MIN_CACHED_TOKENS) % 128  # OpenAI's steps of 128 tokens
     assert second.cached_tokens == expected
     assert not second.cache_write_tokens
 

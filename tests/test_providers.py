@@ -330,9 +330,9 @@ def test_error_bodies_that_are_not_json() -> None:
 def test_rate_limit_headers_are_normalised() -> None:
     from datetime import UTC, datetime
 
-    from distillery.generators.ratelimit_headers import anthropic_rate_limits, openai_rate_limits
+    from distillery.generators.providers.anthropic import AnthropicProvider
 
-    assert openai_rate_limits(
+    assert get_provider("openai").parse_rate_limits(
         {
             "x-ratelimit-limit-requests": "10000",
             "x-ratelimit-remaining-tokens": "149984",
@@ -347,7 +347,7 @@ def test_rate_limit_headers_are_normalised() -> None:
         "tokens_reset_s": pytest.approx(0.012),
     }
     now = datetime(2026, 1, 1, tzinfo=UTC).timestamp()
-    assert anthropic_rate_limits(
+    assert AnthropicProvider.rate_limit_headers.parse(
         {
             "anthropic-ratelimit-input-tokens-remaining": "39000",
             "anthropic-ratelimit-input-tokens-reset": "2026-01-01T00:00:30Z",

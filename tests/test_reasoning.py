@@ -20,6 +20,7 @@ from hypothesis import strategies as st
 
 from distillery.config import TeacherConfig, load_config
 from distillery.emulator import EmulatorOptions, RunningEmulator
+from distillery.emulator.retarget import base_url
 from distillery.errors import ConfigError, UserInputError
 from distillery.generators.client import TeacherClient
 from distillery.generators.filters import build_filters
@@ -36,7 +37,7 @@ QUESTION = "Why do glaciers carve U-shaped valleys? Think it through."
 
 
 def teacher(url: str, provider: str, model: str, **extra: Any) -> TeacherConfig:
-    base = url + get_provider(provider).emulator_path
+    base = base_url(url, provider)
     spec = {"name": "t", "provider": provider, "model": model, "base_url": base, **extra}
     return TeacherConfig.model_validate(spec)
 

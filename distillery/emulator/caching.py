@@ -16,8 +16,8 @@ The emulator's model of it is deliberately simple: the cacheable prefix is every
 the last (the system prompt and earlier turns), at least :data:`MIN_CACHED_TOKENS` long, keyed
 by model and content. The first request with a prefix writes it (Anthropic reports the write),
 later ones read it. Real caches also match longer token prefixes and expire after minutes;
-nothing here needs that. Memory is bounded by :data:`MAX_ENTRIES` (least recently used first
-out).
+nothing here needs that. What differs between the APIs is each format's :class:`CachePolicy`.
+Memory is bounded by :data:`MAX_ENTRIES` (least recently used first out).
 """
 
 from __future__ import annotations
@@ -26,16 +26,26 @@ import hashlib
 import json
 import threading
 from collections import OrderedDict
-from dataclasses import replace
+from dataclasses import dataclass, replace
 
 from distillery.emulator.completion import Answer, ChatRequest
 from distillery.generators.tokens import count_message_tokens
 
 #: The shortest prefix any of the three caches (OpenAI's and most Claude models' minimum).
 MIN_CACHED_TOKENS = 1024
-#: OpenAI reports cache hits in steps of this many tokens past the minimum.
-OPENAI_CACHE_STEP = 128
 MAX_ENTRIES = 4096
+
+
+@dataclass(frozen=True, slots=True)
+class CachePolicy:
+    """How one API caches prompts and reports it (each wire format declares its own)."""
+
+    #: Only a request that marks what to cache (Anthropic ``cache_control``) is cached.
+    needs_marking: bool = False
+    #: Cache hits are reported in steps of this many tokens past the minimum (OpenAI: 128).
+    step: int = 1
+    #: The first request with a prefix reports the tokens it wrote to the cache (Anthropic).
+    reports_writes: bool = False
 
 
 class PromptCache:
@@ -45,10 +55,11 @@ class PromptCache:
         self._seen: OrderedDict[bytes, None] = OrderedDict()
         self._lock = threading.Lock()
 
-    def apply(self, provider: str, chat: ChatRequest, answer: Answer) -> Answer:
-        """``answer`` with the cache reads and writes ``provider`` would report for ``chat``
-        (``prompt_tokens`` stays the whole prompt; each format renders the split its way)."""
-        if provider == "anthropic" and not chat.cache_marked:
+    def apply(self, policy: CachePolicy, chat: ChatRequest, answer: Answer) -> Answer:
+        """``answer`` with the cache reads and writes an API caching by ``policy`` would report
+        for ``chat`` (``prompt_tokens`` stays the whole prompt; each format renders the split
+        its way)."""
+        if policy.needs_marking and not chat.cache_marked:
             return answer
         prefix = chat.messages[:-1]
         if not prefix:
@@ -66,11 +77,10 @@ class PromptCache:
             self._seen.move_to_end(key)
             while len(self._seen) > MAX_ENTRIES:
                 self._seen.popitem(last=False)
-        if provider == "openai":
-            tokens -= (tokens - MIN_CACHED_TOKENS) % OPENAI_CACHE_STEP
+        tokens -= (tokens - MIN_CACHED_TOKENS) % policy.step
         if hit:
             return replace(answer, cache_read_tokens=tokens)
-        if provider == "anthropic":
+        if policy.reports_writes:
             return replace(answer, cache_write_tokens=tokens)
         return answer
 

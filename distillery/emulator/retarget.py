@@ -11,8 +11,16 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 
 from distillery.config import JobConfig, TeacherConfig
+from distillery.emulator.formats import wire_formats
 from distillery.emulator.options import EmulatorOptions
 from distillery.emulator.runner import RunningEmulator
+from distillery.generators.providers.registry import get_provider
+
+
+def base_url(url: str, provider: str) -> str:
+    """The ``base_url`` a teacher of ``provider`` needs to reach the emulator at ``url``: the
+    root plus where its wire format is mounted (OpenAI's SDKs expect ``/v1``)."""
+    return url + wire_formats()[get_provider(provider).wire_format].mount
 
 
 @contextmanager
@@ -20,12 +28,10 @@ def emulated(
     job: JobConfig, options: EmulatorOptions | None = None
 ) -> Iterator[tuple[JobConfig, str]]:
     """Yield (the job retargeted at a running emulator, the emulator's URL)."""
-    from distillery.generators.providers.registry import get_provider
-
     with RunningEmulator(options or EmulatorOptions()) as emulator:
 
         def retarget(teacher: TeacherConfig) -> TeacherConfig:
-            base = emulator.url + get_provider(teacher.provider).emulator_path
+            base = base_url(emulator.url, teacher.provider)
             return teacher.model_copy(update={"base_url": base, "api_key_env": None})
 
         update: dict[str, object] = {"teachers": [retarget(t) for t in job.teachers]}

@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import asyncio
 import random
-import re
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
@@ -32,10 +31,8 @@ from distillery.emulator.caching import PromptCache
 from distillery.emulator.completion import Answer, ChatRequest, complete
 from distillery.emulator.duplicates import Copier, Copy
 from distillery.emulator.faults import FLAGGED, HTTP_ERRORS, RATE_LIMITS, Fault, FaultPicker, flag
-from distillery.emulator.formats.anthropic import AnthropicFormat
+from distillery.emulator.formats import format_of, wire_formats
 from distillery.emulator.formats.base import ApiError, Problem, Served, WireFormat
-from distillery.emulator.formats.gemini import GeminiFormat
-from distillery.emulator.formats.openai import OpenAIFormat
 from distillery.emulator.limits import Limiter
 from distillery.emulator.options import EmulatorOptions
 from distillery.emulator.reasoning import configure
@@ -133,21 +130,6 @@ def charge(chat: ChatRequest, seed: int) -> Charge:
 
 
 STATE = web.AppKey("distillery_emulator_state", EmulatorState)
-OPENAI, ANTHROPIC, GEMINI = OpenAIFormat(), AnthropicFormat(), GeminiFormat()
-FORMATS: tuple[WireFormat, ...] = (OPENAI, ANTHROPIC, GEMINI)
-
-
-# Gemini's stable version shares OpenAI's /v1 prefix; its method after a colon tells it apart.
-_GEMINI_V1 = re.compile(r"^/v1/models/[^/]+:")
-
-
-def fallback_format(path: str) -> WireFormat:
-    """The format whose error shape answers an unknown ``path`` (by its API's prefix)."""
-    if path.startswith("/v1beta/") or _GEMINI_V1.match(path):
-        return GEMINI
-    if path.startswith("/v1/messages"):
-        return ANTHROPIC
-    return OPENAI
 
 
 def _api_handler(state: EmulatorState, fmt: WireFormat) -> Handler:
@@ -170,7 +152,7 @@ def _api_handler(state: EmulatorState, fmt: WireFormat) -> Handler:
             answer = flag(answer, fault, chat)
         elif fault is None and copier is not None:
             answer, copy = copier.answer(answer, chat)
-        answer = state.prompt_cache.apply(fmt.name, chat, answer)
+        answer = state.prompt_cache.apply(fmt.cache, chat, answer)
         now = time.monotonic()
         window.add(now, answer.prompt_tokens + answer.output_tokens)
         quota = window.quota(now) if limiter is None else limiter.quota(now, paid.tokens, window)
@@ -275,7 +257,7 @@ def _api_handler(state: EmulatorState, fmt: WireFormat) -> Handler:
 def _not_found_handler(state: EmulatorState) -> Handler:
     async def handle(request: web.Request) -> web.StreamResponse:
         error = ApiError(404, Problem.UNKNOWN_PATH)
-        response = fallback_format(request.path).error(error, request)
+        response = format_of(request.path).error(error, request)
         if not request.path.startswith(CONTROL_PREFIX):
             state.stats.received(time.time())
             state.stats.answered(response.status)
@@ -304,7 +286,7 @@ def build_app(options: EmulatorOptions) -> web.Application:
     state = EmulatorState(options)
     app = web.Application(client_max_size=MAX_BODY_BYTES)
     app[STATE] = state
-    for fmt in FORMATS:
+    for fmt in wire_formats().values():
         handler = _api_handler(state, fmt)
         for path in fmt.paths:
             app.router.add_post(path, handler)

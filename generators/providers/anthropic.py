@@ -3,6 +3,12 @@
 ``base_url`` is the bare host as in the official SDK (``https://api.anthropic.com``). System and
 developer messages become the top-level ``system`` field; ``max_tokens`` is required by the API,
 so a teacher without one gets :data:`DEFAULT_MAX_TOKENS`.
+
+Reasoning: a budget is extended thinking, ``thinking: {type: enabled, budget_tokens}``
+(``1024 <= budget_tokens < max_tokens``; up to Claude 4.6, removed on Opus 4.7); an effort is
+adaptive thinking, ``thinking: {type: adaptive}`` with ``output_config.effort`` (Claude 4.6 and
+later). Either way no temperature but 1 and ``top_p`` of at least 0.95. ``output_tokens``
+counts the thinking (billed in full even when the trace is summarised).
 """
 
 from __future__ import annotations
@@ -22,17 +28,20 @@ from distillery.generators.providers.base import (
     split_system,
 )
 from distillery.generators.providers.reasoning import (
-    anthropic_max_tokens,
+    asked,
+    expected_reasoning_tokens,
     merge_fields,
-    request_fields,
 )
 from distillery.generators.providers.registry import register
 from distillery.generators.providers.traces import Visibility
-from distillery.generators.ratelimit_headers import anthropic_rate_limits
+from distillery.generators.ratelimit_headers import RateLimitHeaders, reset_at
 from distillery.generators.retry import parse_retry_after, status_is_retryable
 
 API_VERSION = "2023-06-01"
 DEFAULT_MAX_TOKENS = 4096
+MIN_BUDGET = 1024
+#: Answer room a thinking teacher gets on top of its thinking budget when max_tokens is not set.
+ANSWER_TOKENS = 4096
 _FINISH: dict[str, FinishReason] = {
     "end_turn": "stop",
     "stop_sequence": "stop",
@@ -46,6 +55,12 @@ _FINISH: dict[str, FinishReason] = {
 class AnthropicProvider(Provider):
     """Messages over httpx, no SDK at run time."""
 
+    rate_limit_headers = RateLimitHeaders(
+        "anthropic-ratelimit-{kind}-{field}",
+        ("requests", "tokens", "input-tokens", "output-tokens"),
+        reset_at,
+    )
+
     def build_call(
         self, teacher: TeacherConfig, messages: list[Message], api_key: str | None
     ) -> HttpCall:
@@ -54,7 +69,7 @@ class AnthropicProvider(Provider):
         turns = [{"role": m["role"], "content": m["content"]} for m in conversation]
         body: dict[str, Any] = {
             "model": teacher.model,
-            "max_tokens": anthropic_max_tokens(teacher, DEFAULT_MAX_TOKENS),
+            "max_tokens": self.completion_bound(teacher) or DEFAULT_MAX_TOKENS,
             "messages": turns,
         }
         if system:
@@ -65,12 +80,49 @@ class AnthropicProvider(Provider):
             body["top_p"] = params.top_p
         if params.stop:
             body["stop_sequences"] = params.stop
-        merge_fields(body, request_fields(teacher))
+        merge_fields(body, self.reasoning_fields(teacher))
         body.update(params.extra_body)
         headers = {"content-type": "application/json", "anthropic-version": API_VERSION}
         if api_key:
             headers["x-api-key"] = api_key
         return HttpCall(url=f"{teacher.base_url}/v1/messages", headers=headers, body=body)
+
+    def completion_bound(self, teacher: TeacherConfig) -> int | None:
+        """The configured ``max_tokens``, else, for a thinking teacher, room for its thinking
+        plus :data:`ANSWER_TOKENS` (None otherwise: :data:`DEFAULT_MAX_TOKENS` is sent)."""
+        if teacher.params.max_tokens is not None:
+            return teacher.params.max_tokens
+        if asked(teacher) is None:
+            return None
+        return expected_reasoning_tokens(teacher) + ANSWER_TOKENS
+
+    def reasoning_problem(self, teacher: TeacherConfig) -> str | None:
+        reasoning, params = asked(teacher), teacher.params
+        if reasoning is None:
+            return None
+        budget = reasoning.budget_tokens
+        if budget is None and reasoning.effort is None:
+            return "reasoning: anthropic needs budget_tokens (>= 1024) or effort"
+        if budget is not None and budget < MIN_BUDGET:
+            return f"reasoning.budget_tokens: {budget} is below Anthropic's minimum of 1024"
+        if budget is not None and params.max_tokens is not None and budget >= params.max_tokens:
+            return (
+                f"reasoning.budget_tokens: {budget} must be below params.max_tokens "
+                f"{params.max_tokens} (Anthropic counts thinking in max_tokens)"
+            )
+        if params.temperature is not None and params.temperature != 1:
+            return "params.temperature: Anthropic extended thinking allows only 1 (or unset)"
+        if params.top_p is not None and params.top_p < 0.95:
+            return "params.top_p: Anthropic extended thinking needs top_p >= 0.95 (or unset)"
+        return None
+
+    def reasoning_fields(self, teacher: TeacherConfig) -> dict[str, Any]:
+        reasoning = asked(teacher)
+        if reasoning is None:
+            return {}
+        if reasoning.budget_tokens is not None:
+            return {"thinking": {"type": "enabled", "budget_tokens": reasoning.budget_tokens}}
+        return {"thinking": {"type": "adaptive"}, "output_config": {"effort": reasoning.effort}}
 
     def structured_output(self, schema: dict[str, Any], name: str, strict: bool) -> dict[str, Any]:
         # Structured outputs, generally available: no beta header (the beta's ``output_format``
@@ -104,9 +156,6 @@ class AnthropicProvider(Provider):
             reasoning_text=trace,
             reasoning_visibility=shown,
         )
-
-    def parse_rate_limits(self, headers: dict[str, str]) -> dict[str, float]:
-        return anthropic_rate_limits(headers)
 
     def classify_error(self, status: int, headers: dict[str, str], body: bytes) -> ErrorVerdict:
         kind, message = _error_fields(body)

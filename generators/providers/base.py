@@ -1,9 +1,11 @@
 """The provider interface: what differs between wire formats, and nothing else.
 
 A provider knows how to build one HTTP call for a chat request, how to read a successful answer
-into a :class:`Completion`, and how to judge an error answer (:class:`ErrorVerdict`). Sending,
-retrying, timing and lineage are the same for every provider and live in
-:mod:`distillery.generators.client`, so a new wire format is one module plus one registration.
+into a :class:`Completion`, and how to judge an error answer (:class:`ErrorVerdict`); and
+everything else its wire format decides: reasoning knobs and their checks, structured-output
+fields, rate-limit headers, token estimates for ``distillery plan``. Sending, retrying, timing
+and lineage are the same for every provider and live in :mod:`distillery.generators.client`,
+so a new wire format is one module plus one registration (docs/extending.md).
 """
 
 from __future__ import annotations
@@ -14,6 +16,8 @@ from typing import Any, ClassVar, Literal
 
 from distillery.config import TeacherConfig
 from distillery.generators.providers.traces import Visibility
+from distillery.generators.ratelimit_headers import RateLimitHeaders
+from distillery.generators.tokens import count_message_tokens
 
 Message = dict[str, str]
 FinishReason = Literal["stop", "length", "content_filter", "refusal", "other"]
@@ -86,14 +90,27 @@ class MalformedResponse(Exception):
 
 
 class Provider(ABC):
-    """One wire format. Subclasses register themselves in :mod:`.registry`."""
+    """One wire format: everything about it the rest of the code asks, and nothing else.
+
+    Subclasses register themselves in :mod:`.registry`. What a provider does not override it
+    does not support: the defaults refuse ``reasoning:`` and ``response_schema`` (at config
+    load), send and read no rate-limit headers, and estimate tokens as OpenAI counts them.
+    The provider batch APIs (OpenAI Batch, Anthropic Message Batches, Gemini batch mode) are
+    wire-format business too: they belong here, beside :meth:`build_call` and
+    :meth:`parse_success`, which a batch's requests and results reuse.
+    """
 
     name: ClassVar[str]
-    #: Path under an emulator's root where this format's SDK base URL points (OpenAI: ``/v1``).
-    emulator_path: ClassVar[str] = ""
+    #: The wire format spoken, as the emulator's formats name theirs: the provider's own name,
+    #: unless it inherits its format from a provider it extends (``local`` speaks ``openai``).
+    wire_format: ClassVar[str]
     #: Whether the provider charges ``max_tokens`` against its token limit at admission for
     #: good (OpenAI), rather than settling to the real usage (Anthropic's estimate-then-adjust).
     rate_limit_counts_max_tokens: ClassVar[bool] = False
+    #: The headers its answers carry rate-limit state in; None when it sends none.
+    rate_limit_headers: ClassVar[RateLimitHeaders | None] = None
+
+    # ------------------------------------------------------------------ the chat call
 
     @abstractmethod
     def build_call(
@@ -105,17 +122,54 @@ class Provider(ABC):
     def parse_success(self, payload: Any, headers: dict[str, str]) -> Completion:
         """Read a 2xx JSON body; raise :class:`MalformedResponse` if it is not well-formed."""
 
+    @abstractmethod
+    def classify_error(self, status: int, headers: dict[str, str], body: bytes) -> ErrorVerdict:
+        """Judge a non-2xx answer."""
+
+    def parse_rate_limits(self, headers: dict[str, str]) -> dict[str, float]:
+        """Rate-limit state from a response's headers, in normalised keys (see
+        :mod:`distillery.generators.ratelimit_headers`); empty when the provider sends none."""
+        scheme = self.rate_limit_headers
+        return scheme.parse(headers) if scheme is not None else {}
+
+    # ------------------------------------------------------------------ reasoning
+
+    def reasoning_problem(self, teacher: TeacherConfig) -> str | None:
+        """Why ``teacher``'s ``reasoning:`` settings cannot be sent to this provider, or None;
+        one line naming the field (relative to the teacher). Checked when the job loads.
+
+        By default a provider has no reasoning knob, so asking for one is refused rather than
+        sent as some other provider's.
+        """
+        if teacher.reasoning is None or not teacher.reasoning.enabled:
+            return None
+        return (
+            f"reasoning: provider {self.name!r} has no reasoning knob distillery can set "
+            "(remove reasoning:, or set enabled: false)"
+        )
+
+    def reasoning_fields(self, teacher: TeacherConfig) -> dict[str, Any]:
+        """Body fields asking this provider to reason as ``teacher`` says (empty without
+        reasoning); where in the body they go is :meth:`build_call`'s business."""
+        return {}
+
+    # ------------------------------------------------------------------ structured output
+
     def structured_output(self, schema: dict[str, Any], name: str, strict: bool) -> dict[str, Any]:
         """Request-body fields asking for an answer that is JSON matching ``schema`` (merged
         into the body, nested mappings key by key); see :mod:`distillery.generators.structured`.
         """
         raise NotImplementedError(f"provider {self.name!r} does not support response_schema")
 
-    def parse_rate_limits(self, headers: dict[str, str]) -> dict[str, float]:
-        """Rate-limit state from a response's headers, in normalised keys (see
-        :mod:`distillery.generators.ratelimit_headers`); empty when the provider sends none."""
-        return {}
+    # ------------------------------------------------------------------ estimates for the plan
 
-    @abstractmethod
-    def classify_error(self, status: int, headers: dict[str, str], body: bytes) -> ErrorVerdict:
-        """Judge a non-2xx answer."""
+    def prompt_tokens(self, messages: list[Message], model: str) -> int:
+        """Prompt tokens of one request, as ``distillery plan`` estimates them (tiktoken:
+        exact for OpenAI models, an estimate for others)."""
+        return count_message_tokens(messages, model)
+
+    def completion_bound(self, teacher: TeacherConfig) -> int | None:
+        """The completion tokens one answer of ``teacher`` is bounded by, as far as the plan
+        knows: ``params.max_tokens``, or what the provider sends in its place for a reasoning
+        teacher (None: unbounded)."""
+        return teacher.params.max_tokens

@@ -7,6 +7,10 @@ The version is the teacher's ``api_version``: ``v1beta`` unless a job asks for t
 Gemini sends no ``Retry-After``: the wait is ``RetryInfo.retryDelay`` in the error's
 ``details``, and a ``QuotaFailure`` whose quota id says ``PerDay`` will not clear by retrying.
 A bad key is a 400 with reason ``API_KEY_INVALID``, not a 401.
+
+Reasoning: ``generationConfig.thinkingConfig`` with ``includeThoughts: true`` and either
+``thinkingBudget`` (2.5 models) or ``thinkingLevel`` (3 models). ``maxOutputTokens`` includes
+thinking; ``thoughtsTokenCount`` is billed as output beside ``candidatesTokenCount``.
 """
 
 from __future__ import annotations
@@ -26,7 +30,7 @@ from distillery.generators.providers.base import (
     Provider,
     split_system,
 )
-from distillery.generators.providers.reasoning import request_fields
+from distillery.generators.providers.reasoning import asked
 from distillery.generators.providers.registry import register
 from distillery.generators.providers.traces import visibility
 from distillery.generators.retry import status_is_retryable
@@ -36,6 +40,7 @@ _FILTERED = {"SAFETY", "RECITATION", "BLOCKLIST", "PROHIBITED_CONTENT", "SPII", 
 _RETRY_INFO = "type.googleapis.com/google.rpc.RetryInfo"
 _QUOTA_FAILURE = "type.googleapis.com/google.rpc.QuotaFailure"
 _ERROR_INFO = "type.googleapis.com/google.rpc.ErrorInfo"
+_LEVELS = {"low": "LOW", "medium": "MEDIUM", "high": "HIGH"}
 
 
 def _finish(raw: str | None) -> FinishReason:
@@ -78,7 +83,7 @@ class GeminiProvider(Provider):
             config["seed"] = params.seed
         if params.stop:
             config["stopSequences"] = params.stop
-        config.update(request_fields(teacher))
+        config.update(self.reasoning_fields(teacher))
         if config:
             body["generationConfig"] = config
         body.update(params.extra_body)
@@ -88,6 +93,28 @@ class GeminiProvider(Provider):
         version = teacher.api_version or DEFAULT_API_VERSION
         url = f"{teacher.base_url}/{version}/models/{teacher.model}:generateContent"
         return HttpCall(url=url, headers=headers, body=body)
+
+    def reasoning_problem(self, teacher: TeacherConfig) -> str | None:
+        reasoning, bound = asked(teacher), teacher.params.max_tokens
+        budget = reasoning.budget_tokens if reasoning is not None else None
+        if budget is not None and bound is not None and budget >= bound:
+            return (
+                f"reasoning.budget_tokens: {budget} must be below "
+                f"params.max_tokens {bound} (Gemini counts thoughts in it)"
+            )
+        return None
+
+    def reasoning_fields(self, teacher: TeacherConfig) -> dict[str, Any]:
+        """The ``thinkingConfig`` of ``generationConfig`` (where :meth:`build_call` puts it)."""
+        reasoning = asked(teacher)
+        if reasoning is None:
+            return {}
+        config: dict[str, Any] = {"includeThoughts": True}
+        if reasoning.budget_tokens is not None:
+            config["thinkingBudget"] = reasoning.budget_tokens
+        elif reasoning.effort is not None:
+            config["thinkingLevel"] = _LEVELS[reasoning.effort]
+        return {"thinkingConfig": config}
 
     def structured_output(self, schema: dict[str, Any], name: str, strict: bool) -> dict[str, Any]:
         # responseJsonSchema takes JSON Schema as written; responseSchema would need the

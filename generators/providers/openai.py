@@ -1,6 +1,11 @@
 """OpenAI Chat Completions — and every OpenAI-compatible server (vLLM, llama.cpp, Ollama, ...).
 
 ``base_url`` ends in ``/v1`` as in the official SDK; we append ``/chat/completions``.
+
+Reasoning: ``reasoning_effort`` (low, medium, high); there is no token budget knob. The trace of
+OpenAI's own models is never returned, DeepSeek-style APIs and vLLM return it in
+``message.reasoning_content`` (vLLM >= 0.11: ``reasoning``), open models without a parser
+inline ``<think>`` tags. ``completion_tokens`` includes ``reasoning_tokens``.
 """
 
 from __future__ import annotations
@@ -18,10 +23,10 @@ from distillery.generators.providers.base import (
     Message,
     Provider,
 )
-from distillery.generators.providers.reasoning import request_fields
+from distillery.generators.providers.reasoning import asked
 from distillery.generators.providers.registry import register
 from distillery.generators.providers.traces import visibility
-from distillery.generators.ratelimit_headers import openai_rate_limits
+from distillery.generators.ratelimit_headers import RateLimitHeaders, reset_after
 from distillery.generators.retry import parse_retry_after, status_is_retryable
 
 _FINISH: dict[str, FinishReason] = {
@@ -35,8 +40,10 @@ _FINISH: dict[str, FinishReason] = {
 class OpenAIProvider(Provider):
     """Chat Completions over httpx, no SDK at run time."""
 
-    emulator_path = "/v1"
     rate_limit_counts_max_tokens = True
+    rate_limit_headers = RateLimitHeaders(
+        "x-ratelimit-{field}-{kind}", ("requests", "tokens"), reset_after
+    )
 
     def build_call(
         self, teacher: TeacherConfig, messages: list[Message], api_key: str | None
@@ -47,7 +54,7 @@ class OpenAIProvider(Provider):
             body["temperature"] = params.temperature
         if params.top_p is not None:
             body["top_p"] = params.top_p
-        thinking = request_fields(teacher)
+        thinking = self.reasoning_fields(teacher)
         if params.max_tokens is not None:
             # OpenAI-compatible servers still widely expect the older name; OpenAI's reasoning
             # models (the ones that take reasoning_effort) refuse it for the newer one.
@@ -63,6 +70,21 @@ class OpenAIProvider(Provider):
         if api_key:
             headers["authorization"] = f"Bearer {api_key}"
         return HttpCall(url=f"{teacher.base_url}/chat/completions", headers=headers, body=body)
+
+    def reasoning_problem(self, teacher: TeacherConfig) -> str | None:
+        reasoning = asked(teacher)
+        if reasoning is not None and reasoning.budget_tokens is not None:
+            return (
+                "reasoning.budget_tokens: the OpenAI wire format has no thinking budget; "
+                "use effort: low|medium|high"
+            )
+        return None
+
+    def reasoning_fields(self, teacher: TeacherConfig) -> dict[str, Any]:
+        reasoning = asked(teacher)
+        if reasoning is not None and reasoning.effort is not None:
+            return {"reasoning_effort": reasoning.effort}
+        return {}
 
     def structured_output(self, schema: dict[str, Any], name: str, strict: bool) -> dict[str, Any]:
         json_schema = {"name": name, "schema": schema, "strict": strict}
@@ -102,9 +124,6 @@ class OpenAIProvider(Provider):
             reasoning_text=trace,
             reasoning_visibility=visibility(trace, reasoning_tokens),
         )
-
-    def parse_rate_limits(self, headers: dict[str, str]) -> dict[str, float]:
-        return openai_rate_limits(headers)
 
     def classify_error(self, status: int, headers: dict[str, str], body: bytes) -> ErrorVerdict:
         message, code, kind = _error_fields(body)

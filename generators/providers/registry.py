@@ -13,10 +13,16 @@ _FACTORIES: dict[str, Callable[[], Provider]] = {}
 
 
 def register(name: str) -> Callable[[type[Provider]], type[Provider]]:
-    """Class decorator: make a provider available under ``name``."""
+    """Class decorator: make a provider available under ``name``.
+
+    Its wire format is ``name`` too, unless a provider it extends already has one (an
+    OpenAI-compatible provider speaks ``openai``).
+    """
 
     def decorate(cls: type[Provider]) -> type[Provider]:
         cls.name = name
+        if getattr(cls, "wire_format", None) is None:
+            cls.wire_format = name
         _FACTORIES[name] = cls
         return cls
 
@@ -29,11 +35,13 @@ def _load_builtin() -> None:
 
 
 def provider_names() -> list[str]:
+    """Every registered provider's name, sorted."""
     _load_builtin()
     return sorted(_FACTORIES)
 
 
 def get_provider(name: str) -> Provider:
+    """A fresh provider object for the config's ``provider:`` value (KeyError if unknown)."""
     _load_builtin()
     try:
         return _FACTORIES[name]()

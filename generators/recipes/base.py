@@ -10,6 +10,10 @@ was derived, sample ids repeat and finished requests are never bought twice.
 Every row a recipe writes carries ``recipe`` and ``stage``; derived rows also carry
 ``generation`` (how many derivation steps from a seed), ``parent_sample_id`` (the row whose
 answer this prompt came from) and ``operation`` (how it was derived).
+
+A recipe is one module whose class is registered (:func:`register`) under the ``type`` of its
+``recipe:`` block, plus that module's import in ``recipes/__init__.py`` and its options in
+:data:`distillery.config.RecipeConfig` (docs/extending.md).
 """
 
 from __future__ import annotations
@@ -17,7 +21,7 @@ from __future__ import annotations
 import json
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field, replace
-from typing import Any, Protocol
+from typing import Any, Protocol, TypeVar
 
 import pyarrow as pa
 import pyarrow.compute as pc
@@ -89,6 +93,34 @@ class Recipe(Protocol):
     def stages(self, seeds: list[Prompt], read: StageRows) -> Iterator[Stage]:
         """The stages, lazily: the next one is built only after the previous one ran."""
         ...
+
+
+class RecipeClass(Protocol):
+    """What a recipe module registers: a class built from its ``recipe:`` block and the job."""
+
+    def __call__(self, config: Any, job: JobConfig) -> Recipe: ...
+
+    def plan_note(self, config: Any, prompts: int) -> str:
+        """What ``distillery plan``'s one-answer-per-prompt table leaves out for ``prompts``
+        seed prompts (extra requests, stages)."""
+        ...
+
+
+#: Registered recipes by the ``type`` of their ``recipe:`` block.
+RECIPES: dict[str, RecipeClass] = {}
+RecipeClassT = TypeVar("RecipeClassT", bound=RecipeClass)
+
+
+def register(name: str) -> Callable[[RecipeClassT], RecipeClassT]:
+    """Class decorator: build this class for a ``recipe:`` block of ``type: name``."""
+
+    def decorate(cls: RecipeClassT) -> RecipeClassT:
+        if RECIPES.get(name, cls) is not cls:
+            raise ValueError(f"two recipes are named {name!r}")
+        RECIPES[name] = cls
+        return cls
+
+    return decorate
 
 
 @dataclass

@@ -34,7 +34,7 @@ from distillery.generators.batch import RowSink, TeacherPool, WorkItem
 from distillery.generators.client import Failure, Outcome
 from distillery.generators.pricing import answer_cost
 from distillery.generators.prompts import Message, Prompt
-from distillery.generators.recipes.base import Lineage, Stage, StageRows
+from distillery.generators.recipes.base import Lineage, Stage, StageRows, register
 from distillery.generators.records import RunContext, failure_row, sample_row
 from distillery.generators.routing import Router
 
@@ -270,12 +270,22 @@ def _usage(ctx: RunContext, turns: list[_Turn]) -> dict[str, Any]:
     }
 
 
+@register(RECIPE)
 @dataclass
 class Conversations:
     """The recipe: one stage in which every prompt x teacher is a conversation."""
 
     config: ConversationRecipe
     job: JobConfig
+
+    @classmethod
+    def plan_note(cls, config: ConversationRecipe, prompts: int) -> str:
+        requests = 2 * config.turns - 1
+        return (
+            f"recipe conversation: each prompt x teacher is {requests} requests "
+            f"({config.turns} answers, {config.turns - 1} user turns), each sending the "
+            "conversation so far: expect more than that many times the table's tokens"
+        )
 
     def stages(self, seeds: list[Prompt], read: StageRows) -> Iterator[Stage]:
         by_name = {t.name: t for t in self.job.teachers}

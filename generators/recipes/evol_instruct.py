@@ -34,6 +34,7 @@ from distillery.generators.recipes.base import (
     Stage,
     StageRows,
     one_teacher,
+    register,
     seed_text,
     user_prompt,
     with_lineage,
@@ -113,10 +114,19 @@ def eliminated(child: str, parent: str, finish_reason: str | None) -> str | None
     return None
 
 
+@register(RECIPE)
 @dataclass
 class EvolInstruct:
     config: EvolInstructRecipe
     job: JobConfig
+
+    @classmethod
+    def plan_note(cls, config: EvolInstructRecipe, prompts: int) -> str:
+        return (
+            f"recipe evol_instruct: {config.generations} generation(s) of up to {prompts} "
+            f"rewrites each, every rewrite answered by the routed teachers"
+            + ("; the seeds are answered too" if config.answer_seeds else "")
+        )
 
     def stages(self, seeds: list[Prompt], read: StageRows) -> Iterator[Stage]:
         config = self.config

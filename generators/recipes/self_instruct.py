@@ -33,6 +33,7 @@ from distillery.generators.recipes.base import (
     Stage,
     StageRows,
     one_teacher,
+    register,
     seed_text,
     user_prompt,
 )
@@ -132,10 +133,21 @@ class InstructionPool:
         return True
 
 
+@register(RECIPE)
 @dataclass
 class SelfInstruct:
     config: SelfInstructRecipe
     job: JobConfig
+
+    @classmethod
+    def plan_note(cls, config: SelfInstructRecipe, prompts: int) -> str:
+        per_round = -(-prompts // config.seeds_per_request)
+        new = per_round * config.instructions_per_request
+        return (
+            f"recipe self_instruct: round 1 sends {per_round} instruction requests for up to "
+            f"{new} new instructions (fewer after dedup), each answered by the routed teachers; "
+            f"{config.rounds} round(s); the seeds themselves are not answered"
+        )
 
     def stages(self, seeds: list[Prompt], read: StageRows) -> Iterator[Stage]:
         config = self.config

@@ -13,6 +13,7 @@ import datetime as dt
 import json
 import math
 import random
+import re
 import string
 import time
 from functools import lru_cache
@@ -21,6 +22,7 @@ from typing import Any
 from aiohttp import web
 
 from distillery.emulator import faults
+from distillery.emulator.caching import CachePolicy
 from distillery.emulator.completion import Answer, ChatRequest, Finish
 from distillery.emulator.faults import Fault
 from distillery.emulator.formats.base import LOADING_BODY, ApiError, Problem, Served, json_response
@@ -203,6 +205,10 @@ class AnthropicFormat:
 
     name = "anthropic"
     paths = ("/v1/messages",)
+    mount = ""
+    home = re.compile(r"^/v1/messages")
+    # Only what a request marks with cache_control is cached; writes are reported (and billed).
+    cache = CachePolicy(needs_marking=True, reports_writes=True)
 
     def api_key(self, request: web.Request) -> str | None:
         key = request.headers.get("x-api-key")
@@ -401,3 +407,6 @@ def _error(
         error["details"] = details
     payload = {"type": "error", "error": error, "request_id": request_id}
     return json_response(status, payload, {"request-id": request_id})
+
+
+FORMAT = AnthropicFormat()

@@ -2,19 +2,22 @@
 
 The server owns everything common to every provider (auth check, latency, limits, faults,
 stats, the usage window); a format owns only its request and response shapes, including how
-it words an injected fault or a refusal of the limits. Adding a provider is a new module
-implementing :class:`WireFormat` plus one line in the server's format list.
+it words an injected fault or a refusal of the limits, where it is mounted and how its API
+caches prompts. Adding a provider's format is a new module in this package implementing
+:class:`WireFormat` and naming an instance ``FORMAT`` (:func:`.wire_formats` finds it).
 """
 
 from __future__ import annotations
 
 import json
+import re
 from dataclasses import dataclass
 from enum import Enum
 from typing import Any, Protocol
 
 from aiohttp import web
 
+from distillery.emulator.caching import CachePolicy
 from distillery.emulator.completion import Answer, ChatRequest
 from distillery.emulator.faults import Fault
 from distillery.emulator.limits import Refusal
@@ -74,12 +77,29 @@ class WireFormat(Protocol):
 
     @property
     def name(self) -> str:
-        """Short label, e.g. ``"openai"``."""
+        """The wire format's name, as providers name theirs (``Provider.wire_format``)."""
         ...
 
     @property
     def paths(self) -> tuple[str, ...]:
         """POST routes answered with this format (aiohttp route syntax)."""
+        ...
+
+    @property
+    def mount(self) -> str:
+        """Where the provider SDK's base URL points under the emulator's root (OpenAI:
+        ``/v1``; empty for APIs whose base URL is the bare host)."""
+        ...
+
+    @property
+    def home(self) -> re.Pattern[str]:
+        """The paths of this API: an unknown path gets the 404 of the format whose ``home``
+        matches most of it."""
+        ...
+
+    @property
+    def cache(self) -> CachePolicy:
+        """How this API caches prompts and reports it (:mod:`..caching`)."""
         ...
 
     def api_key(self, request: web.Request) -> str | None:

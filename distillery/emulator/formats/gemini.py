@@ -22,6 +22,7 @@ from typing import Any
 from aiohttp import web
 
 from distillery.emulator import faults
+from distillery.emulator.caching import CachePolicy
 from distillery.emulator.completion import Answer, ChatRequest, Finish
 from distillery.emulator.faults import Fault, proto_duration
 from distillery.emulator.formats.base import LOADING_BODY, ApiError, Problem, Served, json_response
@@ -219,6 +220,10 @@ class GeminiFormat:
         "/v1beta/models/{model:[^/:]+}:generateContent",
         "/v1/models/{model:[^/:]+}:generateContent",
     )
+    mount = ""
+    # The stable version shares OpenAI's /v1 prefix; its method after a colon tells it apart.
+    home = re.compile(r"^/v1beta/|^/v1/models/[^/]+:")
+    cache = CachePolicy()  # implicit caching, hits reported in cachedContentTokenCount
 
     def api_key(self, request: web.Request) -> str | None:
         return request.headers.get("x-goog-api-key") or request.query.get("key")
@@ -382,3 +387,6 @@ class GeminiFormat:
             return response
         message += f"Please retry in {proto_duration(delay)}."
         return _error(429, "RESOURCE_EXHAUSTED", message, details)
+
+
+FORMAT = GeminiFormat()

@@ -18,6 +18,7 @@ from typing import Any
 from aiohttp import web
 
 from distillery.emulator import faults
+from distillery.emulator.caching import CachePolicy
 from distillery.emulator.completion import Answer, ChatRequest, Finish
 from distillery.emulator.faults import Fault
 from distillery.emulator.formats.base import LOADING_BODY, ApiError, Problem, Served, json_response
@@ -285,6 +286,11 @@ class OpenAIFormat:
 
     name = "openai"
     paths = ("/v1/chat/completions",)
+    mount = "/v1"
+    # Every path no other API claims: the shape most clients of unknown servers expect.
+    home = re.compile(r"^/")
+    # OpenAI caches automatically and reports hits in steps of 128 tokens past the minimum.
+    cache = CachePolicy(step=128)
 
     def api_key(self, request: web.Request) -> str | None:
         header = request.headers.get("Authorization")
@@ -478,3 +484,6 @@ def _rate_limit_headers(quota: Quota) -> dict[str, str]:
 
 def _error_body(message: str, kind: str, code: str | int | None) -> dict[str, Any]:
     return {"error": {"message": message, "type": kind, "param": None, "code": code}}
+
+
+FORMAT = OpenAIFormat()
