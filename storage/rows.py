@@ -81,8 +81,10 @@ class RequestRow(LineageColumns, ConversationColumns):
     route_step: NotRequired[int | None]
 
 
-class UsageColumns(TypedDict):
-    """What an answer was paid for: tokens, cost and the model version that answered."""
+class UsageColumns(TypedDict, total=False):
+    """What an answer was paid for: tokens, cost and the model version that answered. Every
+    sample has them; a failure only if something was paid before it failed (the answered
+    turns of a conversation, an answer whose schema repair was interrupted)."""
 
     teacher_model_version: str | None
     prompt_tokens: int | None
@@ -141,19 +143,6 @@ class RejectedRow(SampleRow):
     duplicate_of: NotRequired[str | None]
 
 
-class FailedUsage(TypedDict, total=False):
-    """What a failed row had already paid for before it failed (the answered turns of a
-    conversation, an answer whose schema repair was interrupted); absent when nothing."""
-
-    teacher_model_version: str | None
-    prompt_tokens: int | None
-    completion_tokens: int | None
-    cached_tokens: int | None
-    cache_write_tokens: int | None
-    reasoning_tokens: int | None
-    cost_usd: float | None
-
-
 def rejected_row(
     row: SampleRow, filter: str, reason: str, detail: str | None, duplicate_of: str | None = None
 ) -> RejectedRow:
@@ -175,7 +164,7 @@ class ErrorColumns(TypedDict):
     message: str | None
 
 
-class FailureRow(RequestRow, ErrorColumns, FailedUsage):
+class FailureRow(RequestRow, ErrorColumns, UsageColumns):
     """A row of ``failures``: a request that failed for good, and how."""
 
 

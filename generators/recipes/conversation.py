@@ -38,7 +38,7 @@ from distillery.generators.prompts import Message, Prompt
 from distillery.generators.recipes.base import Lineage, Stage, StageRows
 from distillery.generators.records import RunContext, failure_row, sample_row
 from distillery.generators.routing import Router
-from distillery.storage.rows import FailureRow, SampleRow
+from distillery.storage.rows import FailureRow, SampleRow, UsageColumns
 
 RECIPE = "conversation"
 
@@ -231,13 +231,13 @@ def _sum_turns(row: SampleRow | FailureRow, ctx: RunContext, done: list[_Turn]) 
     row["created_at"] = done[0].outcome.started_at
 
 
-def _put_usage(row: SampleRow | FailureRow, usage: _Usage) -> None:
-    row["prompt_tokens"] = usage.prompt_tokens
-    row["completion_tokens"] = usage.completion_tokens
-    row["cached_tokens"] = usage.cached_tokens
-    row["cache_write_tokens"] = usage.cache_write_tokens
-    row["reasoning_tokens"] = usage.reasoning_tokens
-    row["cost_usd"] = usage.cost_usd
+def _put_usage(row: SampleRow | FailureRow, usage: UsageColumns) -> None:
+    row["prompt_tokens"] = usage.get("prompt_tokens")
+    row["completion_tokens"] = usage.get("completion_tokens")
+    row["cached_tokens"] = usage.get("cached_tokens")
+    row["cache_write_tokens"] = usage.get("cache_write_tokens")
+    row["reasoning_tokens"] = usage.get("reasoning_tokens")
+    row["cost_usd"] = usage.get("cost_usd")
 
 
 def _put_user_share(
@@ -249,22 +249,12 @@ def _put_user_share(
     row["user_model_versions"] = sorted(
         {t.outcome.completion.model_version or "" for t in users if t.outcome.completion}
     )
-    row["user_prompt_tokens"] = usage.prompt_tokens
-    row["user_completion_tokens"] = usage.completion_tokens
-    row["user_cost_usd"] = usage.cost_usd
+    row["user_prompt_tokens"] = usage.get("prompt_tokens")
+    row["user_completion_tokens"] = usage.get("completion_tokens")
+    row["user_cost_usd"] = usage.get("cost_usd")
 
 
-@dataclass(frozen=True)
-class _Usage:
-    prompt_tokens: int | None
-    completion_tokens: int | None
-    cached_tokens: int | None
-    cache_write_tokens: int | None
-    reasoning_tokens: int | None
-    cost_usd: float | None
-
-
-def _usage(ctx: RunContext, turns: list[_Turn]) -> _Usage:
+def _usage(ctx: RunContext, turns: list[_Turn]) -> UsageColumns:
     """Tokens and cost of the answered requests among ``turns`` (cost null if any is unpriced)."""
     answered = [(t.teacher, t.outcome.completion) for t in turns if t.outcome.completion]
     costs = [answer_cost(ctx.facts(teacher).price, c) for teacher, c in answered]
@@ -273,16 +263,16 @@ def _usage(ctx: RunContext, turns: list[_Turn]) -> _Usage:
         values = [getattr(c, name) for _, c in answered]
         return sum(values) if values and all(v is not None for v in values) else None
 
-    return _Usage(
-        total("prompt_tokens"),
-        total("completion_tokens"),
-        total("cached_tokens"),
-        total("cache_write_tokens"),
-        total("reasoning_tokens"),
-        sum(c for c in costs if c is not None)
+    return {
+        "prompt_tokens": total("prompt_tokens"),
+        "completion_tokens": total("completion_tokens"),
+        "cached_tokens": total("cached_tokens"),
+        "cache_write_tokens": total("cache_write_tokens"),
+        "reasoning_tokens": total("reasoning_tokens"),
+        "cost_usd": sum(c for c in costs if c is not None)
         if costs and all(c is not None for c in costs)
         else None,
-    )
+    }
 
 
 @dataclass
