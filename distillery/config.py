@@ -22,6 +22,7 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from distillery.errors import ConfigError
+from distillery.generators.filters import FilterOptions, parse_filters
 
 _ENV_PATTERN = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)(?::-([^}]*))?\}")
 _NAME_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$"
@@ -318,20 +319,20 @@ class JudgeConfig(_Strict):
 class CurationConfig(_Strict):
     """What happens to answers before they count as samples."""
 
-    filters: list[dict[str, Any]] = Field(
-        default_factory=lambda: [{"type": "empty"}],
-        description="Checks in order, e.g. [{type: length, min_tokens: 5}, {type: refusal}].",
+    filters: list[FilterOptions] = Field(
+        default_factory=lambda: parse_filters([{"type": "empty"}]),
+        description="Checks in order, e.g. [{type: length, min_tokens: 5}, {type: refusal}]; "
+        "each entry becomes its filter's typed options here, once.",
     )
     dedup: DedupConfig = Field(default_factory=DedupConfig)
     judge: JudgeConfig | None = Field(default=None, description="Optional LLM judge.")
 
-    @field_validator("filters")
+    @field_validator("filters", mode="before")
     @classmethod
-    def _buildable(cls, value: list[dict[str, Any]]) -> list[dict[str, Any]]:
-        from distillery.generators.filters import build_filters
-
-        build_filters(value)
-        return value
+    def _typed(cls, value: Any) -> list[FilterOptions]:
+        if not isinstance(value, list | tuple):
+            raise ValueError("Input should be a valid list")
+        return parse_filters(value)
 
 
 class ResponseSchemaConfig(_Strict):

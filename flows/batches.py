@@ -34,6 +34,7 @@ from distillery.generators.batch import (
 from distillery.generators.curation.apply import Curator
 from distillery.generators.records import RunContext
 from distillery.storage.location import Location
+from distillery.storage.rows import RejectedRow, Row, SampleRow
 from distillery.storage.shards import write_shard
 from distillery.storage.spool import Spool
 
@@ -96,7 +97,7 @@ class _DiskGuard:
         """``spool.append`` that stops appending after the first error (a torn last line is
         skipped when the spool is replayed; one in the middle would not be)."""
 
-        def append(table: str, row: dict[str, Any]) -> None:
+        def append(table: str, row: Row) -> None:
             if self.error is None:
                 self.attempt(functools.partial(spool.append, table, row))
 
@@ -154,8 +155,8 @@ async def send_and_commit(
             rows = await run_batch(items, pool, ctx, listener, sink=disk.sink(spool))
         finally:
             disk.attempt(spool.close)
-    kept: list[dict[str, Any]] = []
-    rejected: list[dict[str, Any]] = []
+    kept: list[SampleRow] = []
+    rejected: list[RejectedRow] = []
     committed: set[str] = set()
     if disk.error is None:
         kept, rejected = curator.curate(rows.samples)
@@ -181,7 +182,7 @@ async def send_and_commit(
     elapsed = time.perf_counter() - started
     by_class = Counter(str(row["error_class"]) for row in rows.failures)
     rate_limited = sum(
-        list(row["attempt_statuses"]).count("429") for row in (*rows.samples, *rows.failures)
+        (row["attempt_statuses"] or []).count("429") for row in (*rows.samples, *rows.failures)
     )
     process = this_process()
     logger.info(

@@ -9,13 +9,12 @@ in flight never exceed a teacher's ``concurrency``.
 from __future__ import annotations
 
 import asyncio
-import json
 import logging
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field, replace
 from types import TracebackType
-from typing import Any, Protocol
+from typing import Any, Literal, Protocol, cast
 
 from distillery.config import JobConfig, TeacherConfig
 from distillery.errors import FatalRunError
@@ -28,10 +27,17 @@ from distillery.generators.prompts import Prompt
 from distillery.generators.providers.base import Message
 from distillery.generators.providers.registry import get_provider
 from distillery.generators.ratelimit import Limiter, Limits, SharedLimits
-from distillery.generators.records import RunContext, failure_row, sample_id_for, sample_row
+from distillery.generators.records import (
+    RunContext,
+    failure_row,
+    sample_id_for,
+    sample_row,
+    usage_columns,
+)
 from distillery.generators.routing import Router
 from distillery.generators.structured import StructuredOutput, repair
 from distillery.generators.tokens import count_message_tokens, preload
+from distillery.storage.rows import FailureRow, Row, SampleRow
 
 logger = logging.getLogger(__name__)
 
@@ -298,15 +304,32 @@ class TeacherPool:
 class BatchRows:
     """What a batch produced, as rows for the samples and failures tables."""
 
-    samples: list[dict[str, Any]] = field(default_factory=list)
-    failures: list[dict[str, Any]] = field(default_factory=list)
+    samples: list[SampleRow] = field(default_factory=list)
+    failures: list[FailureRow] = field(default_factory=list)
     not_sent: int = 0
     fell_back: int = 0
     """Failure rows after which the same sample went to the next teacher of its route."""
 
+    def add(self, item: WorkItem, result: ItemResult, sink: RowSink | None) -> None:
+        """Keep ``item``'s row with its route, spooled first (``sink``) if there is a spool."""
+        row = result[1]
+        row["route"], row["route_step"] = item.route, item.route_step
+        if sink is not None:
+            sink(result[0], row)
+        if result[0] == "samples":
+            self.samples.append(result[1])
+        else:
+            self.failures.append(result[1])
+
 
 OutcomeListener = Callable[[WorkItem, Outcome | None], None]
-RowSink = Callable[[str, dict[str, Any]], None]
+RowSink = Callable[[str, Row], None]
+#: An item's row with its table: ("samples", a sample) or ("failures", a failure), and the
+#: outcome of its last request (None if none was paid for).
+ItemResult = (
+    tuple[Literal["samples"], SampleRow, Outcome | None]
+    | tuple[Literal["failures"], FailureRow, Outcome | None]
+)
 
 
 class ItemRunner(Protocol):
@@ -318,15 +341,15 @@ class ItemRunner(Protocol):
 
     async def __call__(
         self, item: WorkItem, pool: TeacherPool, ctx: RunContext, sink: RowSink | None
-    ) -> tuple[str, dict[str, Any], Outcome | None] | None: ...
+    ) -> ItemResult | None: ...
 
 
-def repair_interrupted_row(ctx: RunContext, item: WorkItem, exchange: Outcome) -> dict[str, Any]:
+def repair_interrupted_row(ctx: RunContext, item: WorkItem, exchange: Outcome) -> FailureRow:
     """A failure row keeping an answer a schema repair is about to be asked for.
 
     Spooled while the repair is under way; discarded with the spool when the batch commits
     (the final row holds every exchange), so only a process that died first leaves it.
-    ``conversation`` holds the prompt and the answer; ``recipe_meta`` its usage and cost.
+    ``conversation`` holds the prompt and the answer; the usage columns what it cost.
     """
     completion = exchange.completion
     assert completion is not None, "only an answered exchange was paid for"
@@ -336,23 +359,16 @@ def repair_interrupted_row(ctx: RunContext, item: WorkItem, exchange: Outcome) -
         None,
     )
     failed = replace(exchange, completion=None, failure=failure)
-    row = failure_row(ctx, item.prompt, item.teacher, item.sample_index, failed)
-    price = ctx.facts(item.teacher).price
-    usage = {
-        "prompt_tokens": completion.prompt_tokens,
-        "completion_tokens": completion.completion_tokens,
-        "cached_tokens": completion.cached_tokens,
-        "cache_write_tokens": completion.cache_write_tokens,
-        "reasoning_tokens": completion.reasoning_tokens,
-        "teacher_model_version": completion.model_version,
-        "cost_usd": answer_cost(price, completion),
-    }
+    paid = usage_columns(ctx.facts(item.teacher).price, completion)
+    made = failure_row(ctx, item.prompt, item.teacher, item.sample_index, failed)
+    row = cast(FailureRow, {**made, **paid})  # FailureRow's usage columns are UsageColumns'
     answer: Message = {"role": "assistant", "content": completion.text}
     row.update(
-        route=item.route,
-        route_step=item.route_step,
-        conversation=[*item.prompt.messages, answer],
-        recipe_meta=json.dumps(usage, sort_keys=True),
+        {
+            "route": item.route,
+            "route_step": item.route_step,
+            "conversation": [*item.prompt.messages, answer],
+        }
     )
     return row
 
@@ -392,15 +408,14 @@ async def run_batch(
         while item is not None:
             outcome = await pool.request(item, spool_before_repair(item))
             if outcome is not None:
-                if outcome.completion is not None:
-                    table, build, bucket = "samples", sample_row, rows.samples
-                else:
-                    table, build, bucket = "failures", failure_row, rows.failures
-                row = build(ctx, item.prompt, item.teacher, item.sample_index, outcome)
-                row["route"], row["route_step"] = item.route, item.route_step
-                if sink is not None:
-                    sink(table, row)
-                bucket.append(row)
+                made = item.prompt, item.teacher, item.sample_index, outcome
+                rows.add(
+                    item,
+                    ("samples", sample_row(ctx, *made), outcome)
+                    if outcome.completion is not None
+                    else ("failures", failure_row(ctx, *made), outcome),
+                    sink,
+                )
             answered = outcome is not None and outcome.completion is not None
             following = None if answered or pool.halted else item.fallback()
             if following is None:
@@ -419,11 +434,7 @@ async def run_batch(
         if result is None:
             rows.not_sent += 1
         else:
-            table, row, _ = result
-            row["route"], row["route_step"] = item.route, item.route_step
-            if sink is not None:
-                sink(table, row)
-            (rows.samples if table == "samples" else rows.failures).append(row)
+            rows.add(item, result, sink)
         if listener is not None:
             listener(item, result[2] if result is not None else None)
 

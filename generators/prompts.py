@@ -25,6 +25,7 @@ import pyarrow.parquet as pq
 
 from distillery.config import PromptsConfig
 from distillery.errors import UserInputError
+from distillery.storage.rows import LineageColumns
 
 Message = dict[str, str]
 _ROLES = {"system", "user", "assistant", "developer"}
@@ -41,7 +42,7 @@ class Prompt:
     prompt_id: str
     messages: list[Message]
     meta: dict[str, Any] = field(default_factory=dict)
-    lineage: dict[str, Any] = field(default_factory=dict)
+    lineage: LineageColumns = field(default_factory=LineageColumns)
 
     @property
     def text(self) -> str | None:

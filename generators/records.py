@@ -10,14 +10,23 @@ from __future__ import annotations
 import hashlib
 import json
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, cast
 
 from distillery.config import JobConfig, TeacherConfig
 from distillery.generators.client import Outcome
 from distillery.generators.curation.normalize import exact_key
 from distillery.generators.pricing import PriceEntry, answer_cost, load_prices, price_for
 from distillery.generators.prompts import Prompt
+from distillery.generators.providers.base import Completion
 from distillery.generators.terms import UNKNOWN_TAG, load_terms, terms_for
+from distillery.storage.rows import (
+    AnswerColumns,
+    ErrorColumns,
+    FailureRow,
+    RequestRow,
+    SampleRow,
+    UsageColumns,
+)
 
 
 @dataclass(frozen=True)
@@ -104,8 +113,8 @@ def _json(value: Any) -> str | None:
 
 def _common(
     ctx: RunContext, prompt: Prompt, teacher: TeacherConfig, sample_index: int, outcome: Outcome
-) -> dict[str, Any]:
-    return {
+) -> RequestRow:
+    row: RequestRow = {
         "sample_id": sample_id_for(prompt.prompt_id, teacher, sample_index),
         "run_id": ctx.run_id,
         "prompt_id": prompt.prompt_id,
@@ -131,46 +140,58 @@ def _common(
         "request_hash": outcome.request_hash,
         "flow_run_id": ctx.flow_run_id,
         "task_run_id": ctx.task_run_id,
-        **prompt.lineage,
     }
+    # The lineage's keys are RequestRow's own: the merge is one of the type's parts.
+    return cast(RequestRow, {**row, **prompt.lineage}) if prompt.lineage else row
 
 
-def sample_row(
-    ctx: RunContext, prompt: Prompt, teacher: TeacherConfig, sample_index: int, outcome: Outcome
-) -> dict[str, Any]:
-    completion = outcome.completion
-    assert completion is not None, "sample_row needs a successful outcome"
+def usage_columns(price: PriceEntry | None, completion: Completion) -> UsageColumns:
+    """What ``completion`` was paid for: on its sample row, or on the failure row that keeps
+    an answer paid for before its request failed."""
     return {
-        **_common(ctx, prompt, teacher, sample_index, outcome),
-        "response_text": completion.text,
         "teacher_model_version": completion.model_version,
-        "response_id": completion.response_id,
-        "request_id": completion.request_id,
-        "system_fingerprint": completion.system_fingerprint,
-        "finish_reason": completion.finish_reason,
-        "finish_reason_raw": completion.finish_reason_raw,
         "prompt_tokens": completion.prompt_tokens,
         "completion_tokens": completion.completion_tokens,
         "cached_tokens": completion.cached_tokens,
         "cache_write_tokens": completion.cache_write_tokens,
         "reasoning_tokens": completion.reasoning_tokens,
+        "cost_usd": answer_cost(price, completion),
+    }
+
+
+def sample_row(
+    ctx: RunContext, prompt: Prompt, teacher: TeacherConfig, sample_index: int, outcome: Outcome
+) -> SampleRow:
+    completion = outcome.completion
+    assert completion is not None, "sample_row needs a successful outcome"
+    answer: AnswerColumns = {
+        "response_text": completion.text,
+        "response_id": completion.response_id,
+        "request_id": completion.request_id,
+        "system_fingerprint": completion.system_fingerprint,
+        "finish_reason": completion.finish_reason,
+        "finish_reason_raw": completion.finish_reason_raw,
         "reasoning_text": completion.reasoning_text,
         "reasoning_visibility": completion.reasoning_visibility,
-        "cost_usd": answer_cost(ctx.facts(teacher).price, completion),
         "rate_limits": _json(completion.rate_limits),
         "content_hash": content_hash(completion.text),
         "schema_repairs": outcome.repairs,
     }
+    usage = usage_columns(ctx.facts(teacher).price, completion)
+    common = _common(ctx, prompt, teacher, sample_index, outcome)
+    # Each part is checked as its own TypedDict; the merge of SampleRow's parts is one.
+    return cast(SampleRow, {**common, **usage, **answer})
 
 
 def failure_row(
     ctx: RunContext, prompt: Prompt, teacher: TeacherConfig, sample_index: int, outcome: Outcome
-) -> dict[str, Any]:
+) -> FailureRow:
     failure = outcome.failure
     assert failure is not None, "failure_row needs a failed outcome"
-    return {
-        **_common(ctx, prompt, teacher, sample_index, outcome),
+    error: ErrorColumns = {
         "error_class": failure.error_class,
         "http_status": failure.http_status,
         "message": failure.message[:2000],
     }
+    common = _common(ctx, prompt, teacher, sample_index, outcome)
+    return cast(FailureRow, {**common, **error})

@@ -37,6 +37,7 @@ from distillery.generators.client import Outcome
 from distillery.generators.filters.base import KEEP, Verdict, drop
 from distillery.generators.filters.json_output import parse_json, schema_validator, schema_verdict
 from distillery.generators.providers.base import Completion, Message, Provider
+from distillery.storage.rows import SampleRow
 
 if TYPE_CHECKING:
     from distillery.config import ResponseSchemaConfig
@@ -309,7 +310,7 @@ class SchemaCheck:
     def __init__(self, structured: StructuredOutput) -> None:
         self.structured = structured
 
-    def annotate(self, rows: list[dict[str, Any]]) -> list[Verdict]:
+    def annotate(self, rows: list[SampleRow]) -> list[Verdict]:
         """Set each row's ``response_json`` (None if invalid); the verdict of each row."""
         verdicts = []
         for row in rows:

@@ -41,6 +41,11 @@ from distillery.storage.shards import committed_shards
 
 logger = logging.getLogger(__name__)
 
+#: The accounting columns the teachers view reads, with recipe_meta for older shards.
+_ACCOUNTING = (
+    "recipe_meta, requests, user_teacher, user_prompt_tokens, user_completion_tokens, user_cost_usd"
+)
+
 
 def _source(con: duckdb.DuckDBPyConnection, location: Location, table: str, live: bool) -> str:
     """A FROM clause over ``table``'s shards: the committed ones, or (``live``) a glob.
@@ -219,20 +224,36 @@ def define_views(con: duckdb.DuckDBPyConnection, output: Path | str | Location, 
         """
     )
     con.execute(
-        """
+        f"""
         CREATE OR REPLACE VIEW teachers AS
-        WITH answered AS (
-            -- A conversation's row sums every turn; the share of a different teacher that
-            -- played the user (recipe_meta) is that teacher's, not the assistant's.
+        WITH rows AS (
             SELECT *, 'kept' AS outcome FROM (
                 SELECT teacher_name, teacher_provider, teacher_model, teacher_model_version,
                        usage_terms, created_at, prompt_tokens, completion_tokens, cost_usd,
-                       recipe_meta, schema_repairs, latency_ms, queue_ms, retry_ms
+                       {_ACCOUNTING}, schema_repairs, latency_ms, queue_ms, retry_ms
                 FROM samples)
             UNION ALL BY NAME
             SELECT *, 'dropped' AS outcome FROM (
-                SELECT teacher_name, cost_usd, recipe_meta, schema_repairs, latency_ms,
+                SELECT teacher_name, cost_usd, {_ACCOUNTING}, schema_repairs, latency_ms,
                        queue_ms, retry_ms FROM rejected)
+        ),
+        answered AS (
+            -- A conversation's row sums every turn; the share of a different teacher that
+            -- played the user (user_*) is that teacher's, not the assistant's. Shards written
+            -- before the user_* and requests columns hold them in recipe_meta.
+            SELECT * EXCLUDE (recipe_meta) REPLACE (
+                       coalesce(requests, TRY_CAST(recipe_meta->>'requests' AS BIGINT))
+                           AS requests,
+                       coalesce(user_teacher, recipe_meta->>'user_teacher') AS user_teacher,
+                       coalesce(user_prompt_tokens,
+                                CAST(recipe_meta->>'user_prompt_tokens' AS BIGINT))
+                           AS user_prompt_tokens,
+                       coalesce(user_completion_tokens,
+                                CAST(recipe_meta->>'user_completion_tokens' AS BIGINT))
+                           AS user_completion_tokens,
+                       coalesce(user_cost_usd, CAST(recipe_meta->>'user_cost_usd' AS DOUBLE))
+                           AS user_cost_usd)
+            FROM rows
         ),
         timing AS (
             -- Per request, so only rows of one request (not a conversation's or a repaired
@@ -246,17 +267,13 @@ def define_views(con: duckdb.DuckDBPyConnection, output: Path | str | Location, 
                    avg(retry_ms) AS retry_ms_mean
             FROM answered
             WHERE queue_ms IS NOT NULL AND coalesce(schema_repairs, 0) = 0
-              AND coalesce(TRY_CAST(recipe_meta->>'requests' AS BIGINT), 1) = 1
+              AND coalesce(requests, 1) = 1
             GROUP BY teacher_name
         ),
         shares AS (
-            SELECT *,
-                   CASE WHEN recipe_meta->>'user_teacher' <> teacher_name
-                        THEN recipe_meta->>'user_teacher' END AS user_teacher,
-                   CAST(recipe_meta->>'user_prompt_tokens' AS BIGINT) AS user_prompt_tokens,
-                   CAST(recipe_meta->>'user_completion_tokens' AS BIGINT)
-                       AS user_completion_tokens,
-                   CAST(recipe_meta->>'user_cost_usd' AS DOUBLE) AS user_cost_usd
+            SELECT * REPLACE (
+                       CASE WHEN user_teacher <> teacher_name THEN user_teacher END
+                           AS user_teacher)
             FROM answered
         ),
         own AS (

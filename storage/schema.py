@@ -2,8 +2,14 @@
 
 One schema per table, declared once: shards from different runs and versions stay readable
 together by DuckDB, Polars or pandas, and a column never changes type because one batch happened
-to hold only nulls. ``params``, ``prompt_meta``, ``rate_limits`` and ``response_json`` are JSON
-(Parquet's JSON logical type), so DuckDB reads them as JSON: ``params->>'temperature'``.
+to hold only nulls. ``params``, ``prompt_meta``, ``rate_limits``, ``recipe_meta`` and
+``response_json`` are JSON (Parquet's JSON logical type), so DuckDB reads them as JSON:
+``params->>'temperature'``. They describe a row; what it cost (tokens, dollars, requests, a
+conversation's user share) is in typed columns, never in JSON that SQL must parse to sum.
+
+``storage/rows.py`` gives each table's rows a TypedDict with the same columns (a test holds
+them together). A new column is added, never retyped: shards written before it read it as
+null (``union_by_name`` locally, the schema given to pyarrow's dataset remotely).
 """
 
 from __future__ import annotations
@@ -59,30 +65,51 @@ _REQUEST_COLUMNS: list[pa.Field[Any]] = [
     pa.field("operation", pa.string()),
     pa.field("conversation", pa.list_(MESSAGE)),
     pa.field("recipe_meta", JSON),
+    # A conversation's accounting, in columns SQL sums as they are (shards written before
+    # these existed hold it in recipe_meta; the teachers view reads either): the requests
+    # the row took, and the share of its totals spent by the teacher that played the user.
+    pa.field("requests", pa.int16()),
+    pa.field("user_teacher", pa.string()),
+    pa.field("user_model_versions", pa.list_(pa.string())),
+    pa.field("user_prompt_tokens", pa.int32()),
+    pa.field("user_completion_tokens", pa.int32()),
+    pa.field("user_cost_usd", pa.float64()),
 ]
+
+#: What an answer was paid for; on a failure, what was paid for before it failed.
+_USAGE_COLUMNS: list[pa.Field[Any]] = [
+    pa.field("teacher_model_version", pa.string()),
+    pa.field("prompt_tokens", pa.int32()),
+    pa.field("completion_tokens", pa.int32()),
+    # Prompt tokens read from (cached_tokens) and written to (cache_write_tokens) a prompt
+    # cache; both are part of prompt_tokens, for every provider. Shards written before
+    # cache_write_tokens existed read it as null, and their Anthropic rows count only the
+    # uncached part of the prompt in prompt_tokens.
+    pa.field("cached_tokens", pa.int32()),
+    pa.field("cache_write_tokens", pa.int32()),
+    pa.field("reasoning_tokens", pa.int32()),
+    pa.field("cost_usd", pa.float64()),
+]
+_USAGE = {column.name: column for column in _USAGE_COLUMNS}
 
 SAMPLE_SCHEMA = pa.schema(
     [
         *_REQUEST_COLUMNS,
         pa.field("response_text", pa.string()),
-        pa.field("teacher_model_version", pa.string()),
+        _USAGE["teacher_model_version"],
         pa.field("response_id", pa.string()),
         pa.field("request_id", pa.string()),
         pa.field("system_fingerprint", pa.string()),
         pa.field("finish_reason", pa.string()),
         pa.field("finish_reason_raw", pa.string()),
-        pa.field("prompt_tokens", pa.int32()),
-        pa.field("completion_tokens", pa.int32()),
-        # Prompt tokens read from (cached_tokens) and written to (cache_write_tokens) a prompt
-        # cache; both are part of prompt_tokens, for every provider. Shards written before
-        # cache_write_tokens existed read it as null, and their Anthropic rows count only the
-        # uncached part of the prompt in prompt_tokens.
-        pa.field("cached_tokens", pa.int32()),
-        pa.field("cache_write_tokens", pa.int32()),
-        pa.field("reasoning_tokens", pa.int32()),
+        _USAGE["prompt_tokens"],
+        _USAGE["completion_tokens"],
+        _USAGE["cached_tokens"],
+        _USAGE["cache_write_tokens"],
+        _USAGE["reasoning_tokens"],
         pa.field("reasoning_text", pa.string()),
         pa.field("reasoning_visibility", pa.string()),
-        pa.field("cost_usd", pa.float64()),
+        _USAGE["cost_usd"],
         pa.field("rate_limits", JSON),
         pa.field("content_hash", pa.string()),
         pa.field("dedup_bands", pa.list_(pa.uint64())),
@@ -115,6 +142,10 @@ FAILURE_SCHEMA = pa.schema(
         pa.field("error_class", pa.string(), nullable=False),
         pa.field("http_status", pa.int16()),
         pa.field("message", pa.string()),
+        # Null unless something was paid for before the failure: the answered turns of a
+        # conversation, an answer whose schema repair was interrupted (in shards written
+        # before these columns, recipe_meta holds it).
+        *_USAGE_COLUMNS,
     ]
 )
 

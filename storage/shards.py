@@ -36,6 +36,7 @@ or a :class:`~distillery.storage.location.Location` (and then return Locations).
 from __future__ import annotations
 
 import json
+from collections.abc import Mapping, Sequence
 from datetime import UTC, datetime
 from fnmatch import fnmatchcase
 from pathlib import Path
@@ -67,7 +68,7 @@ def next_part_number(directory: Path | Location) -> int:
 
 
 def write_shard(
-    output: Where, table: str, run_id: str, rows: list[dict[str, Any]] | pa.Table, part: int
+    output: Where, table: str, run_id: str, rows: Sequence[Mapping[str, Any]] | pa.Table, part: int
 ) -> Where:
     """Write and commit ``rows`` as one shard of ``table``; returns its final path.
 

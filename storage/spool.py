@@ -22,16 +22,17 @@ import contextlib
 import json
 import os
 import uuid
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
-from typing import IO, Any
+from typing import IO, Any, cast
 
 import orjson
 
 from distillery.home import distillery_home
 from distillery.storage.location import Location, as_location, spool_key
+from distillery.storage.rows import FailureRow, RejectedRow, SampleRow
 from distillery.storage.schema import TABLES
 
 FSYNC_EVERY = 64
@@ -63,8 +64,9 @@ class Spool:
         self._handle: IO[str] | None = self.path.open("a", encoding="utf-8")
         self._unsynced = 0
 
-    def append(self, table: str, row: dict[str, Any]) -> None:
-        """Write one row and hand it to the OS before returning."""
+    def append(self, table: str, row: Mapping[str, object]) -> None:
+        """Write one row (a :data:`~distillery.storage.rows.Row`, typed where it was made) and
+        hand it to the OS before returning."""
         assert self._handle is not None, "spool already closed"
         self._handle.write(_line({"table": table, "row": row}))
         self._handle.flush()
@@ -93,7 +95,7 @@ class Spool:
         self.path.unlink(missing_ok=True)
 
 
-def _line(record: dict[str, Any]) -> str:
+def _line(record: Mapping[str, object]) -> str:
     """One JSON line. orjson (installed with Prefect; datetimes in ISO 8601 as ``isoformat``)
     takes ~2 µs for a row against ~25 µs for ``json``, which still serves whatever orjson
     refuses (a non-string key, an integer beyond 64 bits) so no row is ever lost to it."""
@@ -111,7 +113,10 @@ def _encode(value: object) -> str:
 
 def read_spool(path: Path) -> Iterator[tuple[str, dict[str, Any]]]:
     """(table, row) pairs of a spool file; a torn last line (killed mid-write, or a disk that
-    filled up) is skipped — even one cut inside a UTF-8 character, hence bytes per line."""
+    filled up) is skipped — even one cut inside a UTF-8 character, hence bytes per line.
+
+    The rows are as spooled, of whichever version wrote them (a column it did not know is
+    absent): :func:`replay` reads them as the row type of their table."""
     with path.open("rb") as handle:
         for line in handle:
             try:
@@ -130,7 +135,7 @@ def leftover_spools(output: Path | Location, run_id: str) -> list[Path]:
     return sorted(directory.glob("*.jsonl")) if directory.is_dir() else []
 
 
-Curate = Callable[[list[dict[str, Any]]], tuple[list[dict[str, Any]], list[dict[str, Any]]]]
+Curate = Callable[[list[SampleRow]], tuple[list[SampleRow], list[RejectedRow]]]
 
 
 @dataclass
@@ -143,9 +148,9 @@ class Replay:
 
     output: Location
     run_id: str
-    samples: list[dict[str, Any]]
-    rejected: list[dict[str, Any]]
-    failures: list[dict[str, Any]]
+    samples: list[SampleRow]
+    rejected: list[RejectedRow]
+    failures: list[FailureRow]
     spools: list[Path]
 
     def commit(self) -> dict[str, int]:
@@ -188,18 +193,18 @@ def replay(output: Path | Location, run_id: str, curate: Curate | None = None) -
             strict=True,
         )
     }
-    answers: list[dict[str, Any]] = []
-    failures: list[dict[str, Any]] = []
+    answers: list[SampleRow] = []
+    failures: list[FailureRow] = []
     for path in spools:
         for table, row in read_spool(path):
             if table == "failures":
                 key = (row["sample_id"], row["created_at"].isoformat())
                 if key not in failed:
                     failed.add(key)
-                    failures.append(row)
+                    failures.append(cast(FailureRow, row))
             elif row["sample_id"] not in answered:
                 answered.add(row["sample_id"])
-                answers.append(row)
+                answers.append(cast(SampleRow, row))
     kept, rejected = curate(answers) if curate is not None else (answers, [])
     return Replay(output, run_id, kept, rejected, failures, spools)
 

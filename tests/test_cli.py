@@ -54,6 +54,10 @@ def one_error_line(result: subprocess.CompletedProcess[str]) -> str:
             ("output: out", "output: ${DATA_ROOT}/out"),
             "output: environment variable DATA_ROOT is not set",
         ),
+        (
+            ("output: out", "output: out\ncuration: {filters: [{type: regex, exclude: ['(']}]}"),
+            "curation.filters: [0] (regex).exclude: Value error, invalid regular expression",
+        ),
     ],
 )
 def test_bad_input_exits_2_with_one_line(

@@ -4,6 +4,10 @@ import pytest
 
 from distillery.config import expand_env, load_config, require_api_keys
 from distillery.errors import ConfigError
+from distillery.generators.curation.apply import build_curator
+from distillery.generators.filters.json_output import JsonOptions
+from distillery.generators.filters.language import LanguageOptions
+from distillery.generators.filters.length import LengthOptions
 
 BASE = """
 prompts:
@@ -120,3 +124,70 @@ def test_a_few_aliases_still_work(tmp_path: Path) -> None:
     text += text.split("teachers:")[1].replace("name: a", "name: b").replace("&p {seed: 3}", "*p")
     job = load_config(write(tmp_path, text))
     assert [t.params.seed for t in job.teachers] == [3, 3]
+
+
+FILTERS = """
+curation:
+  filters:
+    - {type: length, min_tokens: 5}
+    - {type: refusal}
+    - {type: json, schema: {type: object}}
+    - {type: language, languages: [EN]}
+"""
+
+
+def test_filters_are_typed_once_at_load_and_built_from_their_options(tmp_path: Path) -> None:
+    job = load_config(write(tmp_path, BASE + FILTERS))
+    length, _, as_json, language = job.curation.filters
+    assert isinstance(length, LengthOptions) and length.min_tokens == 5
+    assert isinstance(as_json, JsonOptions) and as_json.json_schema == {"type": "object"}
+    assert language.filter_name == "language"
+    curator = build_curator(job.curation)
+    # The run's filters hold the very options the config validated: nothing is parsed again.
+    assert [check.options for check in curator.filters] == list(job.curation.filters)
+    assert all(
+        check.options is options
+        for check, options in zip(curator.filters, job.curation.filters, strict=True)
+    )
+
+
+def test_filters_hash_and_record_as_written(tmp_path: Path) -> None:
+    """Typed options record the entries as the file wrote them (aliases, defaults left out,
+    values before normalisation): a run's recorded shape and config hash stay what they were
+    when filters were kept as raw entries, so such a run still resumes."""
+    job = load_config(write(tmp_path, BASE + FILTERS))
+    assert job.shape()["curation"]["filters"] == [
+        {"type": "length", "min_tokens": 5},
+        {"type": "refusal"},
+        {"type": "json", "schema": {"type": "object"}},
+        {"type": "language", "languages": ["EN"]},
+    ]
+    language = job.curation.filters[3]
+    assert isinstance(language, LanguageOptions) and language.languages == ["en"]
+    plain = load_config(write(tmp_path, BASE))
+    assert plain.shape()["curation"]["filters"] == [{"type": "empty"}]
+    assert load_config(write(tmp_path, BASE + FILTERS)).config_hash() == job.config_hash()
+
+
+@pytest.mark.parametrize(
+    ("entry", "message"),
+    [
+        (
+            "{type: length, min_tokns: 3}",
+            r"job\.yaml: curation\.filters: \[0\] \(length\)\.min_tokns: Extra inputs are not "
+            r"permitted$",
+        ),
+        (
+            "{type: length, min_tokens: many}",
+            r"curation\.filters: \[0\] \(length\)\.min_tokens: Input should be a valid integer",
+        ),
+        ("{type: nope}", r"curation\.filters: \[0\]\.type: unknown filter 'nope'"),
+    ],
+)
+def test_a_bad_filter_option_is_one_line_naming_the_field(
+    tmp_path: Path, entry: str, message: str
+) -> None:
+    text = BASE + f"curation:\n  filters: [{entry}]\n"
+    with pytest.raises(ConfigError, match=message) as raised:
+        load_config(write(tmp_path, text))
+    assert "\n" not in str(raised.value)

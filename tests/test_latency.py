@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import time
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
@@ -118,7 +119,7 @@ def test_a_binding_rate_limit_shows_in_queue_ms_not_latency_ms(tmp_path: Path) -
     answers each in ~40 ms. latency_ms reports the ~40 ms, queue_ms the pacing."""
     limits = LimitsConfig(rpm=120, window_s=0.5)  # one request per window (+ the margin)
     options = EmulatorOptions(seed=5, latency_ms=EMULATOR_LATENCY_MS)
-    rows: dict[str, list[dict[str, Any]]] = {"samples": [], "rejected": [], "failures": []}
+    rows: dict[str, list[Mapping[str, Any]]] = {"samples": [], "rejected": [], "failures": []}
     with RunningEmulator(options) as emulator:
         job = load_config(write_job(tmp_path, emulator.url, prompts=4))
         teacher = job.teachers[0].model_copy(update={"limits": limits})

@@ -15,6 +15,7 @@ from distillery.config import load_config
 from distillery.emulator import EmulatorOptions
 from distillery.emulator.retarget import emulated
 from distillery.flows.generate import generate
+from distillery.generators.filters import parse_filters
 from distillery.generators.tokens import count_tokens
 from distillery.storage.catalog import open_catalog
 
@@ -43,7 +44,7 @@ def test_reasoning_run_columns_and_export(prefect_api: str, tmp_path: Path) -> N
         {"type": "empty"},
         {"type": "reasoning_length", "max_tokens": 150, "require_trace": False},
     ]
-    curation = job.curation.model_copy(update={"filters": filters})
+    curation = job.curation.model_copy(update={"filters": parse_filters(filters)})
     job = job.model_copy(update={"teachers": [*job.teachers, hidden], "curation": curation})
     options = EmulatorOptions(seed=5, reasoning_redact_rate=0.3)
     with emulated(job, options) as (retargeted, _):

@@ -2,6 +2,7 @@
 
 import asyncio
 import json
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
@@ -49,32 +50,31 @@ curation:
     con = open_catalog(job.output)
     rows = con.execute(
         """SELECT messages, conversation, response_text, recipe, stage,
-                  prompt_tokens, completion_tokens, attempts, recipe_meta
+                  prompt_tokens, completion_tokens, attempts, recipe_meta, requests,
+                  user_teacher, user_prompt_tokens, user_completion_tokens
            FROM samples ORDER BY prompt_id, teacher_name"""
     ).fetchall()
     assert len(rows) == 8
     graded = con.execute("SELECT count(judge_score) FROM samples").fetchall()
     assert graded == [(8,)]  # the judge grades each conversation's last answer
     for messages, chat, response, recipe_name, stage, tokens_in, tokens_out, *rest in rows:
-        attempts, meta = rest
+        attempts, meta, requests, user_teacher, user_tokens_in, user_tokens_out = rest
         assert (recipe_name, stage) == ("conversation", "conversation")
         assert chat[: len(messages)] == messages  # the prompt first, as sent
         roles = [m["role"] for m in chat[len(messages) :]]
         assert roles == ["assistant", "user", "assistant", "user", "assistant"]
         assert response == chat[-1]["content"]
         assert attempts == 5
-        meta = json.loads(meta)
-        assert meta["user_teacher"] == "t1" and meta["turns"] == 3 and meta["requests"] == 5
+        assert json.loads(meta) == {"turns": 3}  # accounting is in typed columns, not JSON
+        assert user_teacher == "t1" and requests == 5
         # Usage is the sum over every turn: more than the user teacher's share alone.
-        assert tokens_in > meta["user_prompt_tokens"] > 0
-        assert tokens_out > meta["user_completion_tokens"] > 0
+        assert tokens_in > user_tokens_in > 0
+        assert tokens_out > user_tokens_out > 0
     # The teachers view charges t1 (playing the user in every conversation) with its turns in
     # t0's conversations: per teacher, what it answered; in total, every row's usage once.
     per_row = con.execute(
         """SELECT teacher_name, sum(prompt_tokens), sum(completion_tokens), sum(cost_usd),
-                  sum(CAST(recipe_meta->>'user_prompt_tokens' AS BIGINT)),
-                  sum(CAST(recipe_meta->>'user_completion_tokens' AS BIGINT)),
-                  sum(CAST(recipe_meta->>'user_cost_usd' AS DOUBLE))
+                  sum(user_prompt_tokens), sum(user_completion_tokens), sum(user_cost_usd)
            FROM samples GROUP BY ALL ORDER BY ALL"""
     ).fetchall()
     view = con.execute(
@@ -109,15 +109,15 @@ def test_conversation_failing_half_way_keeps_its_paid_turns(
     assert summary.failures > 0 and summary.samples > 0
     con = open_catalog(job.output)
     partial = con.execute(
-        """SELECT len(conversation) - len(messages), message, recipe_meta FROM failures_log
-           WHERE error_class = 'server_error'"""
+        """SELECT len(conversation) - len(messages), message, completion_tokens
+           FROM failures_log WHERE error_class = 'server_error'"""
     ).fetchall()
     assert len(partial) == summary.failures
     assert all(" turn " in message and "failed" in message for _, message, _ in partial)
     assert any(turns > 0 for turns, _, _ in partial)  # some failed after answers were paid
-    for turns, _, meta in partial:
+    for turns, _, completion_tokens in partial:
         if turns:
-            assert json.loads(meta)["completion_tokens"] > 0
+            assert completion_tokens > 0
     # Every answer the emulator gave is a turn in a stored row: nothing paid for is lost.
     kept = con.execute("SELECT sum(len(conversation) - len(messages)) FROM samples").fetchall()
     assert int(kept[0][0]) + sum(turns for turns, _, _ in partial) == served
@@ -129,9 +129,9 @@ def test_a_crash_mid_conversation_leaves_every_paid_turn_in_failures_log(
     recipe = "recipe: {type: conversation, turns: 3}\n"
     job = load_config(write_job(tmp_path, emulator.url, prompts=3, extra=recipe))
     items, ctx, spool = batch_before_commit(job, "crash")
-    spooled: list[tuple[str, dict[str, Any]]] = []
+    spooled: list[tuple[str, Mapping[str, Any]]] = []
 
-    def crash_before_the_last_turn(table: str, row: dict[str, Any]) -> None:
+    def crash_before_the_last_turn(table: str, row: Mapping[str, Any]) -> None:
         # The process "dies" before any finished conversation reaches the spool.
         if table == "failures":
             spool.append(table, row)
@@ -154,7 +154,7 @@ def test_a_crash_mid_conversation_leaves_every_paid_turn_in_failures_log(
     assert summary.samples == 3
     con = open_catalog(job.output)
     log = con.execute(
-        """SELECT count(*), sum(CAST(recipe_meta->>'completion_tokens' AS INT))
+        """SELECT count(*), sum(completion_tokens)
            FROM failures_log WHERE error_class = 'conversation_interrupted'"""
     ).fetchall()
     assert log[0][0] == 12 and log[0][1] > 0

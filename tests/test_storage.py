@@ -298,3 +298,92 @@ def test_a_folder_that_is_no_run_id_does_not_break_the_others(
     write_catalog(tmp_path, database)
     with duckdb.connect(str(database), read_only=True) as con:
         assert con.execute("SELECT run_id FROM samples").fetchall() == [("good",)]
+
+
+#: Columns that hold accounting once kept as JSON in recipe_meta.
+_ACCOUNTING = {
+    "requests",
+    "user_teacher",
+    "user_model_versions",
+    "user_prompt_tokens",
+    "user_completion_tokens",
+    "user_cost_usd",
+}
+
+
+def _before_typed_accounting(table: str) -> pa.Schema:
+    """``table``'s schema as shards were written while a conversation's accounting (and a
+    failure's paid usage) lived in recipe_meta: no user_*/requests columns, and failures
+    without the usage columns."""
+    dropped = set(_ACCOUNTING)
+    if table == "failures":
+        dropped |= {"teacher_model_version", "cost_usd"}
+        dropped |= {name for name in TABLES[table].names if name.endswith("_tokens")}
+    return pa.schema([f for f in TABLES[table] if f.name not in dropped])
+
+
+def test_shards_with_accounting_in_recipe_meta_read_with_typed_ones(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A conversation row of the old layout (its user teacher's share and request count in
+    recipe_meta JSON) and one of the new (typed columns) in one dataset: the teachers view
+    charges both the same way, the old rows' new columns read as null, and compaction
+    rewrites a partition mixing both layouts."""
+    totals = {"prompt_tokens": 100, "completion_tokens": 50, "cost_usd": 1.0}
+    timed = {"latency_ms": 900.0, "queue_ms": 10.0, "retry_ms": 0.0}
+    share = {"user_prompt_tokens": 40, "user_completion_tokens": 20, "user_cost_usd": 0.4}
+    old_meta = {"turns": 3, "requests": 5, "user_teacher": "t1", **share}
+    base = {**sample("x"), "teacher_name": "t0", **totals, **timed}
+    old = {**base, "sample_id": "old", "recipe_meta": json.dumps(old_meta)}
+    new = {
+        **base,
+        "sample_id": "new",
+        "recipe_meta": '{"turns": 3}',
+        "requests": 5,
+        "user_teacher": "t1",
+        "user_model_versions": ["m-1"],
+        **share,
+    }
+    plain = {**sample("plain"), "teacher_name": "t0", **timed, "latency_ms": 200.0}
+    paid = {"completion_tokens": 7, "cost_usd": 0.07}
+    old_failure = {
+        **old,
+        "sample_id": "f-old",
+        "error_class": "conversation_interrupted",
+        "recipe_meta": json.dumps({**paid, "role": "assistant", "teacher": "t0"}),
+    }
+    new_failure = {**new, **paid, "sample_id": "f-new", "error_class": "conversation_interrupted"}
+    for table in ("samples", "failures"):
+        monkeypatch.setitem(TABLES, table, _before_typed_accounting(table))
+    write_shard(tmp_path, "samples", "r1", [old], 0)
+    write_shard(tmp_path, "failures", "r1", [old_failure], 0)
+    monkeypatch.undo()
+    old_file = committed_shards(tmp_path, "samples", "r1")[0]
+    assert "user_cost_usd" not in pq.read_schema(old_file).names  # really an old shard
+    old_failures = pq.read_schema(committed_shards(tmp_path, "failures", "r1")[0]).names
+    assert "completion_tokens" not in old_failures
+    write_shard(tmp_path, "samples", "r1", [new, plain], 1)
+    write_shard(tmp_path, "failures", "r1", [new_failure], 1)
+
+    def check() -> None:
+        con = open_catalog(tmp_path)
+        typed = con.execute(
+            "SELECT sample_id, requests, user_teacher, user_cost_usd FROM samples ORDER BY 1"
+        ).fetchall()
+        assert typed == [("new", 5, "t1", 0.4), ("old", None, None, None), ("plain",) + (None,) * 3]
+        view = con.execute(
+            """SELECT teacher_name, samples, prompt_tokens, completion_tokens,
+                      round(cost_usd, 6), latency_ms_p50 FROM teachers"""
+        ).fetchall()
+        # Each conversation: t0 answered 60 + 30 tokens for 0.6, t1 (the user) 40 + 20 for
+        # 0.4; only the one-request row times t0 (a conversation's latency is a sum).
+        assert view == [("t0", 3, 2 * 60 + 3, 2 * 30 + 3, 1.2, 200.0), ("t1", 0, 80, 40, 0.8, None)]
+        failures = con.execute(
+            "SELECT sample_id, completion_tokens, cost_usd FROM failures_log ORDER BY 1"
+        ).fetchall()
+        assert failures == [("f-new", 7, 0.07), ("f-old", None, None)]
+
+    check()
+    rewritten = {(r.table, r.shards_before, r.shards_after) for r in compact(tmp_path).results}
+    assert rewritten == {("samples", 2, 1), ("failures", 2, 1)}  # both layouts, as one shard
+    check()

@@ -15,6 +15,7 @@ from distillery.config import CurationConfig
 from distillery.generators.curation.minhash import DEFAULT_PARAMS, MinHashParams, band_keys
 from distillery.generators.filters import KEEP, Filter, Verdict, build_filters
 from distillery.generators.structured import FILTER_NAME, SchemaCheck, StructuredOutput
+from distillery.storage.rows import RejectedRow, SampleRow, rejected_row
 
 
 @dataclass
@@ -31,16 +32,14 @@ class Curator:
     schema: SchemaCheck | None = None
     judge: bool = True
 
-    def curate(
-        self, rows: list[dict[str, Any]]
-    ) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
+    def curate(self, rows: list[SampleRow]) -> tuple[list[SampleRow], list[RejectedRow]]:
         """Split sample rows into (kept, rejected); rejected rows carry filter and reason."""
         if self.params is not None and rows:
             keys = band_keys([str(row["response_text"] or "") for row in rows], self.params)
             for row, bands in zip(rows, keys.tolist(), strict=True):
                 row["dedup_bands"] = bands
-        kept: list[dict[str, Any]] = []
-        rejected: list[dict[str, Any]] = []
+        kept: list[SampleRow] = []
+        rejected: list[RejectedRow] = []
         schema = self.schema.annotate(rows) if self.schema is not None else [KEEP] * len(rows)
         for row, schema_verdict in zip(rows, schema, strict=True):
             for check in self.filters:
@@ -56,8 +55,8 @@ class Curator:
         return kept, rejected
 
 
-def _rejected(row: dict[str, Any], name: str, verdict: Verdict) -> dict[str, Any]:
-    return {**row, "filter": name, "reason": verdict.reason or "dropped", "detail": verdict.detail}
+def _rejected(row: SampleRow, name: str, verdict: Verdict) -> RejectedRow:
+    return rejected_row(row, name, verdict.reason or "dropped", verdict.detail)
 
 
 def build_curator(config: CurationConfig, structured: StructuredOutput | None = None) -> Curator:

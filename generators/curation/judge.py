@@ -13,21 +13,33 @@ from __future__ import annotations
 import asyncio
 import re
 from dataclasses import dataclass
-from typing import Any
 
 import jinja2
 
 from distillery.config import JudgeConfig
 from distillery.generators.client import TeacherClient
 from distillery.generators.pricing import PriceEntry, answer_cost
+from distillery.storage.rows import JudgeColumns, RejectedRow, SampleRow, rejected_row
 
 _SCORE = re.compile(r"score\s*[:=]?\s*(\d+(?:\.\d+)?)", re.IGNORECASE)
 
 
 @dataclass(frozen=True)
 class Grade:
+    """The judge's verdict on one row, and the ``judge_*`` columns it writes there."""
+
     score: float | None
-    columns: dict[str, Any]
+    columns: JudgeColumns
+
+    def mark(self, row: SampleRow) -> None:
+        """Set the row's ``judge_*`` columns."""
+        columns = self.columns
+        row["judge_teacher"] = columns["judge_teacher"]
+        row["judge_score"] = columns.get("judge_score")
+        row["judge_model_version"] = columns.get("judge_model_version")
+        row["judge_response_id"] = columns.get("judge_response_id")
+        row["judge_text"] = columns.get("judge_text")
+        row["judge_cost_usd"] = columns.get("judge_cost_usd")
 
 
 def parse_score(text: str, scale: float) -> float | None:
@@ -49,7 +61,7 @@ class Judge:
         environment = jinja2.Environment(undefined=jinja2.StrictUndefined, autoescape=False)
         self.template = environment.from_string(config.template)
 
-    async def grade(self, row: dict[str, Any]) -> Grade:
+    async def grade(self, row: SampleRow) -> Grade:
         # A conversation (recipe) is graded on its last answer, after everything said before it.
         conversation = row.get("conversation") or []
         said = conversation[:-1]
@@ -58,7 +70,7 @@ class Judge:
         )
         content = self.template.render(prompt=prompt, response=row.get("response_text") or "")
         outcome = await self.client.complete([{"role": "user", "content": content}])
-        columns: dict[str, Any] = {"judge_teacher": self.config.teacher.name}
+        columns: JudgeColumns = {"judge_teacher": self.config.teacher.name}
         if outcome.completion is None:
             failure = outcome.failure
             columns["judge_text"] = f"judge failed: {failure.error_class}" if failure else None
@@ -66,32 +78,26 @@ class Judge:
         done = outcome.completion
         score = parse_score(done.text, self.config.scale)
         columns.update(
-            judge_score=score,
-            judge_model_version=done.model_version,
-            judge_response_id=done.response_id,
-            judge_text=done.text[:2000],
-            judge_cost_usd=answer_cost(self.price, done),
+            {
+                "judge_score": score,
+                "judge_model_version": done.model_version,
+                "judge_response_id": done.response_id,
+                "judge_text": done.text[:2000],
+                "judge_cost_usd": answer_cost(self.price, done),
+            }
         )
         return Grade(score, columns)
 
-    async def apply(
-        self, rows: list[dict[str, Any]]
-    ) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
+    async def apply(self, rows: list[SampleRow]) -> tuple[list[SampleRow], list[RejectedRow]]:
         """Grade ``rows`` concurrently; (kept, rejected) with the judge's columns on each."""
         grades = await asyncio.gather(*(self.grade(row) for row in rows))
-        kept: list[dict[str, Any]] = []
-        rejected: list[dict[str, Any]] = []
+        kept: list[SampleRow] = []
+        rejected: list[RejectedRow] = []
         for row, grade in zip(rows, grades, strict=True):
-            row.update(grade.columns)
+            grade.mark(row)
             if grade.score is not None and grade.score < self.config.threshold:
-                rejected.append(
-                    {
-                        **row,
-                        "filter": "judge",
-                        "reason": "low_score",
-                        "detail": f"score {grade.score:g} < {self.config.threshold:g}",
-                    }
-                )
+                detail = f"score {grade.score:g} < {self.config.threshold:g}"
+                rejected.append(rejected_row(row, "judge", "low_score", detail))
             else:
                 kept.append(row)
         return kept, rejected

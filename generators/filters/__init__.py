@@ -24,6 +24,7 @@ from distillery.generators.filters.base import (
     Verdict,
     build_filters,
     drop,
+    parse_filters,
     register,
     run_filters,
 )
@@ -40,6 +41,7 @@ __all__ = [
     "json_output",
     "language",
     "length",
+    "parse_filters",
     "reasoning",
     "refusal",
     "regex",

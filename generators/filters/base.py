@@ -7,6 +7,11 @@ of vanishing. Options are a pydantic model per filter with ``extra="forbid"``: a
 option in the job file is an error naming the filter and the field, not a silently ignored
 key.
 
+Options are data: the job file's entries become typed options once, when the config is
+loaded (:func:`parse_filters`, called by ``CurationConfig``), and a run builds its filters
+from those (:func:`build_filters`) without validating them again. :data:`FILTERS` is the
+registry both use: a filter's name to its class, whose ``options_model`` types its entry.
+
 A new filter is one module with a ``@register``-ed subclass of :class:`Filter`, plus its
 import in ``filters/__init__.py``.
 """
@@ -19,7 +24,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, ClassVar, Generic, TypeVar, cast
 
-from pydantic import BaseModel, ConfigDict, ValidationError
+from pydantic import BaseModel, ConfigDict, PrivateAttr, ValidationError, model_serializer
 
 
 @dataclass(frozen=True, slots=True)
@@ -42,9 +47,33 @@ def drop(reason: str, detail: str | None = None) -> Verdict:
 
 
 class FilterOptions(BaseModel):
-    """Base of every filter's options: unknown keys are errors; options are not reassigned."""
+    """Base of every filter's options: unknown keys are errors; options are not reassigned.
+
+    Serialised as the entry the job file wrote (``type`` included, defaults left out as they
+    were), not as every field: the config hash and a run's recorded shape hold that form, so
+    a job file hashes the same as when filters were kept as raw entries, and a run started
+    then still resumes.
+    """
 
     model_config = ConfigDict(extra="forbid", frozen=True)
+
+    _written: dict[str, Any] = PrivateAttr(default_factory=dict)
+
+    @property
+    def filter_name(self) -> str:
+        """The ``type`` of the filter these options are for."""
+        for name, cls in FILTERS.items():
+            if cls.options_model is type(self):
+                return name
+        raise LookupError(f"{type(self).__name__} are no registered filter's options")
+
+    @model_serializer(mode="plain")
+    def _as_written(self) -> dict[str, Any]:
+        if self._written:
+            return dict(self._written)
+        fields = type(self).model_fields
+        chosen = {fields[key].alias or key: getattr(self, key) for key in self.model_fields_set}
+        return {"type": self.filter_name, **chosen}
 
 
 OptionsT = TypeVar("OptionsT", bound=FilterOptions)
@@ -95,15 +124,19 @@ def text_of(sample: Mapping[str, Any], field: str = "response_text") -> str:
     return value if isinstance(value, str) else ""
 
 
-def build_filters(specs: Sequence[Mapping[str, Any]]) -> list[Filter[Any]]:
-    """Filters from config entries like ``{"type": "length", "min_tokens": 5}``, in order.
+def parse_filters(specs: Sequence[object]) -> list[FilterOptions]:
+    """Typed options from config entries like ``{"type": "length", "min_tokens": 5}``, in
+    order; options already typed pass as they are.
 
     Raises ``ValueError`` with one line per problem, each naming the entry, the filter type
     and the field (``filters[0] (length).min_tokens: Input should be a valid integer``).
     """
-    built: list[Filter[Any]] = []
+    parsed: list[FilterOptions] = []
     for index, spec in enumerate(specs):
         where = f"filters[{index}]"
+        if isinstance(spec, FilterOptions):
+            parsed.append(spec)
+            continue
         if not isinstance(spec, Mapping):
             raise ValueError(f"{where}: expected a mapping with a 'type' key, got {spec!r}")
         options = dict(spec)
@@ -123,8 +156,15 @@ def build_filters(specs: Sequence[Mapping[str, Any]]) -> list[Filter[Any]]:
                 field = ".".join(str(part) for part in error["loc"])
                 lines.append(f"{where} ({kind}){'.' + field if field else ''}: {error['msg']}")
             raise ValueError("\n".join(lines)) from None
-        built.append(cls(validated))
-    return built
+        validated._written = dict(spec)
+        parsed.append(validated)
+    return parsed
+
+
+def build_filters(specs: Sequence[FilterOptions | Mapping[str, Any]]) -> list[Filter[Any]]:
+    """The filters for typed options (a loaded config's), in order; entries still raw (tests,
+    a recipe's fixed checks) are typed first by :func:`parse_filters`, with its errors."""
+    return [FILTERS[options.filter_name](options) for options in parse_filters(specs)]
 
 
 def run_filters(filters: Sequence[Filter[Any]], sample: Mapping[str, Any]) -> Verdict:

@@ -5,10 +5,8 @@ from __future__ import annotations
 import json
 import re
 from collections.abc import Mapping
-from typing import Any, ClassVar
+from typing import TYPE_CHECKING, Any, ClassVar
 
-import jsonschema
-from jsonschema.protocols import Validator
 from pydantic import Field, field_validator
 
 from distillery.generators.filters.base import (
@@ -20,6 +18,9 @@ from distillery.generators.filters.base import (
     register,
     text_of,
 )
+
+if TYPE_CHECKING:
+    from jsonschema.protocols import Validator
 
 # A whole answer wrapped in one Markdown code fence, as chat models often return JSON.
 _FENCE = re.compile(r"\A\s*```[A-Za-z0-9_-]*[ \t]*\n(?P<body>.*?)\n?```\s*\Z", re.DOTALL)
@@ -44,7 +45,12 @@ class JsonOptions(FilterOptions):
 
 def schema_validator(schema: dict[str, Any]) -> Validator:
     """A validator for ``schema`` (its own ``$schema`` picks the draft; default the latest);
-    ``ValueError`` naming the problem if ``schema`` is not a valid JSON Schema."""
+    ``ValueError`` naming the problem if ``schema`` is not a valid JSON Schema.
+
+    jsonschema is imported here, not with the module: it costs ~50 ms, and the job file's
+    loader imports every filter's options (``distillery.config``) for every command."""
+    import jsonschema
+
     cls = jsonschema.validators.validator_for(schema)
     try:
         cls.check_schema(schema)
@@ -65,6 +71,8 @@ def parse_json(text: str, strip_code_fence: bool = True) -> tuple[Any, Verdict]:
 
 def schema_verdict(validator: Validator, document: Any) -> Verdict:
     """KEEP, or the ``schema_mismatch`` drop with jsonschema's ``best_match`` and its path."""
+    import jsonschema.exceptions
+
     error = jsonschema.exceptions.best_match(validator.iter_errors(document))
     if error is None:
         return KEEP

@@ -33,6 +33,7 @@ from distillery.generators.filters import build_filters
 from distillery.generators.prompts import Message, Prompt
 from distillery.generators.routing import Router
 from distillery.storage.location import Location
+from distillery.storage.rows import LineageColumns
 from distillery.storage.shards import committed_shards, read_shard
 
 #: The columns :func:`stage_reader` returns for each answered row of a stage.
@@ -179,7 +180,7 @@ class Lineage:
     operation: str | None = None
     meta: dict[str, Any] = field(default_factory=dict)
 
-    def columns(self) -> dict[str, Any]:
+    def columns(self) -> LineageColumns:
         return {
             "recipe": self.recipe,
             "stage": self.stage,

@@ -6,15 +6,17 @@ of a conversation mean nothing apart. The row's ``conversation`` column holds th
 ``messages`` keeps its meaning in every table — the prompt as sent first — and
 ``response_text`` is the last assistant answer, so filters, dedup and the judge look at it.
 Tokens, attempts, times (latency, queue, retry) and ``cost_usd`` are summed over every request
-of the conversation, the user teacher's included (its share is in ``recipe_meta``:
-``user_cost_usd``, tokens); ``teacher_*`` columns name the assistant teacher, whose returned
-model version is the last answer's.
+of the conversation, the user teacher's included (its share is in the ``user_*`` columns:
+``user_teacher``, ``user_prompt_tokens``, ``user_completion_tokens``, ``user_cost_usd``;
+``requests`` counts the requests); ``teacher_*`` columns name the assistant teacher, whose
+returned model version is the last answer's.
 
 **Half-way failures.** If a turn fails for good, or the run stops after some turns were paid
 for, the conversation becomes a *failure* row holding the partial ``conversation``, with the
-usage and cost of the turns that were answered in ``recipe_meta``; a re-run of the run id
-starts that conversation again. Each answered turn before the last is also spooled as a
-``conversation_interrupted`` failure row with that turn's usage, which is discarded with the
+usage and cost of the turns that were answered in its token and cost columns; a re-run of the
+run id starts that conversation again. Each answered turn before the last is also spooled as a
+``conversation_interrupted`` failure row with that turn's usage (a user turn's in ``user_*``
+too, ``recipe_meta`` naming its role and teacher), which is discarded with the
 spool when the batch commits: only a crash (``kill -9``) leaves them, one per paid turn, so even
 then no paid-for turn is lost.
 """
@@ -25,29 +27,20 @@ import json
 from collections.abc import Iterator
 from dataclasses import dataclass
 from functools import cache
-from typing import Any
 
 import jinja2
 
 from distillery.config import ConversationRecipe, JobConfig, TeacherConfig
-from distillery.generators.batch import RowSink, TeacherPool, WorkItem
+from distillery.generators.batch import ItemResult, RowSink, TeacherPool, WorkItem
 from distillery.generators.client import Failure, Outcome
 from distillery.generators.pricing import answer_cost
 from distillery.generators.prompts import Message, Prompt
 from distillery.generators.recipes.base import Lineage, Stage, StageRows, register
 from distillery.generators.records import RunContext, failure_row, sample_row
 from distillery.generators.routing import Router
+from distillery.storage.rows import FailureRow, SampleRow, UsageColumns
 
 RECIPE = "conversation"
-#: Columns of a failure row that are the sums over every turn, as in a sample row.
-_SUMMED = (
-    "attempts",
-    "attempt_statuses",
-    "maybe_billed_twice",
-    "latency_ms",
-    "queue_ms",
-    "retry_ms",
-)
 
 
 def transcript(messages: list[Message]) -> str:
@@ -76,7 +69,7 @@ class ConversationRunner:
 
     async def __call__(
         self, item: WorkItem, pool: TeacherPool, ctx: RunContext, sink: RowSink | None
-    ) -> tuple[str, dict[str, Any], Outcome | None] | None:
+    ) -> ItemResult | None:
         template = _compile(self.user_template)
         user_teacher = self.user_teacher or item.teacher
         conversation: list[Message] = list(item.prompt.messages)
@@ -103,8 +96,8 @@ class ConversationRunner:
         )
         if finished:
             row = sample_row(ctx, item.prompt, item.teacher, item.sample_index, last)
-            row.update(self._totals(ctx, done))
-            row.update(conversation=conversation, recipe_meta=self._meta(ctx, done, user_teacher))
+            _sum_turns(row, ctx, done)
+            self._put_conversation(row, ctx, done, user_teacher, conversation)
             return "samples", row, last
         failed = last.failure is not None
         turns_done = sum(1 for t in done if t.role == "assistant" and t.outcome.failure is None)
@@ -117,8 +110,7 @@ class ConversationRunner:
                 f"{done[-1].role} turn {turns_done + 1} of {self.turns} failed: " + failure.message,
                 failure.http_status,
             )
-        row = self._failure(item, ctx, done, failure, conversation, user_teacher)
-        return "failures", row, last
+        return "failures", self._failure(item, ctx, done, failure, conversation, user_teacher), last
 
     def _spool_turn(
         self,
@@ -140,14 +132,18 @@ class ConversationRunner:
         row = failure_row(
             ctx, item.prompt, item.teacher, item.sample_index, _failed(turn.outcome, failure)
         )
+        _put_usage(row, _usage(ctx, [turn]))
+        if turn.role == "user":
+            _put_user_share(row, ctx, [turn], turn.teacher)
         row.update(
-            route=item.route,
-            route_step=item.route_step,
-            conversation=list(conversation),
-            recipe_meta=json.dumps(
-                {**_usage(ctx, [turn]), "role": turn.role, "teacher": turn.teacher.name},
-                sort_keys=True,
-            ),
+            {
+                "route": item.route,
+                "route_step": item.route_step,
+                "conversation": list(conversation),
+                "recipe_meta": json.dumps(
+                    {"role": turn.role, "teacher": turn.teacher.name}, sort_keys=True
+                ),
+            }
         )
         sink("failures", row)
 
@@ -159,52 +155,26 @@ class ConversationRunner:
         failure: Failure,
         conversation: list[Message],
         user_teacher: TeacherConfig,
-    ) -> dict[str, Any]:
+    ) -> FailureRow:
         last = _failed(done[-1].outcome, failure)
         row = failure_row(ctx, item.prompt, item.teacher, item.sample_index, last)
-        totals = self._totals(ctx, done)
-        for key in _SUMMED:
-            row[key] = totals[key]
-        row["created_at"] = totals["created_at"]
-        meta = json.loads(self._meta(ctx, done, user_teacher))
-        meta.update(_usage(ctx, done))
-        row.update(conversation=conversation, recipe_meta=json.dumps(meta, sort_keys=True))
+        _sum_turns(row, ctx, done)
+        self._put_conversation(row, ctx, done, user_teacher, conversation)
         return row
 
-    def _totals(self, ctx: RunContext, done: list[_Turn]) -> dict[str, Any]:
-        usage = _usage(ctx, done)
-        return {
-            "prompt_tokens": usage["prompt_tokens"],
-            "completion_tokens": usage["completion_tokens"],
-            "cached_tokens": usage["cached_tokens"],
-            "cache_write_tokens": usage["cache_write_tokens"],
-            "reasoning_tokens": usage["reasoning_tokens"],
-            "cost_usd": usage["cost_usd"],
-            "attempts": sum(t.outcome.attempts for t in done),
-            "attempt_statuses": [s for t in done for s in t.outcome.attempt_statuses],
-            "maybe_billed_twice": sum(t.outcome.maybe_billed_twice for t in done),
-            "latency_ms": round(sum(t.outcome.latency_ms for t in done), 3),
-            "queue_ms": round(sum(t.outcome.queue_ms for t in done), 3),
-            "retry_ms": round(sum(t.outcome.retry_ms for t in done), 3),
-            "created_at": done[0].outcome.started_at,
-        }
-
-    def _meta(self, ctx: RunContext, done: list[_Turn], user_teacher: TeacherConfig) -> str:
-        users = [t for t in done if t.role == "user"]
-        versions = sorted(
-            {t.outcome.completion.model_version or "" for t in users if t.outcome.completion}
-        )
-        usage = _usage(ctx, users)
-        meta = {
-            "turns": self.turns,
-            "requests": len(done),
-            "user_teacher": user_teacher.name,
-            "user_model_versions": versions,
-            "user_prompt_tokens": usage["prompt_tokens"],
-            "user_completion_tokens": usage["completion_tokens"],
-            "user_cost_usd": usage["cost_usd"],
-        }
-        return json.dumps(meta, sort_keys=True)
+    def _put_conversation(
+        self,
+        row: SampleRow | FailureRow,
+        ctx: RunContext,
+        done: list[_Turn],
+        user_teacher: TeacherConfig,
+        conversation: list[Message],
+    ) -> None:
+        """The conversation, its requests and the user teacher's share of its totals."""
+        row["conversation"] = conversation
+        row["requests"] = len(done)
+        row["recipe_meta"] = json.dumps({"turns": self.turns}, sort_keys=True)
+        _put_user_share(row, ctx, [t for t in done if t.role == "user"], user_teacher)
 
 
 async def _ask(
@@ -249,7 +219,42 @@ def _failed(outcome: Outcome, failure: Failure) -> Outcome:
     )
 
 
-def _usage(ctx: RunContext, turns: list[_Turn]) -> dict[str, Any]:
+def _sum_turns(row: SampleRow | FailureRow, ctx: RunContext, done: list[_Turn]) -> None:
+    """Sum the usage, attempts and times of every turn into ``row``; its time is the first's."""
+    _put_usage(row, _usage(ctx, done))
+    row["attempts"] = sum(t.outcome.attempts for t in done)
+    row["attempt_statuses"] = [s for t in done for s in t.outcome.attempt_statuses]
+    row["maybe_billed_twice"] = sum(t.outcome.maybe_billed_twice for t in done)
+    row["latency_ms"] = round(sum(t.outcome.latency_ms for t in done), 3)
+    row["queue_ms"] = round(sum(t.outcome.queue_ms for t in done), 3)
+    row["retry_ms"] = round(sum(t.outcome.retry_ms for t in done), 3)
+    row["created_at"] = done[0].outcome.started_at
+
+
+def _put_usage(row: SampleRow | FailureRow, usage: UsageColumns) -> None:
+    row["prompt_tokens"] = usage.get("prompt_tokens")
+    row["completion_tokens"] = usage.get("completion_tokens")
+    row["cached_tokens"] = usage.get("cached_tokens")
+    row["cache_write_tokens"] = usage.get("cache_write_tokens")
+    row["reasoning_tokens"] = usage.get("reasoning_tokens")
+    row["cost_usd"] = usage.get("cost_usd")
+
+
+def _put_user_share(
+    row: SampleRow | FailureRow, ctx: RunContext, users: list[_Turn], user_teacher: TeacherConfig
+) -> None:
+    """The ``user_*`` columns: what the user turns among a row's requests cost."""
+    usage = _usage(ctx, users)
+    row["user_teacher"] = user_teacher.name
+    row["user_model_versions"] = sorted(
+        {t.outcome.completion.model_version or "" for t in users if t.outcome.completion}
+    )
+    row["user_prompt_tokens"] = usage.get("prompt_tokens")
+    row["user_completion_tokens"] = usage.get("completion_tokens")
+    row["user_cost_usd"] = usage.get("cost_usd")
+
+
+def _usage(ctx: RunContext, turns: list[_Turn]) -> UsageColumns:
     """Tokens and cost of the answered requests among ``turns`` (cost null if any is unpriced)."""
     answered = [(t.teacher, t.outcome.completion) for t in turns if t.outcome.completion]
     costs = [answer_cost(ctx.facts(teacher).price, c) for teacher, c in answered]
