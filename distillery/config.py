@@ -833,18 +833,20 @@ def load_config(path: Path) -> JobConfig:
     finally:
         CONFIG_DIR.reset(folder)
     base = path.resolve().parent
+
+    def beside_job(relative: Path) -> Path:
+        # Normalised: the summary, errors and every record name examples/../out as out.
+        return Path(os.path.normpath(base / relative))
+
     prompts = job.prompts
     if prompts.path is not None:
-        prompts = prompts.model_copy(update={"path": base / prompts.path})
+        prompts = prompts.model_copy(update={"path": beside_job(prompts.path)})
     if isinstance(prompts.data, Path):
-        prompts = prompts.model_copy(update={"data": base / prompts.data})
+        prompts = prompts.model_copy(update={"data": beside_job(prompts.data)})
     return job.model_copy(
         update={
             "prompts": prompts,
-            # Normalised: the summary and every record name examples/../out as out.
-            "output": job.output
-            if isinstance(job.output, str)
-            else Path(os.path.normpath(base / job.output)),
+            "output": job.output if isinstance(job.output, str) else beside_job(job.output),
             "terms_file": base / job.terms_file if job.terms_file else None,
             "prices_file": base / job.prices_file if job.prices_file else None,
         }

@@ -274,13 +274,17 @@ def test_a_reasoning_style_without_with_reasoning_is_refused(tmp_path: Path) -> 
     assert "add --with-reasoning" in one_error_line(result)
 
 
-def test_the_output_path_is_normalised(tmp_path: Path) -> None:
+def test_the_paths_of_a_job_are_normalised(tmp_path: Path) -> None:
     from distillery.config import load_config
 
     (tmp_path / "jobs").mkdir()
     config = write_job(tmp_path / "jobs", "http://127.0.0.1:9")
-    config.write_text(config.read_text().replace("output: out", "output: ../out"))
-    assert load_config(config).output == tmp_path / "out"
+    (tmp_path / "jobs" / "prompts.jsonl").rename(tmp_path / "prompts.jsonl")
+    text = config.read_text().replace("output: out", "output: ../out")
+    config.write_text(text.replace("prompts.jsonl", "../prompts.jsonl"))
+    job = load_config(config)
+    assert job.output == tmp_path / "out"
+    assert job.prompts.path == tmp_path / "prompts.jsonl"  # as errors and records name it
 
 
 def test_every_problem_of_a_job_is_reported_at_once_before_anything_starts(
