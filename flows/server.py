@@ -1,10 +1,11 @@
 """One local Prefect server that distillery starts once and reuses.
 
 Without ``PREFECT_API_URL``, Prefect's ephemeral mode starts a new server subprocess in every
-Python process: 15-60 s on 2 cores (FINDINGS.md), paid by every ``distillery run``. Instead the
-first run starts ``prefect server start`` in the background (SQLite under
-``$DISTILLERY_HOME/prefect``) and records it in ``$DISTILLERY_HOME/prefect-server.json``; later
-runs find it healthy and connect in milliseconds. ``distillery server status|stop`` manage it.
+Python process: tens of seconds on 2 cores (a new server's start: BENCHMARKS.md, "Start-up"),
+paid by every ``distillery run``. Instead the first run starts ``prefect server start`` in the
+background (SQLite under ``$DISTILLERY_HOME/prefect``) and records it in
+``$DISTILLERY_HOME/prefect-server.json``; later runs find it healthy and connect in
+milliseconds. ``distillery server status|stop`` manage it.
 A user who sets ``PREFECT_API_URL`` keeps their own server and this module is not used.
 """
 

@@ -2,7 +2,7 @@
 
 A shared limit is a Prefect global concurrency limit *without* decay whose slots are units of
 the provider's allowance per window (requests, or tokens). Workers never ask the server per
-request (each call is a round trip, p50 ~35 ms, spikes to seconds; FINDINGS.md): a worker leases
+request (each call is a round trip to the server, which can take seconds): a worker leases
 a block of slots (``increment-with-lease``; 2% of the allowance, doubling while the server grants
 them, up to an eighth) and spends it through its local
 :class:`~distillery.generators.ratelimit.LeaseGate`, which keeps every slot leased until the
@@ -15,8 +15,8 @@ Why not Prefect's rate limits (a limit *with* ``slot_decay_per_second``, through
 ``rate_limit()``): the server decays them by ``floor(decay x seconds since the row's last
 update)``, and every grant *and every refusal* updates the row (a refusal only bumps
 ``denied_slots`` yet moves ``updated``), so under contention the decay is lost again and
-again: two workers reached 53-82% of a limit that way (BENCHMARKS.md). Integer increments and
-decrements lose nothing.
+again: two workers reached far less of a limit that way (BENCHMARKS.md, "Rate-limit
+utilisation"). Integer increments and decrements lose nothing.
 
 Leases (rather than bare increments) make the server take slots back from a worker that died
 holding them: each lease lasts the slice it may be spent in, plus the window, plus a minute.
@@ -44,8 +44,8 @@ SLICE_WINDOWS = 4.0
 back, so slots circulate between workers while costing few round trips. Each lease's slice is
 jittered by +-25% so that leases taken together do not all come back at once. (Slices of one
 and two windows were tried: every lease retired with its units still spread over the window
-idles part of its slots until the last one leaves, and two workers reached 88-93% of the limit
-with them against 94-99% with four: BENCHMARKS.md.)"""
+idles part of its slots until the last one leaves, and two workers used less of the limit with
+them than with four: BENCHMARKS.md, "Rate-limit utilisation".)"""
 
 SLICE_JITTER = 0.5
 

@@ -82,8 +82,8 @@ class Batch:
     """The requests of one batch, in a plain container on purpose.
 
     Prefect walks task parameters looking for futures and states, descending into lists and
-    dataclasses: a list of a hundred WorkItems cost ~100 ms per batch (BENCHMARKS.md,
-    overhead). A plain object is passed through untouched.
+    dataclasses: a list of WorkItems was most of a batch's cost (BENCHMARKS.md, "Prefect
+    per-task overhead"). A plain object is passed through untouched.
     """
 
     __slots__ = ("items",)

@@ -168,8 +168,9 @@ class TeacherClient:
         call = self.provider.build_call(teacher, messages, key)
         if extra_body:
             call = replace(call, body=merge_body(call.body, extra_body))
-        # Counting a new text costs ~0.2 ms (tokens.py remembers it): only when a token window
-        # (configured, learnt from headers, or shared) will be charged with it.
+        # Counting a new text costs CPU (BENCHMARKS.md, "Flow overhead"; tokens.py remembers
+        # it): only when a token window (configured, learnt from headers, or shared) will be
+        # charged with it.
         prompt_tokens = (
             count_message_tokens(messages, self.teacher.model)
             if self.limiter is not None and self.limiter.counts_tokens
@@ -205,8 +206,8 @@ class TeacherClient:
     ) -> Completion:
         """Attempts 2..``max_attempts``, driven by tenacity.
 
-        The first attempt runs without it: building tenacity's machinery costs ~0.1 ms of CPU
-        a request (BENCHMARKS.md, overhead), and nearly every request succeeds first time.
+        The first attempt runs without it: building tenacity's machinery costs CPU on every
+        request (BENCHMARKS.md, "Flow overhead"), and nearly every request succeeds first time.
         Its wait already done, tenacity's attempt ``n`` is the request's attempt ``n + 1``.
         """
         retrying = AsyncRetrying(

@@ -4,11 +4,10 @@ A teacher client needs one thing from HTTP: POST a JSON body, get back status, h
 bytes, and learn — when no answer came — whether the server may have received (and billed)
 the request. :class:`HttpSender` is that, with two implementations:
 
-- ``aiohttp`` (default): aiohttp's ``ClientSession`` directly. On 2 cores here it costs about
-  half the client CPU a request of httpx's API on aiohttp's transport and a twelfth of
-  httpx's own transport (0.45 vs 1.0 vs 5.5 ms, BENCHMARKS.md, overhead); at the rates
-  top-tier limits allow (hundreds of requests/s per model) the httpx layer would take most of
-  a core.
+- ``aiohttp`` (default): aiohttp's ``ClientSession`` directly. It costs a fraction of the
+  client CPU a request of httpx's API on aiohttp's transport, and far less than httpx's own
+  transport (BENCHMARKS.md, "HTTP stack"); at the rates top-tier limits allow (hundreds of
+  requests/s per model) the httpx layer would take most of a core.
 - ``httpx``: httpx's own transport, selectable (``http_transport`` in the job file) should
   aiohttp misbehave somewhere.
 
@@ -80,9 +79,10 @@ class HttpSender(Protocol):
 def json_body(body: object) -> bytes:
     """A request body as httpx's ``json=`` would send it: compact UTF-8 JSON.
 
-    orjson (installed with Prefect) encodes a chat body in ~2 µs against ~25 µs for the
-    standard library; anything it refuses (a non-string key, an integer beyond 64 bits) goes
-    through ``json`` instead, which raises for what no JSON can hold (NaN).
+    orjson (installed with Prefect) encodes a chat body an order of magnitude faster than the
+    standard library (BENCHMARKS.md, "Flow overhead"); anything it refuses (a non-string key,
+    an integer beyond 64 bits) goes through ``json`` instead, which raises for what no JSON
+    can hold (NaN).
     """
     try:
         return orjson.dumps(body)
@@ -127,7 +127,7 @@ class AiohttpSender:
     """aiohttp's ``ClientSession``, created on first use inside the running event loop.
 
     Given the ``base_url`` it will serve, the proxy is resolved once instead of aiohttp asking
-    the environment (and ~/.netrc) on every request (~0.5 ms a request, BENCHMARKS.md).
+    the environment (and ~/.netrc) on every request (BENCHMARKS.md, "Flow overhead").
     """
 
     def __init__(self, max_connections: int, timeout_s: float, base_url: str | None) -> None:
@@ -193,7 +193,7 @@ class _Cookies(httpx.Cookies):
 
     httpx hands every response to ``http.cookiejar`` through urllib-compatible wrappers (an
     ``email.message.Message`` of all its headers, a ``urllib.request.Request`` of the
-    request's): ~0.3 ms a request (BENCHMARKS.md, overhead) to learn, for an API answer, that
+    request's): CPU on every request (BENCHMARKS.md, "Flow overhead") to learn, for an answer, that
     there is no ``Set-Cookie``. The jar reads nothing else, so a response without one is
     skipped; one with one is stored as before.
     """

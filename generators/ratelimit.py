@@ -693,8 +693,8 @@ class Limiter:
 
         A limit shared between workers is not paced here: the leases of :class:`LeaseGate`
         already spread it, and a lease whose units were spread over its whole window idles
-        longer once retired (its last unit leaves a window later): two workers reached 84-91%
-        of a shared limit paced, against 97% unpaced (BENCHMARKS.md, rate-limit utilisation).
+        longer once retired (its last unit leaves a window later): two workers used less of a
+        shared limit paced than unpaced (BENCHMARKS.md, "Rate-limit utilisation").
         """
         if self.shared.requests is not None:
             return None
@@ -772,7 +772,7 @@ class Limiter:
 
         The 2% margin is for requests counted by the server later than the client counted
         them; an entry moved to (answer - processing time) is counted no earlier than the
-        server did, so only rounding is left to cover (BENCHMARKS.md, rate-limit utilisation).
+        server did, so only rounding is left to cover (BENCHMARKS.md, "Rate-limit utilisation").
         """
         self._timed = True
         self._length = self.limits.window_s + timed_margin_s(self.limits.window_s)

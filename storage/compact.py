@@ -1,7 +1,7 @@
 """Merge a partition's small shards into larger ones.
 
 Every batch commits its own shard, so a long run leaves many small files; DuckDB scans fewer,
-larger files faster (BENCHMARKS.md, shard sizing). Compaction rewrites each run partition's
+larger files faster (BENCHMARKS.md, "Shard sizing"). Compaction rewrites each run partition's
 shards into shards of about ``target_rows`` and swaps them in with one manifest write, so a
 reader sees either the old shards or the new ones, never both or neither; a crash at any step
 leaves a partition its manifest still describes (``storage/shards.py``). :func:`compact` holds
@@ -27,7 +27,7 @@ from distillery.storage.shards import (
     replace_shards,
 )
 
-# ~50k rows per shard: as fast to query as one file per run (BENCHMARKS.md, shard sizing).
+# ~50k rows per shard: as fast to query as one file per run (BENCHMARKS.md, "Shard sizing").
 DEFAULT_TARGET_ROWS = 50_000
 
 

@@ -53,8 +53,8 @@ MANIFEST = "_manifest.json"
 # Shards of new rows, and rewrites of committed rows (see the module docstring).
 NEW_STEM = "part"
 REWRITE_STEM = "compacted"
-# ~8k rows of ~3.5 KB per row group: filtered reads and point lookups 1.7-3x faster than 64k
-# at the same size on disk (BENCHMARKS.md, shard sizing).
+# ~8k rows of ~3.5 KB per row group: filtered reads and point lookups faster than with 64k
+# at the same size on disk (BENCHMARKS.md, "Shard sizing").
 ROW_GROUP_ROWS = 8_000
 
 

@@ -97,8 +97,9 @@ class Spool:
 
 def _line(record: Mapping[str, object]) -> str:
     """One JSON line. orjson (installed with Prefect; datetimes in ISO 8601 as ``isoformat``)
-    takes ~2 µs for a row against ~25 µs for ``json``, which still serves whatever orjson
-    refuses (a non-string key, an integer beyond 64 bits) so no row is ever lost to it."""
+    is an order of magnitude faster than ``json`` (BENCHMARKS.md, "Flow overhead"), which
+    still serves whatever orjson refuses (a non-string key, an integer beyond 64 bits) so no
+    row is ever lost to it."""
     try:
         return orjson.dumps(record, default=_encode).decode() + "\n"
     except TypeError:

@@ -77,6 +77,17 @@ def prefect_api() -> Iterator[str]:
         server.stop()
 
 
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """Every test that starts Prefect (it asks for ``prefect_api``) is marked ``slow``.
+
+    The session's server costs 15-60 s to start and each flow run seconds more, so
+    ``pytest -m "not slow"`` stays the fast loop without each such test having to say so.
+    """
+    for item in items:
+        if "prefect_api" in getattr(item, "fixturenames", ()):
+            item.add_marker(pytest.mark.slow)
+
+
 def pytest_sessionfinish(session: pytest.Session) -> None:
     """The xdist controller stops the server its workers shared (a no-op when none ran)."""
     if _WORKER is None and (_SESSION_DIR / "home" / "prefect-server.json").exists():

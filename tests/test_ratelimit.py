@@ -655,7 +655,7 @@ def test_the_limiter_paces_rather_than_bursts() -> None:
 
 def test_a_shared_limit_is_not_paced_locally() -> None:
     # Its leases spread it already; paced, each lease's units would be spread over its whole
-    # window and a retired lease would idle longer (BENCHMARKS.md, rate-limit utilisation).
+    # window and a retired lease would idle longer (BENCHMARKS.md, "Rate-limit utilisation").
     clock = FakeClock()
     shared = SharedLimits(requests=_gate(FakePool(120), clock, block=120, hold=6.12))
     limiter = Limiter(Limits(rpm=1200, window_s=6), 64, clock=clock, shared=shared)

@@ -1,5 +1,9 @@
 """A shared limit on a real Prefect server: leased slots, never more than the limit, all given
-back. (The two-worker-process run against a limiting emulator is tests/test_postgres_server.py.)
+back. Real time on purpose: what it asserts holds however long the round trips take (the lease
+policy's timings are tested on a fake clock in tests/test_ratelimit.py), and on a fake clock
+every poll of the server is a round trip that moves time by one poll only, which made this
+test 2x slower. Starts Prefect, so it is slow (tests/conftest.py). (The two-worker-process run
+against a limiting emulator is tests/test_postgres_server.py.)
 """
 
 import asyncio
@@ -17,7 +21,7 @@ def _teacher(base_url: str) -> TeacherConfig:
             "model": "gpt-4o-mini",
             "base_url": base_url,
             "api_key_env": "EMULATOR_API_KEY",
-            # 60 requests per 2 s: a block is 1 request, a lease is re-spent for 4 s.
+            # 60 requests per 2 s: a block is 1 request, a lease is re-spent for 4 windows.
             "limits": {"rpm": 1800, "window_s": 2.0, "shared": True},
         }
     )

@@ -13,7 +13,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 # Reported when no limit is configured. Clients pace by these headers, so they must be far
-# above anything the emulator can serve (~1,500 req/s per process), or an unlimited emulator
+# above anything the emulator can serve (BENCHMARKS.md, "HTTP stack"), or an unlimited emulator
 # would announce limits it never enforces and throttle every client that believes it.
 NOMINAL_REQUESTS_PER_MINUTE = 10_000_000
 NOMINAL_TOKENS_PER_MINUTE = 10_000_000_000
