@@ -54,6 +54,12 @@ class EmulatorOptions(BaseModel):
     #: Where the OpenAI route puts a trace: reasoning_content field, inline <think> tags,
     #: hidden, or auto (hidden for OpenAI's own model names, the field otherwise).
     openai_reasoning: Literal["auto", "field", "inline", "hidden"] = "auto"
+    #: How long a batch of the batch APIs takes (:mod:`.batch_api`): its compressed 24-hour
+    #: window, at whose end it completes (or expires). 0: done when first looked at.
+    batch_seconds: float = Field(default=2.0, ge=0.0)
+    #: Share of batches (0..1) that expire at the end of their window with half their lines
+    #: done, the rest reported expired.
+    batch_expire_rate: float = Field(default=0.0, ge=0.0, le=1.0)
 
     @property
     def limited(self) -> bool:

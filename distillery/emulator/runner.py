@@ -10,12 +10,14 @@ import asyncio
 import concurrent.futures
 import signal
 import threading
+import time
 from collections.abc import Callable
 from types import TracebackType
 from typing import TypeVar
 
 from aiohttp import web
 
+from distillery.emulator.batch_api import Clock
 from distillery.emulator.completion import warm_up
 from distillery.emulator.options import EmulatorOptions
 from distillery.emulator.server import STATE, build_app
@@ -73,12 +75,16 @@ class RunningEmulator:
     """
 
     def __init__(
-        self, options: EmulatorOptions | None = None, host: str = "127.0.0.1", port: int = 0
+        self,
+        options: EmulatorOptions | None = None,
+        host: str = "127.0.0.1",
+        port: int = 0,
+        clock: Clock = time.time,
     ) -> None:
         self.options = options or EmulatorOptions()
         self._host = host
         self._port = port
-        self._app = build_app(self.options)
+        self._app = build_app(self.options, clock)
         self._url: str | None = None
         self._thread: threading.Thread | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
