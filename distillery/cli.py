@@ -824,7 +824,7 @@ def emulator_command(
         typer.Option(
             metavar="<mode>",  # the four modes are in the help; as a type they cut option names
             help="Where the OpenAI route puts a trace: reasoning_content (field), <think> tags "
-            "(inline), nowhere (hidden); auto: hidden for o-series/gpt-5 names, else field."
+            "(inline), nowhere (hidden); auto: hidden for o-series/gpt-5 names, else field.",
         ),
     ] = "auto",
     batch_seconds: Annotated[

@@ -16,17 +16,9 @@ from typing import Any
 
 from aiohttp import web
 
-from distillery.emulator.batch_api.common import (
-    Context,
-    answer_body,
-    fault_body,
-    invalid_body,
-    json_object,
-    json_ok,
-    jsonl_line,
-    read_capped,
-)
-from distillery.emulator.batch_api.store import TERMINAL, Job, Line, Outcome, Phase, new_id
+from distillery.emulator.batch_api import common
+from distillery.emulator.batch_api.common import Context
+from distillery.emulator.batch_api.store import TERMINAL, Job, Outcome, Phase, new_id
 from distillery.emulator.formats.anthropic import AnthropicFormat, rfc3339
 from distillery.emulator.formats.base import ApiError, Problem
 
@@ -59,7 +51,7 @@ class AnthropicBatches:
         router.add_get("/v1/messages/batches/{id}/results", guard(_FORMAT, self.results))
 
     async def create(self, request: web.Request) -> web.StreamResponse:
-        body = await read_capped(request, MAX_BYTES)
+        body = await common.read_capped(request, MAX_BYTES)
         if body is None:
             raise ApiError(
                 413,
@@ -67,7 +59,7 @@ class AnthropicBatches:
                 f"Request exceeds the maximum allowed number of bytes ({MAX_BYTES}) for a "
                 "message batch.",
             )
-        requests = json_object(body).get("requests")
+        requests = common.json_object(body).get("requests")
         if not isinstance(requests, list):
             raise _invalid("requests: Field required")
         if not requests:
@@ -91,15 +83,11 @@ class AnthropicBatches:
             if custom_id in seen:
                 raise _invalid(f"Duplicate custom_id {custom_id!r}: each must be unique.")
             seen.add(custom_id)
-            try:
-                chat = self.ctx.chat(_FORMAT, request, item["params"])
-            except ApiError as err:
-                lines.append(Line(custom_id, None, invalid_body(_FORMAT, err, request)))
-                continue
-            lines.append(Line(custom_id, chat, fault=self.store.fault()))
+            parsed = self.ctx.parse(_FORMAT, request, item["params"])
+            lines.append(self.ctx.line(_FORMAT, custom_id, parsed, request))
         origin = f"{request.scheme}://{request.host}"
         job = self.store.add_job(new_id(_PREFIX + "01", 22), lines, {"origin": origin})
-        return json_ok(self._batch(job))
+        return common.json_ok(self._batch(job))
 
     def _batch(self, job: Job) -> dict[str, Any]:
         now = self.store.clock()
@@ -137,15 +125,17 @@ class AnthropicBatches:
                 outcome: dict[str, Any] = {"type": result.outcome.value}
                 if result.outcome is Outcome.SUCCEEDED:
                     assert line.chat is not None and result.answer is not None
-                    rendered = answer_body(_FORMAT, line.chat, result.answer, None)
+                    rendered = common.answer_body(_FORMAT, line.chat, result.answer, None)
                     outcome["message"] = rendered.body
                 elif result.outcome is Outcome.ERRORED:
                     if result.fault is not None and line.chat is not None:
-                        outcome["error"] = fault_body(_FORMAT, result.fault, line.chat, None).body
+                        outcome["error"] = common.fault_body(
+                            _FORMAT, result.fault, line.chat, None
+                        ).body
                     else:
                         assert line.invalid is not None
                         outcome["error"] = line.invalid.body
-                out.write(jsonl_line({"custom_id": line.custom_id, "result": outcome}))
+                out.write(common.jsonl_line({"custom_id": line.custom_id, "result": outcome}))
         job.info["results"] = path
 
     async def _job(self, request: web.Request) -> Job:
@@ -156,33 +146,24 @@ class AnthropicBatches:
         return job
 
     async def get(self, request: web.Request) -> web.StreamResponse:
-        return json_ok(self._batch(await self._job(request)))
+        return common.json_ok(self._batch(await self._job(request)))
 
     async def list(self, request: web.Request) -> web.StreamResponse:
         query = request.query
-        try:
-            limit = int(query.get("limit", "20"))
-        except ValueError:
-            limit = 0
-        if not 1 <= limit <= 1000:
+        limit = common.page_size(query.get("limit"), 20, 1000)
+        if limit is None:
             raise _invalid("limit: Input should be between 1 and 1000")
         jobs = self.store.newest_first(_PREFIX)
-        ids = [job.id for job in jobs]
-        before, after = query.get("before_id"), query.get("after_id")
-        if after is not None:
-            jobs = jobs[ids.index(after) + 1 :] if after in ids else []
-            page = jobs[:limit]
-            more = len(jobs) > limit
-        elif before is not None:
-            jobs = jobs[: ids.index(before)] if before in ids else []
-            page = jobs[-limit:]
-            more = len(jobs) > limit
+        before = query.get("before_id")
+        if before is not None:  # the page just before it: reversed, it is the page after it
+            older_first, more = common.page(jobs[::-1], before, limit)
+            jobs = older_first[::-1]
         else:
-            page, more = jobs[:limit], len(jobs) > limit
-        for job in page:
+            jobs, more = common.page(jobs, query.get("after_id"), limit)
+        for job in jobs:
             await self.store.settle(job, self._write)
-        data = [self._batch(job) for job in page]
-        return json_ok(
+        data = [self._batch(job) for job in jobs]
+        return common.json_ok(
             {
                 "data": data,
                 "has_more": more,
@@ -200,7 +181,7 @@ class AnthropicBatches:
         if job.cancelled_at is None:
             job.cancelled_at = now
         await self.store.settle(job, self._write)
-        return json_ok(self._batch(job))
+        return common.json_ok(self._batch(job))
 
     async def results(self, request: web.Request) -> web.StreamResponse:
         job = await self._job(request)
@@ -219,4 +200,4 @@ class AnthropicBatches:
         path = job.info.get("results")
         if path is not None:
             path.unlink(missing_ok=True)
-        return json_ok({"id": job.id, "type": "message_batch_deleted"})
+        return common.json_ok({"id": job.id, "type": "message_batch_deleted"})

@@ -15,7 +15,7 @@ from typing import Any
 
 from aiohttp import web
 
-from distillery.emulator.batch_api.store import BatchStore, Job, Rendered
+from distillery.emulator.batch_api.store import BatchStore, Job, Line, Rendered
 from distillery.emulator.completion import Answer, ChatRequest
 from distillery.emulator.faults import Fault
 from distillery.emulator.formats.base import ApiError, Problem, Served, WireFormat
@@ -57,16 +57,29 @@ class Context:
 
         return handle
 
-    def chat(self, fmt: WireFormat, request: web.Request, body: Any) -> ChatRequest:
+    def parse(self, fmt: WireFormat, request: web.Request, body: Any) -> ChatRequest | ApiError:
         """``body`` (one line's request) parsed as the online route parses it, reasoning set up
-        the same way: the same request gets the same answer in a batch and online."""
-        chat = fmt.parse(request, json.dumps(body).encode())
+        the same way (the same request gets the same answer in a batch and online), or why the
+        online route would refuse it. Thread-safe: batches are parsed off the event loop."""
+        try:
+            chat = fmt.parse(request, json.dumps(body).encode())
+        except ApiError as err:
+            return err
         if chat.thinking is not None:
             options = self.options
             chat = configure(
                 chat, options.seed, options.reasoning_redact_rate, options.openai_reasoning
             )
         return chat
+
+    def line(
+        self, fmt: WireFormat, custom_id: str, parsed: ChatRequest | ApiError, request: web.Request
+    ) -> Line:
+        """A job's line from a :meth:`parse` result, its fault drawn (on the event loop, in
+        line order: a run is reproducible)."""
+        if isinstance(parsed, ApiError):
+            return Line(custom_id, None, unpack(fmt.error(parsed, request)))
+        return Line(custom_id, parsed, fault=self.store.fault())
 
     async def job(self, job_id: str, write: Callable[[Job, float], None]) -> Job | None:
         """The job ``job_id`` with its results written if it has ended, or None."""
@@ -99,10 +112,28 @@ def json_object(body: bytes) -> dict[str, Any]:
     try:
         data = json.loads(body)
     except ValueError:
-        raise ApiError(400, Problem.BAD_JSON) from None
-    if not isinstance(data, dict):
-        raise ApiError(400, Problem.BAD_JSON)
-    return data
+        data = None
+    if isinstance(data, dict):
+        return data
+    raise ApiError(400, Problem.BAD_JSON)
+
+
+def page(jobs: list[Job], after: str | None, size: int) -> tuple[list[Job], bool]:
+    """Up to ``size`` of ``jobs`` (newest first) after the one with id ``after``, and whether
+    more follow: the cursor pagination every provider's list uses."""
+    if after is not None:
+        ids = [job.id for job in jobs]
+        jobs = jobs[ids.index(after) + 1 :] if after in ids else []
+    return jobs[:size], len(jobs) > size
+
+
+def page_size(raw: str | None, default: int, most: int) -> int | None:
+    """A list's page size from its query parameter; None if it is not in ``1..most``."""
+    try:
+        size = default if raw is None else int(raw)
+    except ValueError:
+        return None
+    return size if 1 <= size <= most else None
 
 
 def unpack(response: web.Response, request_id_header: str | None = None) -> Rendered:
@@ -121,11 +152,6 @@ def answer_body(fmt: WireFormat, chat: ChatRequest, answer: Answer, header: str 
 def fault_body(fmt: WireFormat, fault: Fault, chat: ChatRequest, header: str | None) -> Rendered:
     """The online route's error response for ``fault``, as a batch result."""
     return unpack(fmt.fault(fault, chat), header)
-
-
-def invalid_body(fmt: WireFormat, error: ApiError, request: web.Request) -> Rendered:
-    """The online route's answer to an invalid request, as a batch result."""
-    return unpack(fmt.error(error, request))
 
 
 def jsonl_line(record: Any) -> bytes:

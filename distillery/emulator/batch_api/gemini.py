@@ -24,18 +24,9 @@ from typing import Any
 
 from aiohttp import web
 
-from distillery.emulator.batch_api.common import (
-    Context,
-    Handler,
-    answer_body,
-    fault_body,
-    invalid_body,
-    json_object,
-    json_ok,
-    jsonl_line,
-    read_capped,
-)
-from distillery.emulator.batch_api.store import TERMINAL, Job, Line, Phase, Result, new_id
+from distillery.emulator.batch_api import common
+from distillery.emulator.batch_api.common import Context, Handler
+from distillery.emulator.batch_api.store import TERMINAL, Job, Phase, Result, new_id
 from distillery.emulator.completion import ChatRequest
 from distillery.emulator.formats.anthropic import rfc3339
 from distillery.emulator.formats.base import ApiError, Problem
@@ -66,7 +57,7 @@ def _invalid(message: str) -> ApiError:
 
 def _google_error(code: int, status: str, message: str) -> web.Response:
     """An error in Google's envelope with a status the wire format has no problem for."""
-    return json_ok({"error": {"code": code, "message": message, "status": status}}, code)
+    return common.json_ok({"error": {"code": code, "message": message, "status": status}}, code)
 
 
 def _not_found() -> web.Response:
@@ -122,10 +113,10 @@ class GeminiBatches:
     # Batches
 
     async def create(self, request: web.Request) -> web.StreamResponse:
-        body = await read_capped(request, MAX_INLINE_BYTES)
+        body = await common.read_capped(request, MAX_INLINE_BYTES)
         if body is None:
             raise _invalid(f"Request payload size exceeds the limit: {MAX_INLINE_BYTES} bytes.")
-        batch = json_object(body).get("batch")
+        batch = common.json_object(body).get("batch")
         if not isinstance(batch, dict):
             raise _invalid("* BatchGenerateContentRequest.batch: batch is required.")
         config = batch.get("inputConfig", batch.get("input_config"))
@@ -154,9 +145,9 @@ class GeminiBatches:
                 return _not_found()
             info["fileName"] = stored.id
             parsed, problems = await asyncio.to_thread(self._parse_file, stored.path, request)
-        lines = [self._line(key, item, request) for key, item in parsed]
+        lines = [self.ctx.line(_FORMAT, key, item, request) for key, item in parsed]
         job = self.store.add_job("batches/" + new_id("", 32, _LOWER), lines, info, problems)
-        return json_ok(self._operation(job))
+        return common.json_ok(self._operation(job))
 
     def _parse_inline(
         self, items: list[Any], request: web.Request
@@ -168,7 +159,12 @@ class GeminiBatches:
                 continue
             metadata = item.get("metadata")
             key = metadata.get("key") if isinstance(metadata, dict) else None
-            parsed.append((str(key if key is not None else index), self._chat(item, request)))
+            parsed.append(
+                (
+                    str(key if key is not None else index),
+                    self.ctx.parse(_FORMAT, request, item["request"]),
+                )
+            )
         return parsed
 
     def _parse_file(
@@ -186,21 +182,15 @@ class GeminiBatches:
                 if not isinstance(item, dict) or not isinstance(item.get("request"), dict):
                     message = f"Line {number} of the input file is not a JSON {{key, request}}."
                     return [], [{"code": 3, "message": message}]
-                parsed.append((str(item.get("key", number)), self._chat(item, request)))
+                parsed.append(
+                    (
+                        str(item.get("key", number)),
+                        self.ctx.parse(_FORMAT, request, item["request"]),
+                    )
+                )
         if not parsed:
             return [], [{"code": 3, "message": "The input file holds no requests."}]
         return parsed, []
-
-    def _chat(self, item: dict[str, Any], request: web.Request) -> ChatRequest | ApiError:
-        try:
-            return self.ctx.chat(_FORMAT, request, item["request"])
-        except ApiError as err:
-            return err
-
-    def _line(self, key: str, item: ChatRequest | ApiError, request: web.Request) -> Line:
-        if isinstance(item, ApiError):
-            return Line(key, None, invalid_body(_FORMAT, item, request))
-        return Line(key, item, fault=self.store.fault())
 
     def _operation(self, job: Job) -> dict[str, Any]:
         now = self.store.clock()
@@ -255,7 +245,7 @@ class GeminiBatches:
         path = self.store.new_path()
         with path.open("wb") as out:
             for result in job.results(now, self.ctx.options.seed, input_order=True):
-                out.write(jsonl_line({"key": result.line.custom_id, **_record(result)}))
+                out.write(common.jsonl_line({"key": result.line.custom_id, **_record(result)}))
         name = "files/batch-" + new_id("", 24, _LOWER)
         info = {"displayName": f"{job.id} responses", "mimeType": "application/jsonl"}
         self.store.add_file(name, path, {**info, "source": "GENERATED"})
@@ -267,28 +257,20 @@ class GeminiBatches:
 
     async def get(self, request: web.Request) -> web.StreamResponse:
         job = await self._job(request)
-        return _not_found() if job is None else json_ok(self._operation(job))
+        return _not_found() if job is None else common.json_ok(self._operation(job))
 
     async def list(self, request: web.Request) -> web.StreamResponse:
-        query = request.query
-        try:
-            size = int(query.get("pageSize", "50"))
-        except ValueError:
-            size = 0
-        if not 1 <= size <= 1000:
+        size = common.page_size(request.query.get("pageSize"), 50, 1000)
+        if size is None:
             raise _invalid("page_size must be between 1 and 1000.")
-        jobs = self.store.newest_first("batches/")
-        token = query.get("pageToken")
-        if token:
-            ids = [job.id for job in jobs]
-            jobs = jobs[ids.index(token) + 1 :] if token in ids else []
-        page = jobs[:size]
-        for job in page:
+        token = request.query.get("pageToken") or None
+        jobs, more = common.page(self.store.newest_first("batches/"), token, size)
+        for job in jobs:
             await self.store.settle(job, self._write)
-        payload: dict[str, Any] = {"operations": [self._operation(job) for job in page]}
-        if len(jobs) > size:
-            payload["nextPageToken"] = page[-1].id
-        return json_ok(payload)
+        payload: dict[str, Any] = {"operations": [self._operation(job) for job in jobs]}
+        if more:
+            payload["nextPageToken"] = jobs[-1].id
+        return common.json_ok(payload)
 
     async def cancel(self, request: web.Request) -> web.StreamResponse:
         job = await self._job(request)
@@ -299,14 +281,14 @@ class GeminiBatches:
             return _google_error(400, "FAILED_PRECONDITION", f"{job.id} has already ended.")
         if job.cancelled_at is None:
             job.cancelled_at = now
-        return json_ok({})
+        return common.json_ok({})
 
     async def delete(self, request: web.Request) -> web.StreamResponse:
         job = await self._job(request)
         if job is None:
             return _not_found()
         del self.store.jobs[job.id]
-        return json_ok({})
+        return common.json_ok({})
 
     # Files
 
@@ -338,7 +320,7 @@ class GeminiBatches:
                 f"File size {declared} bytes exceeds the limit of {MAX_FILE_BYTES} bytes."
             )
         body = await request.read()
-        spec = (json_object(body) if body else {}).get("file") or {}
+        spec = (common.json_object(body) if body else {}).get("file") or {}
         name = spec.get("name") or "files/" + new_id("", 12, _LOWER)
         mime = headers.get("X-Goog-Upload-Header-Content-Type", spec.get("mimeType", ""))
         info = {"displayName": spec.get("displayName", ""), "mimeType": mime, "name": name}
@@ -359,7 +341,7 @@ class GeminiBatches:
         if offset != str(pending.received):
             message = f"Upload offset {offset or 'missing'}, expected {pending.received}."
             return _google_error(400, "INVALID_ARGUMENT", message)
-        data = await read_capped(request, pending.declared - pending.received)
+        data = await common.read_capped(request, pending.declared - pending.received)
         if data is None:
             message = f"More bytes than the {pending.declared} the upload declared."
             return _google_error(400, "INVALID_ARGUMENT", message)
@@ -375,7 +357,7 @@ class GeminiBatches:
             return _google_error(400, "INVALID_ARGUMENT", message)
         info = {**pending.info, "source": "UPLOADED"}
         stored = self.store.add_file(info.pop("name"), pending.path, info)
-        response = json_ok({"file": self._file(stored.id, request)})
+        response = common.json_ok({"file": self._file(stored.id, request)})
         response.headers[_UPLOAD_STATUS] = "final"
         return response
 
@@ -403,14 +385,14 @@ class GeminiBatches:
         name = "files/" + request.match_info["id"]
         if name not in self.store.files:
             return _not_found()
-        return json_ok(self._file(name, request))
+        return common.json_ok(self._file(name, request))
 
     async def delete_file(self, request: web.Request) -> web.StreamResponse:
         stored = self.store.files.pop("files/" + request.match_info["id"], None)
         if stored is None:
             return _not_found()
         stored.path.unlink(missing_ok=True)
-        return json_ok({})
+        return common.json_ok({})
 
     async def download(self, request: web.Request) -> web.StreamResponse:
         stored = self.store.files.get("files/" + request.match_info["id"])
@@ -425,8 +407,8 @@ def _record(result: Result) -> dict[str, Any]:
     """One request's outcome in a succeeded batch: its ``response`` or its ``error``."""
     line = result.line
     if result.answer is not None and line.chat is not None:
-        return {"response": answer_body(_FORMAT, line.chat, result.answer, None).body}
+        return {"response": common.answer_body(_FORMAT, line.chat, result.answer, None).body}
     if result.fault is not None and line.chat is not None:
-        return {"error": fault_body(_FORMAT, result.fault, line.chat, None).body["error"]}
+        return {"error": common.fault_body(_FORMAT, result.fault, line.chat, None).body["error"]}
     assert line.invalid is not None
     return {"error": line.invalid.body["error"]}

@@ -24,17 +24,9 @@ from typing import Any
 
 from aiohttp import BodyPartReader, web
 
-from distillery.emulator.batch_api.common import (
-    Context,
-    Handler,
-    answer_body,
-    fault_body,
-    invalid_body,
-    json_object,
-    json_ok,
-    jsonl_line,
-)
-from distillery.emulator.batch_api.store import TERMINAL, Job, Line, Outcome, Phase, new_id
+from distillery.emulator.batch_api import common
+from distillery.emulator.batch_api.common import Context, Handler
+from distillery.emulator.batch_api.store import TERMINAL, Job, Outcome, Phase, new_id
 from distillery.emulator.completion import ChatRequest
 from distillery.emulator.formats.base import ApiError, Problem
 from distillery.emulator.formats.openai import OpenAIFormat
@@ -62,6 +54,11 @@ _FORMAT = OpenAIFormat()
 
 def _invalid(message: str, param: str | None = None, code: str | None = None) -> ApiError:
     return ApiError(400, Problem.INVALID_REQUEST, message, param=param, code=code)
+
+
+def _missing(param: str) -> ApiError:
+    message = f"Missing required parameter: '{param}'."
+    return _invalid(message, param, "missing_required_parameter")
 
 
 def _not_found(message: str) -> ApiError:
@@ -118,26 +115,20 @@ class OpenAIBatches:
                 cap = MAX_BATCH_BYTES if purpose == "batch" else MAX_FILE_BYTES
                 received = await self._receive(part, cap), part.filename or "file"
         if received is None:
-            raise _invalid(
-                "Missing required parameter: 'file'.", "file", "missing_required_parameter"
-            )
+            raise _missing("file")
         path, filename = received
-        if purpose is None:
+        if purpose not in PURPOSES:
             path.unlink()
-            raise _invalid(
-                "Missing required parameter: 'purpose'.", "purpose", "missing_required_parameter"
-            )
-        if purpose not in PURPOSES or (
-            purpose == "batch" and path.stat().st_size > MAX_BATCH_BYTES
-        ):
-            path.unlink()
-            if purpose not in PURPOSES:
-                raise _invalid(f"Invalid value for purpose: {purpose!r}.", "purpose")
+            if purpose is None:
+                raise _missing("purpose")
+            raise _invalid(f"Invalid value for purpose: {purpose!r}.", "purpose")
+        if purpose == "batch" and path.stat().st_size > MAX_BATCH_BYTES:
+            path.unlink()  # the purpose came after the file: its cap was the general one
             raise _too_large(MAX_BATCH_BYTES)
         stored = self.store.add_file(
             new_id("file-", 22), path, {"filename": filename, "purpose": purpose}
         )
-        return json_ok(self._file(stored.id))
+        return common.json_ok(self._file(stored.id))
 
     async def _receive(self, part: BodyPartReader, cap: int) -> Path:
         """Stream the part to disk; over ``cap`` bytes, the provider's error."""
@@ -170,14 +161,14 @@ class OpenAIBatches:
         }
 
     async def get_file(self, request: web.Request) -> web.StreamResponse:
-        return json_ok(self._file(request.match_info["id"]))
+        return common.json_ok(self._file(request.match_info["id"]))
 
     async def delete_file(self, request: web.Request) -> web.StreamResponse:
         file_id = request.match_info["id"]
         self._file(file_id)
         stored = self.store.files.pop(file_id)
         stored.path.unlink(missing_ok=True)
-        return json_ok({"id": file_id, "object": "file", "deleted": True})
+        return common.json_ok({"id": file_id, "object": "file", "deleted": True})
 
     async def content(self, request: web.Request) -> web.StreamResponse:
         file_id = request.match_info["id"]
@@ -187,12 +178,10 @@ class OpenAIBatches:
     # Batches
 
     async def create(self, request: web.Request) -> web.StreamResponse:
-        data = json_object(await request.read())
+        data = common.json_object(await request.read())
         for param in ("input_file_id", "endpoint", "completion_window"):
             if param not in data:
-                raise _invalid(
-                    f"Missing required parameter: '{param}'.", param, "missing_required_parameter"
-                )
+                raise _missing(param)
         if data["completion_window"] != "24h":
             raise _invalid(
                 f"Invalid value: {json.dumps(data['completion_window'])}. Supported values "
@@ -219,10 +208,10 @@ class OpenAIBatches:
                 "input_file_id",
             )
         parsed, problems, model = await asyncio.to_thread(self._validate, stored.path, request)
-        lines = [self._line(custom_id, item, request) for custom_id, item in parsed]
+        lines = [self.ctx.line(_FORMAT, key, item, request) for key, item in parsed]
         info = {"input_file_id": file_id, "metadata": metadata, "model": model}
         job = self.store.add_job(new_id("batch_", 24), lines, info, problems)
-        return json_ok(self._batch(job))
+        return common.json_ok(self._batch(job))
 
     def _validate(self, path: Path, request: web.Request) -> tuple[list[Parsed], list[Any], str]:
         """The file's lines parsed, or the problems that fail the batch, and its model."""
@@ -269,18 +258,10 @@ class OpenAIBatches:
                     continue
                 custom_id = line["custom_id"]
                 seen.add(custom_id)
-                try:
-                    parsed.append((custom_id, self.ctx.chat(_FORMAT, request, body)))
-                except ApiError as err:
-                    parsed.append((custom_id, err))
+                parsed.append((custom_id, self.ctx.parse(_FORMAT, request, body)))
         if not parsed and not problems:
             problems.append(_problem("empty_file", "The batch input file is empty."))
         return ([] if problems else parsed), problems, model
-
-    def _line(self, custom_id: str, item: ChatRequest | ApiError, request: web.Request) -> Line:
-        if isinstance(item, ApiError):
-            return Line(custom_id, None, invalid_body(_FORMAT, item, request))
-        return Line(custom_id, item, fault=self.store.fault())
 
     def _batch(self, job: Job) -> dict[str, Any]:
         now = self.store.clock()
@@ -349,11 +330,13 @@ class OpenAIBatches:
                     record["error"] = _CANCELLED
                 else:
                     if result.answer is not None and line.chat is not None:
-                        rendered = answer_body(_FORMAT, line.chat, result.answer, _REQUEST_ID)
+                        rendered = common.answer_body(
+                            _FORMAT, line.chat, result.answer, _REQUEST_ID
+                        )
                         target = "output_file_id"
                         _add_usage(usage, rendered.body["usage"])
                     elif result.fault is not None and line.chat is not None:
-                        rendered = fault_body(_FORMAT, result.fault, line.chat, _REQUEST_ID)
+                        rendered = common.fault_body(_FORMAT, result.fault, line.chat, _REQUEST_ID)
                     else:
                         assert line.invalid is not None
                         rendered = line.invalid
@@ -362,7 +345,7 @@ class OpenAIBatches:
                         "request_id": rendered.request_id,
                         "body": rendered.body,
                     }
-                (out if target == "output_file_id" else err).write(jsonl_line(record))
+                (out if target == "output_file_id" else err).write(common.jsonl_line(record))
                 written[target] += 1
         for key, path in paths.items():
             if written[key]:
@@ -389,27 +372,21 @@ class OpenAIBatches:
         return job
 
     async def get(self, request: web.Request) -> web.StreamResponse:
-        return json_ok(self._batch(await self._job(request)))
+        return common.json_ok(self._batch(await self._job(request)))
 
     async def list(self, request: web.Request) -> web.StreamResponse:
-        limit = _limit(request.query.get("limit"))
-        jobs = self.store.newest_first("batch_")
-        after = request.query.get("after")
-        if after is not None:
-            ids = [job.id for job in jobs]
-            jobs = jobs[ids.index(after) + 1 :] if after in ids else []
-        page = jobs[:limit]
-        for job in page:
+        limit = common.page_size(request.query.get("limit"), 20, 100)
+        if limit is None:
+            raise _invalid("Invalid 'limit': expected an integer between 1 and 100.", "limit")
+        jobs, more = common.page(
+            self.store.newest_first("batch_"), request.query.get("after"), limit
+        )
+        for job in jobs:
             await self.store.settle(job, self._write)
-        data = [self._batch(job) for job in page]
-        return json_ok(
-            {
-                "object": "list",
-                "data": data,
-                "first_id": data[0]["id"] if data else None,
-                "last_id": data[-1]["id"] if data else None,
-                "has_more": len(jobs) > limit,
-            }
+        data = [self._batch(job) for job in jobs]
+        first, last = (data[0]["id"], data[-1]["id"]) if data else (None, None)
+        return common.json_ok(
+            {"object": "list", "data": data, "first_id": first, "last_id": last, "has_more": more}
         )
 
     async def cancel(self, request: web.Request) -> web.StreamResponse:
@@ -425,7 +402,7 @@ class OpenAIBatches:
         if job.cancelled_at is None:
             job.cancelled_at = now
         await self.store.settle(job, self._write)
-        return json_ok(self._batch(job))
+        return common.json_ok(self._batch(job))
 
 
 def _line_problem(line: dict[str, Any], number: int, seen: set[str]) -> Any:
@@ -433,12 +410,8 @@ def _line_problem(line: dict[str, Any], number: int, seen: set[str]) -> Any:
     custom_id = line.get("custom_id")
     for param in ("custom_id", "method", "url", "body"):
         if param not in line:
-            return _problem(
-                "missing_required_parameter",
-                f"Missing required parameter: '{param}'.",
-                number,
-                param,
-            )
+            missing = _missing(param)
+            return _problem(missing.code or "", missing.message, number, param)
     if not isinstance(custom_id, str) or not custom_id:
         return _problem(
             "invalid_value", "custom_id must be a non-empty string.", number, "custom_id"
@@ -465,18 +438,6 @@ def _too_large(cap: int) -> ApiError:
         "file",
         "file_too_large",
     )
-
-
-def _limit(raw: str | None) -> int:
-    if raw is None:
-        return 20
-    try:
-        limit = int(raw)
-    except ValueError:
-        limit = 0
-    if not 1 <= limit <= 100:
-        raise _invalid("Invalid 'limit': expected an integer between 1 and 100.", "limit")
-    return limit
 
 
 def _add_usage(totals: dict[str, int], usage: dict[str, Any]) -> None:
