@@ -24,7 +24,10 @@ from anthropic.types import TextBlock
 from google import genai
 from google.genai import errors as genai_errors
 from google.genai import types as genai_types
+from pydantic import ValidationError
+from typer.testing import CliRunner
 
+from distillery.cli import app
 from distillery.emulator import EmulatorOptions, RunningEmulator
 from distillery.emulator.batch_api import anthropic as anthropic_batches
 from distillery.emulator.batch_api import gemini as gemini_batches
@@ -606,3 +609,13 @@ def test_gemini_caps(emu: RunningEmulator, monkeypatch: pytest.MonkeyPatch) -> N
     with pytest.raises(genai_errors.ClientError) as missing:
         client.batches.get(name="batches/nothere")
     assert missing.value.code == 404
+
+
+def test_batch_options_are_checked() -> None:
+    with pytest.raises(ValidationError):
+        EmulatorOptions(batch_seconds=-1)
+    with pytest.raises(ValidationError):
+        EmulatorOptions(batch_expire_rate=1.5)
+    result = CliRunner().invoke(app, ["emulator", "--batch-expire-rate", "2"])
+    assert result.exit_code == 2
+    assert "--batch-expire-rate" in result.output
