@@ -13,17 +13,19 @@ import io
 import json
 import socket
 import time
-from collections.abc import Iterator
-from typing import Any, cast
+from collections.abc import Callable, Iterator
+from typing import Any, TypeVar, cast
 
 import anthropic
 import httpx
 import openai
 import pytest
 from anthropic.types import TextBlock
+from anthropic.types.messages import MessageBatch
 from google import genai
 from google.genai import errors as genai_errors
 from google.genai import types as genai_types
+from openai.types import Batch
 from pydantic import ValidationError
 from typer.testing import CliRunner
 
@@ -38,6 +40,7 @@ KEY = "sk-batch"
 GPT = "gpt-4o-mini"
 CLAUDE = "claude-sonnet-4-5"
 GEMINI = "gemini-2.5-flash"
+T = TypeVar("T")
 
 
 class FakeClock:
@@ -122,6 +125,31 @@ def _lines(client: openai.OpenAI, file_id: str | None) -> list[dict[str, Any]]:
     return [json.loads(line) for line in client.files.content(file_id).text.splitlines()]
 
 
+def _until(fetch: Callable[[], T], ready: Callable[[T], bool]) -> T:
+    """``fetch()`` once ``ready``: an ended batch shows as finalizing while its results are
+    written, in a thread of the emulator (milliseconds for these batches)."""
+    deadline = time.monotonic() + 30
+    while not ready(value := fetch()):
+        assert time.monotonic() < deadline, value
+        time.sleep(0.01)
+    return value
+
+
+def _openai_ended(client: openai.OpenAI, batch_id: str) -> Batch:
+    running = ("validating", "in_progress", "finalizing", "cancelling")
+    return _until(lambda: client.batches.retrieve(batch_id), lambda b: b.status not in running)
+
+
+def _anthropic_ended(client: anthropic.Anthropic, batch_id: str) -> MessageBatch:
+    fetch = lambda: client.messages.batches.retrieve(batch_id)  # noqa: E731
+    return _until(fetch, lambda batch: batch.processing_status == "ended")
+
+
+def _gemini_ended(client: genai.Client, name: str) -> genai_types.BatchJob:
+    running = (genai_types.JobState.JOB_STATE_PENDING, genai_types.JobState.JOB_STATE_RUNNING)
+    return _until(lambda: client.batches.get(name=name), lambda job: job.state not in running)
+
+
 # OpenAI
 
 
@@ -142,7 +170,7 @@ def test_openai_batch_lifecycle_matches_online_answers(
     clock.advance(0.45 * WINDOW_S)
     assert client.batches.retrieve(batch_id).status == "finalizing"
     clock.advance(0.05 * WINDOW_S)
-    done = client.batches.retrieve(batch_id)
+    done = _openai_ended(client, batch_id)
 
     assert done.status == "completed"
     assert done.request_counts is not None
@@ -249,7 +277,7 @@ def test_openai_per_line_errors_land_in_the_error_file(clock: FakeClock) -> None
         lines.append(_openai_line(30, body={"model": GPT}))  # no messages: the endpoint's 400
         batch_id = _submit(client, lines)
         clock.advance(WINDOW_S)
-        done = client.batches.retrieve(batch_id)
+        done = _openai_ended(client, batch_id)
         output, errors = _lines(client, done.output_file_id), _lines(client, done.error_file_id)
 
     assert done.status == "completed"
@@ -269,7 +297,7 @@ def test_openai_expired_batch_keeps_the_lines_it_finished(clock: FakeClock) -> N
         client = _openai(emu)
         batch_id = _submit(client, [_openai_line(i) for i in range(10)])
         clock.advance(WINDOW_S)
-        expired = client.batches.retrieve(batch_id)
+        expired = _openai_ended(client, batch_id)
         output, errors = (
             _lines(client, expired.output_file_id),
             _lines(client, expired.error_file_id),
@@ -293,7 +321,7 @@ def test_openai_cancel_keeps_done_lines(emu: RunningEmulator, clock: FakeClock) 
     assert cancelling.status == "cancelling"
     assert cancelling.cancelling_at == int(clock.now)
     clock.advance(0.2 * WINDOW_S)
-    cancelled = client.batches.retrieve(batch_id)
+    cancelled = _openai_ended(client, batch_id)
 
     assert cancelled.status == "cancelled"
     assert cancelled.request_counts is not None
@@ -380,7 +408,7 @@ def test_anthropic_batch_lifecycle_matches_online_answers(
     assert running.processing_status == "in_progress"
     assert running.request_counts.processing == 7  # tallies stay 0 until the end
     clock.advance(0.5 * WINDOW_S)
-    ended = client.messages.batches.retrieve(batch.id)
+    ended = _anthropic_ended(client, batch.id)
 
     assert ended.processing_status == "ended"
     assert ended.ended_at is not None and ended.results_url is not None
@@ -418,7 +446,7 @@ def test_anthropic_list_cancel_expire_and_delete(clock: FakeClock) -> None:
         assert canceling.processing_status == "canceling"
         assert canceling.cancel_initiated_at is not None
         clock.advance(0.2 * WINDOW_S)
-        canceled = client.messages.batches.retrieve(first.id)
+        canceled = _anthropic_ended(client, first.id)
         assert canceled.processing_status == "ended"
         assert (canceled.request_counts.succeeded, canceled.request_counts.canceled) == (2, 2)
         types = sorted(item.result.type for item in client.messages.batches.results(first.id))
@@ -431,7 +459,7 @@ def test_anthropic_list_cancel_expire_and_delete(clock: FakeClock) -> None:
         client = _anthropic(emu)
         batch = client.messages.batches.create(requests=[_message_request(i) for i in range(4)])
         clock.advance(WINDOW_S)
-        counts = client.messages.batches.retrieve(batch.id).request_counts
+        counts = _anthropic_ended(client, batch.id).request_counts
         assert (counts.succeeded, counts.expired) == (2, 2)
         types = sorted(item.result.type for item in client.messages.batches.results(batch.id))
         assert types == ["expired", "expired", "succeeded", "succeeded"]
@@ -442,7 +470,7 @@ def test_anthropic_per_request_faults(clock: FakeClock) -> None:
         client = _anthropic(emu)
         batch = client.messages.batches.create(requests=[_message_request(i) for i in range(20)])
         clock.advance(WINDOW_S)
-        counts = client.messages.batches.retrieve(batch.id).request_counts
+        counts = _anthropic_ended(client, batch.id).request_counts
         results = list(client.messages.batches.results(batch.id))
     assert counts.errored > 0 and counts.succeeded > 0
     assert counts.errored + counts.succeeded == 20
@@ -510,7 +538,7 @@ def test_gemini_inline_batch_matches_online_answers(emu: RunningEmulator, clock:
     clock.advance(0.5 * WINDOW_S)
     assert client.batches.get(name=job.name).state == genai_types.JobState.JOB_STATE_RUNNING
     clock.advance(0.5 * WINDOW_S)
-    done = client.batches.get(name=job.name)
+    done = _gemini_ended(client, job.name)
 
     assert done.state == genai_types.JobState.JOB_STATE_SUCCEEDED
     assert done.end_time is not None
@@ -534,7 +562,7 @@ def test_gemini_file_batch_through_the_file_api(emu: RunningEmulator, clock: Fak
     job = client.batches.create(model=GEMINI, src=uploaded.name)
     assert job.name is not None
     clock.advance(WINDOW_S)
-    done = client.batches.get(name=job.name)
+    done = _gemini_ended(client, job.name)
 
     assert done.state == genai_types.JobState.JOB_STATE_SUCCEEDED
     assert done.dest is not None and done.dest.file_name is not None
@@ -572,12 +600,12 @@ def test_gemini_failed_cancelled_and_expired_batches(clock: FakeClock) -> None:
         raw = httpx.get(f"{emu.url}/v1beta/{failed.name}", headers={"x-goog-api-key": KEY})
         assert raw.json()["done"] is True
         assert raw.json()["error"]["code"] == 3 and "Line 2" in raw.json()["error"]["message"]
-        per_line = client.batches.get(name=errored.name)
+        per_line = _gemini_ended(client, errored.name)
         assert per_line.state == genai_types.JobState.JOB_STATE_SUCCEEDED
         assert per_line.dest is not None and per_line.dest.inlined_responses is not None
         error = per_line.dest.inlined_responses[0].error
         assert error is not None and error.code == 500
-        cancelled = client.batches.get(name=running.name)
+        cancelled = _gemini_ended(client, running.name)
         assert cancelled.state == genai_types.JobState.JOB_STATE_CANCELLED
         assert cancelled.dest is None  # as the real API: no results to retrieve
         with pytest.raises(genai_errors.ClientError):
@@ -588,7 +616,7 @@ def test_gemini_failed_cancelled_and_expired_batches(clock: FakeClock) -> None:
         job = client.batches.create(model=GEMINI, src=[_inline(0)])
         assert job.name is not None
         clock.advance(WINDOW_S)
-        expired = client.batches.get(name=job.name)
+        expired = _gemini_ended(client, job.name)
         assert expired.state == genai_types.JobState.JOB_STATE_EXPIRED
         assert expired.dest is None
 

@@ -120,7 +120,7 @@ class AnthropicBatches:
         """The results file of an ended job; runs once, off the event loop."""
         path = self.store.new_path()
         with path.open("wb") as out:
-            for result in job.results(now, self.ctx.options.seed):
+            for result in self.store.results(job, now):
                 line = result.line
                 outcome: dict[str, Any] = {"type": result.outcome.value}
                 if result.outcome is Outcome.SUCCEEDED:
@@ -161,7 +161,7 @@ class AnthropicBatches:
         else:
             jobs, more = common.page(jobs, query.get("after_id"), limit)
         for job in jobs:
-            await self.store.settle(job, self._write)
+            self.store.settle(job, self._write)
         data = [self._batch(job) for job in jobs]
         return common.json_ok(
             {
@@ -175,12 +175,12 @@ class AnthropicBatches:
     async def cancel(self, request: web.Request) -> web.StreamResponse:
         job = await self._job(request)
         now = self.store.clock()
-        phase = job.phase(now)
+        phase = job.scheduled(now)
         if phase in TERMINAL and job.cancelled_at is None:
             raise _invalid(f"Batch {job.id} has ended and can no longer be canceled.")
         if job.cancelled_at is None:
             job.cancelled_at = now
-        await self.store.settle(job, self._write)
+        self.store.settle(job, self._write)
         return common.json_ok(self._batch(job))
 
     async def results(self, request: web.Request) -> web.StreamResponse:
@@ -194,7 +194,7 @@ class AnthropicBatches:
 
     async def delete(self, request: web.Request) -> web.StreamResponse:
         job = await self._job(request)
-        if job.phase(self.store.clock()) not in TERMINAL:
+        if job.scheduled(self.store.clock()) not in TERMINAL:
             raise _invalid(f"Batch {job.id} is still processing: cancel it before deleting it.")
         del self.store.jobs[job.id]
         path = job.info.get("results")

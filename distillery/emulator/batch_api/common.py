@@ -85,7 +85,7 @@ class Context:
         """The job ``job_id`` with its results written if it has ended, or None."""
         job = self.store.jobs.get(job_id)
         if job is not None:
-            await self.store.settle(job, write)
+            self.store.settle(job, write)
         return job
 
 

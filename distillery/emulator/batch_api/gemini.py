@@ -230,12 +230,12 @@ class GeminiBatches:
     def _write(self, job: Job, now: float) -> None:
         """The responses of a succeeded job, inline or in a generated file; runs once, off
         the event loop. Cancelled and expired jobs get none (see the module docstring)."""
-        if job.phase(now) is not Phase.COMPLETED:
+        if job.scheduled(now) is not Phase.COMPLETED:
             return
         metadata: list[Any] | None = job.info.get("metadata")
         if metadata is not None:
             records = []
-            for result in job.results(now, self.ctx.options.seed, input_order=True):
+            for result in self.store.results(job, now, input_order=True):
                 record = _record(result)
                 if metadata[result.index] is not None:
                     record["metadata"] = metadata[result.index]
@@ -244,7 +244,7 @@ class GeminiBatches:
             return
         path = self.store.new_path()
         with path.open("wb") as out:
-            for result in job.results(now, self.ctx.options.seed, input_order=True):
+            for result in self.store.results(job, now, input_order=True):
                 out.write(common.jsonl_line({"key": result.line.custom_id, **_record(result)}))
         name = "files/batch-" + new_id("", 24, _LOWER)
         info = {"displayName": f"{job.id} responses", "mimeType": "application/jsonl"}
@@ -266,7 +266,7 @@ class GeminiBatches:
         token = request.query.get("pageToken") or None
         jobs, more = common.page(self.store.newest_first("batches/"), token, size)
         for job in jobs:
-            await self.store.settle(job, self._write)
+            self.store.settle(job, self._write)
         payload: dict[str, Any] = {"operations": [self._operation(job) for job in jobs]}
         if more:
             payload["nextPageToken"] = jobs[-1].id
@@ -277,7 +277,7 @@ class GeminiBatches:
         if job is None:
             return _not_found()
         now = self.store.clock()
-        if job.phase(now) in TERMINAL and job.cancelled_at is None:
+        if job.scheduled(now) in TERMINAL and job.cancelled_at is None:
             return _google_error(400, "FAILED_PRECONDITION", f"{job.id} has already ended.")
         if job.cancelled_at is None:
             job.cancelled_at = now

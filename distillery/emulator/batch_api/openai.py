@@ -310,12 +310,12 @@ class OpenAIBatches:
 
     def _write(self, job: Job, now: float) -> None:
         """The output and error files of an ended job; runs once, off the event loop."""
-        store, seed = self.store, self.ctx.options.seed
+        store = self.store
         paths = {"output_file_id": store.new_path(), "error_file_id": store.new_path()}
         written = dict.fromkeys(paths, 0)
         usage = {"input": 0, "cached": 0, "output": 0, "reasoning": 0}
         with paths["output_file_id"].open("wb") as out, paths["error_file_id"].open("wb") as err:
-            for result in job.results(now, seed):
+            for result in store.results(job, now):
                 line = result.line
                 record: dict[str, Any] = {
                     "id": new_id("batch_req_", 32),
@@ -382,7 +382,7 @@ class OpenAIBatches:
             self.store.newest_first("batch_"), request.query.get("after"), limit
         )
         for job in jobs:
-            await self.store.settle(job, self._write)
+            self.store.settle(job, self._write)
         data = [self._batch(job) for job in jobs]
         first, last = (data[0]["id"], data[-1]["id"]) if data else (None, None)
         return common.json_ok(
@@ -392,7 +392,7 @@ class OpenAIBatches:
     async def cancel(self, request: web.Request) -> web.StreamResponse:
         job = await self._job(request)
         now = self.store.clock()
-        phase = job.phase(now)
+        phase = job.scheduled(now)
         if phase in TERMINAL and phase is not Phase.CANCELLED:
             raise ApiError(
                 409,
@@ -401,7 +401,7 @@ class OpenAIBatches:
             )
         if job.cancelled_at is None:
             job.cancelled_at = now
-        await self.store.settle(job, self._write)
+        self.store.settle(job, self._write)
         return common.json_ok(self._batch(job))
 
 

@@ -134,7 +134,7 @@ class Job:
     info: dict[str, Any] = field(default_factory=dict)
     #: Set once the results have been written (see :meth:`BatchStore.settle`).
     settled: bool = False
-    _lock: asyncio.Lock | None = None
+    _writing: asyncio.Task[None] | None = None
 
     @property
     def started(self) -> float:
@@ -159,6 +159,15 @@ class Job:
         return self.deadline
 
     def phase(self, now: float) -> Phase:
+        """What a client sees at ``now``: the :meth:`scheduled` phase, except that an ended
+        job is still finalizing (or cancelling) until its results are written."""
+        phase = self.scheduled(now)
+        if phase in TERMINAL and phase is not Phase.FAILED and not self.settled:
+            return Phase.CANCELLING if self.cancelled_at is not None else Phase.FINALIZING
+        return phase
+
+    def scheduled(self, now: float) -> Phase:
+        """The phase the clock puts the job in (see the module docstring)."""
         if self.problems:
             return Phase.VALIDATING if now < self.started else Phase.FAILED
         if self.cancelled_at is not None:
@@ -201,7 +210,7 @@ class Job:
 
         Generates each answer as it goes: the caller writes them out without holding them all.
         """
-        phase = self.phase(now)
+        phase = self.scheduled(now)
         if phase not in TERMINAL or phase is Phase.FAILED:
             return
         done = self.done(now)
@@ -245,6 +254,7 @@ class BatchStore:
         self.files: dict[str, StoredFile] = {}
         self.jobs: dict[str, Job] = {}
         self._dir: Path | None = None
+        self._closing = False
         # Separate streams from the online route's, so batches leave its fault draws alone.
         self._picker = (
             FaultPicker(options.fault_rate, options.faults, options.seed)
@@ -261,6 +271,8 @@ class BatchStore:
         return self._dir
 
     def close(self) -> None:
+        """Stop result writers at their next line and remove every file."""
+        self._closing = True
         if self._dir is not None:
             shutil.rmtree(self._dir, ignore_errors=True)
             self._dir = None
@@ -304,20 +316,28 @@ class BatchStore:
         """The jobs whose id starts with ``prefix`` (one provider's), newest first."""
         return [job for job in reversed(self.jobs.values()) if job.id.startswith(prefix)]
 
-    async def settle(self, job: Job, write: Callable[[Job, float], None]) -> None:
-        """Once ``job`` is terminal, run ``write`` (which writes its results) exactly once.
+    def settle(self, job: Job, write: Callable[[Job, float], None]) -> None:
+        """Once ``job`` has ended by the clock, start ``write`` (which writes its results),
+        once; the job shows as finalizing until it is done (:meth:`Job.phase`).
 
-        ``write`` runs in a worker thread: generating tens of thousands of answers must not
-        stall the event loop (other clients, other batches' polls).
+        ``write`` runs in a worker thread and nobody waits for it: generating tens of
+        thousands of answers (about a minute for 50,000) must neither stall the event loop nor
+        hold a client's poll open, just as a provider finalizes while clients poll.
         """
-        if job.settled:
+        if job.settled or job._writing is not None:
             return
         now = self.clock()
-        if job.phase(now) not in TERMINAL:
+        if job.scheduled(now) not in TERMINAL:
             return
-        if job._lock is None:
-            job._lock = asyncio.Lock()
-        async with job._lock:
-            if not job.settled:
-                await asyncio.to_thread(write, job, now)
-                job.settled = True
+        job._writing = asyncio.create_task(self._write(job, write, now))
+
+    async def _write(self, job: Job, write: Callable[[Job, float], None], now: float) -> None:
+        await asyncio.to_thread(write, job, now)
+        job.settled = True
+
+    def results(self, job: Job, now: float, input_order: bool = False) -> Iterator[Result]:
+        """:meth:`Job.results` under this emulator's seed, cut short if the emulator stops."""
+        for result in job.results(now, self.options.seed, input_order):
+            if self._closing:
+                return
+            yield result
