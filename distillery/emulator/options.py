@@ -23,7 +23,8 @@ class EmulatorOptions(BaseModel):
     seed: int = 0
     latency_ms: float = Field(default=0.0, ge=0.0)
     require_key: str | None = None
-    #: Share of API requests (0..1) answered with a fault instead of a clean answer.
+    #: Share of API requests (0..1) answered with a fault instead of a clean answer; also the
+    #: share of a batch's requests that fail or get a flagged answer (:mod:`.batch_api`).
     fault_rate: float = Field(default=0.0, ge=0.0, le=1.0)
     #: Faults to draw from, uniformly (names of :class:`.faults.Fault`); default: all of them
     #: but the structured-output ones (``invalid-json``, ``schema-mismatch``), drawn only when

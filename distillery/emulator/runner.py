@@ -72,6 +72,7 @@ class RunningEmulator:
 
     Its own thread and event loop keep it independent of the caller's (sync tests, another
     loop, Prefect's workers). Use as a context manager; ``url`` is valid inside the block.
+    ``clock`` drives the batch APIs' time (:mod:`.batch_api`): a test may move it by hand.
     """
 
     def __init__(

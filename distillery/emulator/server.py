@@ -14,6 +14,9 @@ flagged answers, :mod:`.transport` the rest. Without limits no limit code runs, 
 ``fault_rate`` 0 no fault code runs at all. With ``dup_rate`` or ``near_dup_rate`` > 0, a clean
 answer may be replaced by a copy of an earlier one (:mod:`.duplicates`); with both 0 no copy
 code runs.
+
+The providers' batch APIs (files, batches, results) are added by one call,
+:func:`.batch_api.add_batch_routes`; they share the key check and the stats, not this path.
 """
 
 from __future__ import annotations

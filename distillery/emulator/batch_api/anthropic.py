@@ -11,6 +11,7 @@ the Messages API's 400, not a refused batch. Results come in completion order.
 
 from __future__ import annotations
 
+import asyncio
 import re
 from typing import Any
 
@@ -19,6 +20,7 @@ from aiohttp import web
 from distillery.emulator.batch_api import common
 from distillery.emulator.batch_api.common import Context
 from distillery.emulator.batch_api.store import TERMINAL, Job, Outcome, Phase, new_id
+from distillery.emulator.completion import ChatRequest
 from distillery.emulator.formats.anthropic import AnthropicFormat, rfc3339
 from distillery.emulator.formats.base import ApiError, Problem
 
@@ -69,8 +71,20 @@ class AnthropicBatches:
                 f"requests: List should have at most {MAX_REQUESTS} items after validation, "
                 f"not {len(requests)}"
             )
+        # Off the event loop: 100,000 requests take seconds to parse.
+        parsed = await asyncio.to_thread(self._parse, requests, request)
+        lines = [self.ctx.line(_FORMAT, custom_id, item, request) for custom_id, item in parsed]
+        origin = f"{request.scheme}://{request.host}"
+        job = self.store.add_job(new_id(_PREFIX + "01", 22), lines, {"origin": origin})
+        return common.json_ok(self._batch(job))
+
+    def _parse(
+        self, requests: list[Any], request: web.Request
+    ) -> list[tuple[str, ChatRequest | ApiError]]:
+        """Each request's custom_id and parsed params; a malformed item or a repeated
+        custom_id refuses the whole batch, invalid params only fail their request."""
         seen: set[str] = set()
-        lines = []
+        parsed: list[tuple[str, ChatRequest | ApiError]] = []
         for index, item in enumerate(requests):
             where = f"requests.{index}"
             if not isinstance(item, dict) or not isinstance(item.get("params"), dict):
@@ -83,11 +97,8 @@ class AnthropicBatches:
             if custom_id in seen:
                 raise _invalid(f"Duplicate custom_id {custom_id!r}: each must be unique.")
             seen.add(custom_id)
-            parsed = self.ctx.parse(_FORMAT, request, item["params"])
-            lines.append(self.ctx.line(_FORMAT, custom_id, parsed, request))
-        origin = f"{request.scheme}://{request.host}"
-        job = self.store.add_job(new_id(_PREFIX + "01", 22), lines, {"origin": origin})
-        return common.json_ok(self._batch(job))
+            parsed.append((custom_id, self.ctx.parse(_FORMAT, request, item["params"])))
+        return parsed
 
     def _batch(self, job: Job) -> dict[str, Any]:
         now = self.store.clock()
