@@ -11,16 +11,15 @@ the Messages API's 400, not a refused batch. Results come in completion order.
 
 from __future__ import annotations
 
-import asyncio
 import re
+from functools import partial
 from typing import Any
 
 from aiohttp import web
 
 from distillery.emulator.batch_api import common
-from distillery.emulator.batch_api.common import Context
-from distillery.emulator.batch_api.store import TERMINAL, Job, Outcome, Phase, new_id
-from distillery.emulator.completion import ChatRequest
+from distillery.emulator.batch_api.common import Context, Parsed
+from distillery.emulator.batch_api.store import TERMINAL, Job, Outcome, Phase, Spool, new_id
 from distillery.emulator.formats.anthropic import AnthropicFormat, rfc3339
 from distillery.emulator.formats.base import ApiError, Problem
 
@@ -71,20 +70,19 @@ class AnthropicBatches:
                 f"requests: List should have at most {MAX_REQUESTS} items after validation, "
                 f"not {len(requests)}"
             )
-        # Off the event loop: 100,000 requests take seconds to parse.
-        parsed = await asyncio.to_thread(self._parse, requests, request)
+        parsed, spool = await self.ctx.spooled(partial(self._parse, requests, request))
         lines = [self.ctx.line(_FORMAT, custom_id, item, request) for custom_id, item in parsed]
         origin = f"{request.scheme}://{request.host}"
-        job = self.store.add_job(new_id(_PREFIX + "01", 22), lines, {"origin": origin})
+        read = self.ctx.reader(_FORMAT, request)
+        job_id = new_id(_PREFIX + "01", 22)
+        job = self.store.add_job(job_id, lines, {"origin": origin}, None, spool.path, read)
         return common.json_ok(self._batch(job))
 
-    def _parse(
-        self, requests: list[Any], request: web.Request
-    ) -> list[tuple[str, ChatRequest | ApiError]]:
+    def _parse(self, requests: list[Any], request: web.Request, spool: Spool) -> list[Parsed]:
         """Each request's custom_id and parsed params; a malformed item or a repeated
         custom_id refuses the whole batch, invalid params only fail their request."""
         seen: set[str] = set()
-        parsed: list[tuple[str, ChatRequest | ApiError]] = []
+        parsed: list[Parsed] = []
         for index, item in enumerate(requests):
             where = f"requests.{index}"
             if not isinstance(item, dict) or not isinstance(item.get("params"), dict):
@@ -97,7 +95,7 @@ class AnthropicBatches:
             if custom_id in seen:
                 raise _invalid(f"Duplicate custom_id {custom_id!r}: each must be unique.")
             seen.add(custom_id)
-            parsed.append((custom_id, self.ctx.parse(_FORMAT, request, item["params"])))
+            parsed.append((custom_id, self.ctx.parse(_FORMAT, request, item["params"], spool)))
         return parsed
 
     def _batch(self, job: Job) -> dict[str, Any]:
@@ -135,13 +133,13 @@ class AnthropicBatches:
                 line = result.line
                 outcome: dict[str, Any] = {"type": result.outcome.value}
                 if result.outcome is Outcome.SUCCEEDED:
-                    assert line.chat is not None and result.answer is not None
-                    rendered = common.answer_body(_FORMAT, line.chat, result.answer, None)
+                    assert result.chat is not None and result.answer is not None
+                    rendered = common.answer_body(_FORMAT, result.chat, result.answer, None)
                     outcome["message"] = rendered.body
                 elif result.outcome is Outcome.ERRORED:
-                    if result.fault is not None and line.chat is not None:
+                    if result.fault is not None and result.chat is not None:
                         outcome["error"] = common.fault_body(
-                            _FORMAT, result.fault, line.chat, None
+                            _FORMAT, result.fault, result.chat, None
                         ).body
                     else:
                         assert line.invalid is not None

@@ -8,14 +8,15 @@ counted as served: they are not HTTP requests, and a batch reports its own count
 
 from __future__ import annotations
 
+import asyncio
 import json
 import time
 from collections.abc import Awaitable, Callable
-from typing import Any
+from typing import Any, TypeVar
 
 from aiohttp import web
 
-from distillery.emulator.batch_api.store import BatchStore, Job, Line, Rendered
+from distillery.emulator.batch_api.store import BatchStore, Job, Line, Rendered, Spool, Spooled
 from distillery.emulator.completion import Answer, ChatRequest
 from distillery.emulator.faults import Fault
 from distillery.emulator.formats.base import ApiError, Problem, Served, WireFormat
@@ -24,6 +25,9 @@ from distillery.emulator.stats import Stats
 from distillery.emulator.window import UsageWindow
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
+#: One request's id and where its body was spooled, or why it is invalid.
+Parsed = tuple[str, Spooled | ApiError]
+T = TypeVar("T")
 #: A batch's results are not served under any limit: the headers' nominal quota will do.
 SERVED = Served(UsageWindow().quota(0.0), 0)
 _CHUNK = 1 << 20
@@ -57,12 +61,31 @@ class Context:
 
         return handle
 
-    def parse(self, fmt: WireFormat, request: web.Request, body: Any) -> ChatRequest | ApiError:
-        """``body`` (one line's request) parsed as the online route parses it, reasoning set up
-        the same way (the same request gets the same answer in a batch and online), or why the
-        online route would refuse it. Thread-safe: batches are parsed off the event loop."""
+    def parse(
+        self, fmt: WireFormat, request: web.Request, body: Any, spool: Spool
+    ) -> Spooled | ApiError:
+        """Check that ``body`` (one line's request) parses as the online route parses it, and
+        spool it; or why the online route would refuse it. Thread-safe: batches are parsed off
+        the event loop."""
+        raw = json.dumps(body, separators=(",", ":")).encode()
+        parsed = self._parse(fmt, request, raw)
+        return parsed if isinstance(parsed, ApiError) else spool.add(raw)
+
+    def reader(self, fmt: WireFormat, request: web.Request) -> Callable[[bytes], ChatRequest]:
+        """How a job parses its spooled bodies again to answer them (see :class:`.store.Line`):
+        as the online route does, reasoning set up the same way, so the same request gets the
+        same answer in a batch and online."""
+
+        def read(raw: bytes) -> ChatRequest:
+            parsed = self._parse(fmt, request, raw)
+            assert not isinstance(parsed, ApiError), "it parsed when its batch was created"
+            return parsed
+
+        return read
+
+    def _parse(self, fmt: WireFormat, request: web.Request, raw: bytes) -> ChatRequest | ApiError:
         try:
-            chat = fmt.parse(request, json.dumps(body).encode())
+            chat = fmt.parse(request, raw)
         except ApiError as err:
             return err
         if chat.thinking is not None:
@@ -72,8 +95,17 @@ class Context:
             )
         return chat
 
+    async def spooled(self, parse: Callable[[Spool], T]) -> tuple[T, Spool]:
+        """Run ``parse`` (which spools the bodies it accepts) off the event loop: 100,000
+        requests take seconds to parse."""
+        spool = Spool(self.store.new_path())
+        try:
+            return await asyncio.to_thread(parse, spool), spool
+        finally:
+            spool.close()
+
     def line(
-        self, fmt: WireFormat, custom_id: str, parsed: ChatRequest | ApiError, request: web.Request
+        self, fmt: WireFormat, custom_id: str, parsed: Spooled | ApiError, request: web.Request
     ) -> Line:
         """A job's line from a :meth:`parse` result, its fault drawn (on the event loop, in
         line order: a run is reproducible)."""

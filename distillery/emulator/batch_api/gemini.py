@@ -16,18 +16,17 @@ results to retrieve: its requests must be sent again.
 
 from __future__ import annotations
 
-import asyncio
 import json
 from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
 from typing import Any
 
 from aiohttp import web
 
 from distillery.emulator.batch_api import common
-from distillery.emulator.batch_api.common import Context, Handler
-from distillery.emulator.batch_api.store import TERMINAL, Job, Phase, Result, new_id
-from distillery.emulator.completion import ChatRequest
+from distillery.emulator.batch_api.common import Context, Handler, Parsed
+from distillery.emulator.batch_api.store import TERMINAL, Job, Phase, Result, Spool, new_id
 from distillery.emulator.formats.anthropic import rfc3339
 from distillery.emulator.formats.base import ApiError, Problem
 from distillery.emulator.formats.gemini import GeminiFormat
@@ -137,22 +136,24 @@ class GeminiBatches:
             items = inline.get("requests") if isinstance(inline, dict) else None
             if not isinstance(items, list) or not items:
                 raise _invalid("* InlinedRequests.requests: requests must not be empty.")
-            parsed = await asyncio.to_thread(self._parse_inline, items, request)
+            parsed, spool = await self.ctx.spooled(partial(self._parse_inline, items, request))
             info["metadata"] = [item.get("metadata") for item in items]
         else:
             stored = self.store.files.get(str(file_name))
             if stored is None:
                 return _not_found()
             info["fileName"] = stored.id
-            parsed, problems = await asyncio.to_thread(self._parse_file, stored.path, request)
+            (parsed, problems), spool = await self.ctx.spooled(
+                partial(self._parse_file, stored.path, request)
+            )
         lines = [self.ctx.line(_FORMAT, key, item, request) for key, item in parsed]
-        job = self.store.add_job("batches/" + new_id("", 32, _LOWER), lines, info, problems)
+        read = self.ctx.reader(_FORMAT, request)
+        job_id = "batches/" + new_id("", 32, _LOWER)
+        job = self.store.add_job(job_id, lines, info, problems, spool.path, read)
         return common.json_ok(self._operation(job))
 
-    def _parse_inline(
-        self, items: list[Any], request: web.Request
-    ) -> list[tuple[str, ChatRequest | ApiError]]:
-        parsed: list[tuple[str, ChatRequest | ApiError]] = []
+    def _parse_inline(self, items: list[Any], request: web.Request, spool: Spool) -> list[Parsed]:
+        parsed: list[Parsed] = []
         for index, item in enumerate(items):
             if not isinstance(item, dict) or not isinstance(item.get("request"), dict):
                 parsed.append((str(index), _invalid(f"* requests[{index}].request is required.")))
@@ -162,15 +163,15 @@ class GeminiBatches:
             parsed.append(
                 (
                     str(key if key is not None else index),
-                    self.ctx.parse(_FORMAT, request, item["request"]),
+                    self.ctx.parse(_FORMAT, request, item["request"], spool),
                 )
             )
         return parsed
 
     def _parse_file(
-        self, path: Path, request: web.Request
-    ) -> tuple[list[tuple[str, ChatRequest | ApiError]], list[dict[str, Any]]]:
-        parsed: list[tuple[str, ChatRequest | ApiError]] = []
+        self, path: Path, request: web.Request, spool: Spool
+    ) -> tuple[list[Parsed], list[dict[str, Any]]]:
+        parsed: list[Parsed] = []
         with path.open("rb") as handle:
             for number, raw in enumerate(handle, 1):
                 if not raw.strip():
@@ -185,7 +186,7 @@ class GeminiBatches:
                 parsed.append(
                     (
                         str(item.get("key", number)),
-                        self.ctx.parse(_FORMAT, request, item["request"]),
+                        self.ctx.parse(_FORMAT, request, item["request"], spool),
                     )
                 )
         if not parsed:
@@ -406,9 +407,9 @@ class GeminiBatches:
 def _record(result: Result) -> dict[str, Any]:
     """One request's outcome in a succeeded batch: its ``response`` or its ``error``."""
     line = result.line
-    if result.answer is not None and line.chat is not None:
-        return {"response": common.answer_body(_FORMAT, line.chat, result.answer, None).body}
-    if result.fault is not None and line.chat is not None:
-        return {"error": common.fault_body(_FORMAT, result.fault, line.chat, None).body["error"]}
+    if result.answer is not None and result.chat is not None:
+        return {"response": common.answer_body(_FORMAT, result.chat, result.answer, None).body}
+    if result.fault is not None and result.chat is not None:
+        return {"error": common.fault_body(_FORMAT, result.fault, result.chat, None).body["error"]}
     assert line.invalid is not None
     return {"error": line.invalid.body["error"]}

@@ -17,17 +17,16 @@ the file-size and line-field messages is the emulator's.
 
 from __future__ import annotations
 
-import asyncio
 import json
+from functools import partial
 from pathlib import Path
 from typing import Any
 
 from aiohttp import BodyPartReader, web
 
 from distillery.emulator.batch_api import common
-from distillery.emulator.batch_api.common import Context, Handler
-from distillery.emulator.batch_api.store import TERMINAL, Job, Outcome, Phase, new_id
-from distillery.emulator.completion import ChatRequest
+from distillery.emulator.batch_api.common import Context, Handler, Parsed
+from distillery.emulator.batch_api.store import TERMINAL, Job, Outcome, Phase, Spool, new_id
 from distillery.emulator.formats.base import ApiError, Problem
 from distillery.emulator.formats.openai import OpenAIFormat
 
@@ -67,9 +66,6 @@ def _not_found(message: str) -> ApiError:
 
 def _problem(code: str, message: str, line: int | None = None, param: str | None = None) -> Any:
     return {"code": code, "message": message, "param": param, "line": line}
-
-
-Parsed = tuple[str, ChatRequest | ApiError]
 
 
 class OpenAIBatches:
@@ -207,13 +203,18 @@ class OpenAIBatches:
                 "'batch' has this id.",
                 "input_file_id",
             )
-        parsed, problems, model = await asyncio.to_thread(self._validate, stored.path, request)
+        (parsed, problems, model), spool = await self.ctx.spooled(
+            partial(self._validate, stored.path, request)
+        )
         lines = [self.ctx.line(_FORMAT, key, item, request) for key, item in parsed]
         info = {"input_file_id": file_id, "metadata": metadata, "model": model}
-        job = self.store.add_job(new_id("batch_", 24), lines, info, problems)
+        read = self.ctx.reader(_FORMAT, request)
+        job = self.store.add_job(new_id("batch_", 24), lines, info, problems, spool.path, read)
         return common.json_ok(self._batch(job))
 
-    def _validate(self, path: Path, request: web.Request) -> tuple[list[Parsed], list[Any], str]:
+    def _validate(
+        self, path: Path, request: web.Request, spool: Spool
+    ) -> tuple[list[Parsed], list[Any], str]:
         """The file's lines parsed, or the problems that fail the batch, and its model."""
         problems: list[Any] = []
         parsed: list[Parsed] = []
@@ -258,7 +259,7 @@ class OpenAIBatches:
                     continue
                 custom_id = line["custom_id"]
                 seen.add(custom_id)
-                parsed.append((custom_id, self.ctx.parse(_FORMAT, request, body)))
+                parsed.append((custom_id, self.ctx.parse(_FORMAT, request, body, spool)))
         if not parsed and not problems:
             problems.append(_problem("empty_file", "The batch input file is empty."))
         return ([] if problems else parsed), problems, model
@@ -329,14 +330,16 @@ class OpenAIBatches:
                 elif result.outcome is Outcome.CANCELED:
                     record["error"] = _CANCELLED
                 else:
-                    if result.answer is not None and line.chat is not None:
+                    if result.answer is not None and result.chat is not None:
                         rendered = common.answer_body(
-                            _FORMAT, line.chat, result.answer, _REQUEST_ID
+                            _FORMAT, result.chat, result.answer, _REQUEST_ID
                         )
                         target = "output_file_id"
                         _add_usage(usage, rendered.body["usage"])
-                    elif result.fault is not None and line.chat is not None:
-                        rendered = common.fault_body(_FORMAT, result.fault, line.chat, _REQUEST_ID)
+                    elif result.fault is not None and result.chat is not None:
+                        rendered = common.fault_body(
+                            _FORMAT, result.fault, result.chat, _REQUEST_ID
+                        )
                     else:
                         assert line.invalid is not None
                         rendered = line.invalid
