@@ -205,7 +205,7 @@ class AnthropicBatches:
         job = await self._job(request)
         if job.scheduled(self.store.clock()) not in TERMINAL:
             raise _invalid(f"Batch {job.id} is still processing: cancel it before deleting it.")
-        del self.store.jobs[job.id]
+        self.store.forget(job)
         path = job.info.get("results")
         if path is not None:
             path.unlink(missing_ok=True)

@@ -288,7 +288,7 @@ class GeminiBatches:
         job = await self._job(request)
         if job is None:
             return _not_found()
-        del self.store.jobs[job.id]
+        self.store.forget(job)
         return common.json_ok({})
 
     # Files

@@ -1,9 +1,11 @@
 """The batch APIs' state: uploaded files and batch jobs, on a compressed and injectable clock.
 
 A provider's batch runs for up to 24 hours; here it runs for ``batch_seconds`` (the compressed
-24-hour window). Nothing runs in the background: a job's phase and progress are a pure function
-of the clock, computed when a client looks, so a test that injects its own clock moves batches
-along without sleeping, and an idle emulator does no batch work at all.
+24-hour window). No timer drives a job: its phase and progress are a pure function of the
+clock, computed when a client looks, so a test that injects its own clock moves batches along
+without sleeping, and an idle emulator does no batch work at all. The one piece of background
+work is writing an ended job's results, started by the first look after its end (the job shows
+as finalizing, or cancelling, until they are written: :meth:`BatchStore.settle`).
 
 The timeline of a job created at ``t0`` with window ``W``:
 
@@ -18,8 +20,9 @@ A cancel at ``tc`` freezes the lines done by then; the job is cancelling for ``0
 then cancelled. Each line's fate apart from time (a per-line error, drawn like an online fault
 with ``fault_rate``) is decided when the job is created, so a run is reproducible.
 
-Files live on disk in a temporary directory (uploads can be 2 GB, results as large), so the
-emulator's memory holds only per-line bookkeeping and the parsed requests.
+Files live on disk in a temporary directory (uploads can be 2 GB, results as large), and so do
+the jobs' request bodies (:class:`Spool`): the emulator's memory holds only per-line
+bookkeeping, measured at under 0.4 KB a line.
 """
 
 from __future__ import annotations
@@ -349,6 +352,12 @@ class BatchStore:
         )
         self.jobs[job_id] = job
         return job
+
+    def forget(self, job: Job) -> None:
+        """Delete ``job`` and its spooled requests (its result files stay, as files do)."""
+        del self.jobs[job.id]
+        if job.spool is not None:
+            job.spool.unlink(missing_ok=True)
 
     def newest_first(self, prefix: str) -> list[Job]:
         """The jobs whose id starts with ``prefix`` (one provider's), newest first."""
