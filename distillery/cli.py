@@ -827,6 +827,19 @@ def emulator_command(
             "(inline), nowhere (hidden); auto: hidden for o-series/gpt-5 names, else field.",
         ),
     ] = "auto",
+    batch_seconds: Annotated[
+        float,
+        typer.Option(
+            help="How long a batch of the batch APIs takes: their 24-hour window, compressed."
+        ),
+    ] = 2.0,
+    batch_expire_rate: Annotated[
+        float,
+        typer.Option(
+            help="Share of batches (0..1) that expire at the end of their window with half "
+            "their requests done."
+        ),
+    ] = 0.0,
 ) -> None:
     """Serve a local emulator of the teachers' HTTP APIs (for tests and dry runs)."""
     from pydantic import ValidationError
@@ -848,6 +861,8 @@ def emulator_command(
         "near_dup_rate": near_dup_rate,
         "reasoning_redact_rate": reasoning_redact_rate,
         "openai_reasoning": openai_reasoning,
+        "batch_seconds": batch_seconds,
+        "batch_expire_rate": batch_expire_rate,
     }
     if faults is not None:
         settings["faults"] = faults

@@ -23,7 +23,8 @@ class EmulatorOptions(BaseModel):
     seed: int = 0
     latency_ms: float = Field(default=0.0, ge=0.0)
     require_key: str | None = None
-    #: Share of API requests (0..1) answered with a fault instead of a clean answer.
+    #: Share of API requests (0..1) answered with a fault instead of a clean answer; also the
+    #: share of a batch's requests that fail or get a flagged answer (:mod:`.batch_api`).
     fault_rate: float = Field(default=0.0, ge=0.0, le=1.0)
     #: Faults to draw from, uniformly (names of :class:`.faults.Fault`); default: all of them
     #: but the structured-output ones (``invalid-json``, ``schema-mismatch``), drawn only when
@@ -54,6 +55,12 @@ class EmulatorOptions(BaseModel):
     #: Where the OpenAI route puts a trace: reasoning_content field, inline <think> tags,
     #: hidden, or auto (hidden for OpenAI's own model names, the field otherwise).
     openai_reasoning: Literal["auto", "field", "inline", "hidden"] = "auto"
+    #: How long a batch of the batch APIs takes (:mod:`.batch_api`): its compressed 24-hour
+    #: window, at whose end it completes (or expires). 0: done when first looked at.
+    batch_seconds: float = Field(default=2.0, ge=0.0)
+    #: Share of batches (0..1) that expire at the end of their window with half their lines
+    #: done, the rest reported expired.
+    batch_expire_rate: float = Field(default=0.0, ge=0.0, le=1.0)
 
     @property
     def limited(self) -> bool:

@@ -10,12 +10,14 @@ import asyncio
 import concurrent.futures
 import signal
 import threading
+import time
 from collections.abc import Callable
 from types import TracebackType
 from typing import TypeVar
 
 from aiohttp import web
 
+from distillery.emulator.batch_api import Clock
 from distillery.emulator.completion import warm_up
 from distillery.emulator.options import EmulatorOptions
 from distillery.emulator.server import STATE, build_app
@@ -70,15 +72,20 @@ class RunningEmulator:
 
     Its own thread and event loop keep it independent of the caller's (sync tests, another
     loop, Prefect's workers). Use as a context manager; ``url`` is valid inside the block.
+    ``clock`` drives the batch APIs' time (:mod:`.batch_api`): a test may move it by hand.
     """
 
     def __init__(
-        self, options: EmulatorOptions | None = None, host: str = "127.0.0.1", port: int = 0
+        self,
+        options: EmulatorOptions | None = None,
+        host: str = "127.0.0.1",
+        port: int = 0,
+        clock: Clock = time.time,
     ) -> None:
         self.options = options or EmulatorOptions()
         self._host = host
         self._port = port
-        self._app = build_app(self.options)
+        self._app = build_app(self.options, clock)
         self._url: str | None = None
         self._thread: threading.Thread | None = None
         self._loop: asyncio.AbstractEventLoop | None = None

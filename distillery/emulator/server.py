@@ -14,6 +14,9 @@ flagged answers, :mod:`.transport` the rest. Without limits no limit code runs, 
 ``fault_rate`` 0 no fault code runs at all. With ``dup_rate`` or ``near_dup_rate`` > 0, a clean
 answer may be replaced by a copy of an earlier one (:mod:`.duplicates`); with both 0 no copy
 code runs.
+
+The providers' batch APIs (files, batches, results) are added by one call,
+:func:`.batch_api.add_batch_routes`; they share the key check and the stats, not this path.
 """
 
 from __future__ import annotations
@@ -27,6 +30,7 @@ from dataclasses import dataclass
 from aiohttp import web
 
 from distillery.emulator import transport
+from distillery.emulator.batch_api import Clock, add_batch_routes
 from distillery.emulator.caching import PromptCache
 from distillery.emulator.completion import Answer, ChatRequest, complete
 from distillery.emulator.duplicates import Copier, Copy
@@ -281,8 +285,11 @@ def _reset_handler(state: EmulatorState) -> Handler:
     return handle
 
 
-def build_app(options: EmulatorOptions) -> web.Application:
-    """A fresh app with its own stats; serve it with aiohttp or :func:`.runner.serve`."""
+def build_app(options: EmulatorOptions, clock: Clock = time.time) -> web.Application:
+    """A fresh app with its own stats; serve it with aiohttp or :func:`.runner.serve`.
+
+    ``clock`` (unix seconds) drives the batch APIs' compressed time; tests inject their own.
+    """
     state = EmulatorState(options)
     app = web.Application(client_max_size=MAX_BODY_BYTES)
     app[STATE] = state
@@ -290,6 +297,7 @@ def build_app(options: EmulatorOptions) -> web.Application:
         handler = _api_handler(state, fmt)
         for path in fmt.paths:
             app.router.add_post(path, handler)
+    add_batch_routes(app, options, state.stats, clock)
     app.router.add_get(CONTROL_PREFIX + "stats", _stats_handler(state))
     app.router.add_post(CONTROL_PREFIX + "reset", _reset_handler(state))
     # Registered last: the router only falls back to it when nothing above matched.
