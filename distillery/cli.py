@@ -90,13 +90,17 @@ def _connect_prefect() -> str:
     if configured:
         return configured.removesuffix("/api")
     from distillery.flows import server
+    from distillery.flows.progress import STOP
+
+    def stop() -> bool:
+        return STOP.requested
 
     running = server.running()
     if running is not None:
-        info, _ = server.ensure_server()
+        info, _ = server.ensure_server(stop)
     else:
         with err.status("starting the local Prefect server (first run only; kept for later)..."):
-            info, _ = server.ensure_server()
+            info, _ = server.ensure_server(stop)
     os.environ["PREFECT_API_URL"] = info.api_url
     return info.url
 

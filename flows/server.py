@@ -20,14 +20,14 @@ import socket
 import subprocess
 import sys
 import time
-from collections.abc import Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import httpx
 
 from distillery.child_env import child_env
-from distillery.errors import FatalRunError
+from distillery.errors import FatalRunError, RunInterruptedError
 from distillery.home import distillery_home
 
 STARTUP_TIMEOUT_S = float(os.environ.get("DISTILLERY_SERVER_STARTUP_TIMEOUT", "240"))
@@ -154,8 +154,20 @@ def running() -> ServerInfo | None:
     return info if info is not None and _is_ours(info) and healthy(info) else None
 
 
-def ensure_server() -> tuple[ServerInfo, bool]:
-    """A healthy managed server, started if need be; returns (info, started_now)."""
+def _wait_a_little(stop: Callable[[], bool]) -> None:
+    """Half a second between health checks, unless a stop was asked for (a SIGTERM while the
+    server starts ends the command now; the server goes on starting for the next one)."""
+    if stop():
+        raise RunInterruptedError(
+            "stopped while the local Prefect server started; nothing was sent"
+        )
+    time.sleep(0.5)
+
+
+def ensure_server(stop: Callable[[], bool] = lambda: False) -> tuple[ServerInfo, bool]:
+    """A healthy managed server, started if need be; returns (info, started_now). ``stop`` is
+    asked between health checks: a server can take tens of seconds to start on a loaded
+    machine, longer than a supervisor waits after its SIGTERM."""
     with _locked():
         info = _read_state()
         if info is not None and _is_ours(info):
@@ -163,7 +175,7 @@ def ensure_server() -> tuple[ServerInfo, bool]:
             while time.monotonic() < deadline and _alive(info.pid):
                 if healthy(info):
                     return info, False
-                time.sleep(0.5)
+                _wait_a_little(stop)
             _terminate(info.pid)
         home = distillery_home()
         port = _free_port()
@@ -198,7 +210,7 @@ def ensure_server() -> tuple[ServerInfo, bool]:
                 )
             if healthy(info):
                 return info, True
-            time.sleep(0.5)
+            _wait_a_little(stop)
         _terminate(process.pid)
         _state_file().unlink(missing_ok=True)
         raise FatalRunError(

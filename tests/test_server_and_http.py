@@ -269,3 +269,29 @@ def test_the_server_keeps_no_secret_of_the_run_that_started_it(
                 assert value.encode() not in environ
     finally:
         server.stop()
+
+
+@pytest.mark.slow
+def test_a_stop_while_the_server_starts_ends_the_wait_and_the_next_run_adopts_it(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    # A SIGTERM while a fresh server started held the command until the server answered
+    # (15 s and more on a loaded machine): the wait now asks between health checks.
+    from distillery.errors import RunInterruptedError
+
+    monkeypatch.setenv("DISTILLERY_HOME", str(tmp_path / "home"))
+    asked: list[float] = []
+
+    def stop() -> bool:
+        asked.append(time.monotonic())
+        return True
+
+    try:
+        with pytest.raises(RunInterruptedError, match="nothing was sent"):
+            server.ensure_server(stop)
+        assert len(asked) == 1  # asked after the first health check, not after it answered
+        starting = json.loads((tmp_path / "home" / "prefect-server.json").read_text())["pid"]
+        info, started_now = server.ensure_server()  # the next command adopts it
+        assert not started_now and info.pid == starting
+    finally:
+        server.stop()
