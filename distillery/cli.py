@@ -71,7 +71,10 @@ def _reports_errors(command: Callable[P, R]) -> Callable[P, R]:
     @functools.wraps(command)
     def wrapper(*args: P.args, **kwargs: P.kwargs) -> R:
         try:
-            return command(*args, **kwargs)
+            try:
+                return command(*args, **kwargs)
+            except KeyboardInterrupt:  # Typer would exit 130 without a word
+                raise RunInterruptedError("interrupted") from None
         except DistilleryError as exc:
             for line in str(exc).splitlines() or [""]:
                 err.print(

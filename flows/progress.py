@@ -8,10 +8,11 @@ costs nothing.
 from __future__ import annotations
 
 from collections.abc import Callable
-from typing import Protocol
+from typing import TYPE_CHECKING, Protocol
 
-from distillery.generators.batch import WorkItem
-from distillery.generators.client import Outcome
+if TYPE_CHECKING:  # at run time this module is light: the CLI imports it to take SIGTERM early
+    from distillery.generators.batch import WorkItem
+    from distillery.generators.client import Outcome
 
 
 class RunListener(Protocol):

@@ -99,6 +99,29 @@ def test_sigterm_at_any_moment_of_start_up_is_one_line_and_exit_130(
         assert answered(tmp_path / "out") == served
 
 
+def test_sigterm_while_the_command_line_loads_exits_130_with_one_line(tmp_path: Path) -> None:
+    # A SIGTERM raised as an exception inside an import can land in code that `exec` builds
+    # from a string (dataclasses, pydantic); CPython then ends the process by SIGINT (-2)
+    # whatever exit code was asked for. Later, Typer turned it into a silent exit 130. Ten
+    # landings spread over the import phase: none may be -2 or wordless.
+    outcomes = []
+    for delay_s in (0.1, 0.15, 0.2, 0.25, 0.3, 0.35, 0.4, 0.5, 0.6, 0.8):
+        process = subprocess.Popen(
+            [sys.executable, "-m", "distillery", "plan", str(tmp_path / "absent.yaml")],
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+        time.sleep(delay_s)
+        process.send_signal(signal.SIGTERM)
+        _, stderr = process.communicate(timeout=60)
+        outcomes.append((delay_s, process.returncode, stderr))
+    for delay_s, code, stderr in outcomes:
+        assert code != -2, (delay_s, stderr)
+        if code == 130:
+            assert stderr.strip() == "error: interrupted", (delay_s, stderr)
+
+
 def test_a_stop_that_outlasts_the_grace_period_aborts_in_bounded_time(
     prefect_api: str, tmp_path: Path
 ) -> None:
