@@ -22,7 +22,7 @@ then no paid-for turn is lost.
 from __future__ import annotations
 
 import json
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from functools import cache
 from typing import Any
@@ -277,7 +277,7 @@ class Conversations:
     config: ConversationRecipe
     job: JobConfig
 
-    def stages(self, seeds: list[Prompt], read: StageRows) -> Iterator[Stage]:
+    def stages(self, seeds: Iterable[Prompt], read: StageRows) -> Iterator[Stage]:
         by_name = {t.name: t for t in self.job.teachers}
         runner = ConversationRunner(
             self.config.turns,
