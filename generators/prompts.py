@@ -288,22 +288,21 @@ def _first_location(config: PromptsConfig, prompt_id: str) -> str:
     return next(where for where, other, _, _ in _identified(config) if other == prompt_id)
 
 
-_SEEN = np.dtype([("id_hi", "<u8"), ("id_lo", "<u8"), ("messages", "<u8")])
-
-
 class _SeenIds:
     """The prompt ids read so far, each with a digest of its messages: 24 bytes a prompt.
 
     Python objects for a million ids would cost ~150 MB. The latest ids sit in a dict; every
-    ``_FOLD`` of them are merged into one sorted numpy array, searched by bisection. Ids and
-    messages are compared by digest (128 bits for the id, 64 for the messages): two sharing
-    one is as unlikely as two sample ids colliding.
+    ``_FOLD`` of them are merged into three parallel numpy arrays sorted by the id digest's
+    first half, searched by bisection. Ids and messages are compared by digest (128 bits for
+    the id, 64 for the messages): two sharing one is as unlikely as two sample ids colliding.
     """
 
-    _FOLD = 8192
+    _FOLD = 65536
 
     def __init__(self) -> None:
-        self._sorted = np.empty(0, dtype=_SEEN)
+        self._hi = np.empty(0, dtype=np.uint64)
+        self._lo = np.empty(0, dtype=np.uint64)
+        self._messages = np.empty(0, dtype=np.uint64)
         self._recent: dict[tuple[int, int], int] = {}
 
     def add(self, prompt_id: str, messages: list[Message]) -> Literal["new", "repeat", "conflict"]:
@@ -314,7 +313,7 @@ class _SeenIds:
         value = int(hash_messages(messages)[:16], 16)
         earlier = self._recent.get(key)
         if earlier is None:
-            earlier = self._in_sorted(key)
+            earlier = self._in_sorted(*key)
         if earlier is not None:
             return "repeat" if earlier == value else "conflict"
         self._recent[key] = value
@@ -322,20 +321,21 @@ class _SeenIds:
             self._fold()
         return "new"
 
-    def _in_sorted(self, key: tuple[int, int]) -> int | None:
-        """The messages digest stored with ``key``, if it was folded in."""
-        if not self._sorted.size:
-            return None
-        at = int(np.searchsorted(self._sorted, np.array((*key, 0), dtype=_SEEN)))
-        if at == self._sorted.size:
-            return None
-        found = self._sorted[at]
-        if (int(found["id_hi"]), int(found["id_lo"])) != key:
-            return None
-        return int(found["messages"])
+    def _in_sorted(self, hi: int, lo: int) -> int | None:
+        """The messages digest stored with the id digest (hi, lo), if it was folded in."""
+        at = int(np.searchsorted(self._hi, np.uint64(hi)))
+        while at < self._hi.size and int(self._hi[at]) == hi:
+            if int(self._lo[at]) == lo:
+                return int(self._messages[at])
+            at += 1
+        return None
 
     def _fold(self) -> None:
-        recent = np.array([(*key, value) for key, value in self._recent.items()], dtype=_SEEN)
-        recent.sort()
-        self._sorted = np.insert(self._sorted, np.searchsorted(self._sorted, recent), recent)
+        keys = sorted(self._recent)
+        hi = np.array([k[0] for k in keys], dtype=np.uint64)
+        at = np.searchsorted(self._hi, hi)
+        self._hi = np.insert(self._hi, at, hi)
+        self._lo = np.insert(self._lo, at, np.array([k[1] for k in keys], dtype=np.uint64))
+        values = np.array([self._recent[k] for k in keys], dtype=np.uint64)
+        self._messages = np.insert(self._messages, at, values)
         self._recent.clear()

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import json
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping, Sequence
 from pathlib import Path
 
 import pyarrow as pa
@@ -31,7 +31,7 @@ from distillery.storage.schema import TABLES
 from distillery.storage.shards import write_shard
 
 
-def _jsonl(path: Path, records: list[dict[str, object]]) -> Path:
+def _jsonl(path: Path, records: Sequence[Mapping[str, object]]) -> Path:
     path.write_text("".join(json.dumps(r) + "\n" for r in records))
     return path
 
