@@ -178,11 +178,11 @@ def run(
 def _check_before_starting(job: JobConfig, emulator: bool) -> None:
     """Every problem of the job that can be found before anything starts, reported at once
     (prompts, output, prices and terms, keys), in the order they are fixed."""
-    from distillery.generators.prompts import load_prompts
+    from distillery.generators.prompts import check_prompts
     from distillery.generators.records import teacher_facts
 
     checks: list[Callable[[], object]] = [
-        lambda: load_prompts(job.prompts),
+        lambda: check_prompts(job.prompts),
         lambda: _output_is_no_file(job.output),
         lambda: teacher_facts(job),
     ]

@@ -16,13 +16,15 @@ import socket
 import time
 from collections import Counter
 from collections.abc import Callable
-from dataclasses import replace
+from dataclasses import dataclass, field, replace
 from typing import Any, TypeVar
 
 from prefect.context import get_run_context
 from pydantic import BaseModel, Field
 
+from distillery.config import JobConfig
 from distillery.errors import OutputUnwritable
+from distillery.flows.shared_limits import shared_limits_for
 from distillery.generators.batch import (
     BatchRows,
     OutcomeListener,
@@ -31,8 +33,10 @@ from distillery.generators.batch import (
     WorkItem,
     run_batch,
 )
+from distillery.generators.budget import Budget
 from distillery.generators.curation.apply import Curator
-from distillery.generators.records import RunContext
+from distillery.generators.records import RunContext, TeacherFacts
+from distillery.generators.structured import StructuredOutput
 from distillery.storage.location import Location
 from distillery.storage.rows import RejectedRow, Row, SampleRow
 from distillery.storage.shards import write_shard
@@ -62,6 +66,80 @@ class BatchSummary(BaseModel):
     )
     unusable: dict[str, str] = Field(
         default_factory=dict, description="Teachers this batch's process fell back past, and why."
+    )
+
+
+@dataclass
+class BatchTotals:
+    """The batches of one invocation added up as each ends: a run of a million prompts has
+    thousands of batches, whose summaries are not kept."""
+
+    samples: int = 0
+    rejected: Counter[str] = field(default_factory=Counter)
+    failures: int = 0
+    not_sent: int = 0
+    fell_back: int = 0
+    failures_by_class: Counter[str] = field(default_factory=Counter)
+    prompt_tokens: int = 0
+    completion_tokens: int = 0
+    maybe_billed_twice: int = 0
+    http_requests: int = 0
+    cost_usd: float = 0.0
+    processes: set[str] = field(default_factory=set)
+
+    def add(self, result: BatchSummary) -> None:
+        self.samples += result.samples
+        self.rejected.update(result.rejected)
+        self.failures += result.failures
+        self.not_sent += result.not_sent
+        self.fell_back += result.fell_back
+        self.failures_by_class.update(result.failures_by_class)
+        self.prompt_tokens += result.prompt_tokens
+        self.completion_tokens += result.completion_tokens
+        self.maybe_billed_twice += result.maybe_billed_twice
+        self.http_requests += result.http_requests
+        self.cost_usd += result.cost_usd
+        if result.process:
+            self.processes.add(result.process)
+
+    @property
+    def all_failed(self) -> bool:
+        """Requests were made and none was answered: every one ended as a failure row."""
+        answered = self.samples + sum(self.rejected.values())
+        return self.failures - self.fell_back > 0 and answered == 0
+
+
+async def open_pool(
+    job: JobConfig,
+    teachers: dict[str, TeacherFacts],
+    *,
+    stop: Callable[[], bool] = lambda: False,
+    structured: StructuredOutput | None = None,
+    budget: Budget | None = None,
+    teacher_budgets: dict[str, Budget] | None = None,
+    shared: bool = True,
+) -> TeacherPool:
+    """The run's teacher pool in this process: the one place a run builds one (the flow's own,
+    each Dask worker's, and the judge's for replayed answers).
+
+    Prices come from the run's teacher facts. A teacher with ``limits.shared`` leases its
+    limits from the Prefect server; ``shared=False`` skips that for a pool only its judge
+    uses (a judge's limits are never shared).
+    """
+    prices = {name: facts.price for name, facts in teachers.items()}
+    leased = (
+        {t.name: await shared_limits_for(t) for t in job.teachers if t.limits.shared}
+        if shared
+        else {}
+    )
+    return TeacherPool(
+        job,
+        stop=stop,
+        prices=prices,
+        budget=budget,
+        shared=leased,
+        teacher_budgets=teacher_budgets,
+        structured=structured,
     )
 
 

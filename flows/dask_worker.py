@@ -30,9 +30,8 @@ from prefect import get_run_logger, task
 from prefect.cache_policies import NO_CACHE
 
 from distillery.config import JobConfig
-from distillery.flows.batches import BatchSummary, current_ids, send_and_commit
+from distillery.flows.batches import BatchSummary, current_ids, open_pool, send_and_commit
 from distillery.flows.progress import StopSwitch
-from distillery.flows.shared_limits import shared_limits_for
 from distillery.generators.batch import Batch, TeacherPool
 from distillery.generators.curation.apply import Curator, build_curator
 from distillery.generators.records import RunContext
@@ -95,16 +94,10 @@ async def _open_run(run: WorkerRun, ctx: RunContext) -> _Open:
         opened = _runs.get(run.key)
         if opened is None:
             job = run.job
-            shared = {t.name: await shared_limits_for(t) for t in job.teachers if t.limits.shared}
             stop = StopSwitch()
-            prices = {name: facts.price for name, facts in ctx.teachers.items()}
             structured = build_structured(job.response_schema)
-            pool = TeacherPool(
-                job,
-                stop=lambda: stop.requested,
-                prices=prices,
-                shared=shared,
-                structured=structured,
+            pool = await open_pool(
+                job, ctx.teachers, stop=lambda: stop.requested, structured=structured
             )
             curator = build_curator(job.curation, structured)
             opened = _Open(pool, curator, as_location(job.output), stop)

@@ -10,14 +10,17 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import itertools
 import json
+import logging
 import time
 import uuid
 from collections import Counter
-from collections.abc import Awaitable, Callable, Iterator
-from dataclasses import replace
+from collections.abc import Callable, Container, Coroutine, Iterator
+from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
 from pathlib import Path
+from typing import Any
 
 import pyarrow as pa
 import pyarrow.compute as pc
@@ -29,24 +32,31 @@ from distillery import __version__
 from distillery.config import JobConfig, load_config, require_api_keys
 from distillery.errors import FatalRunError, output_errors
 from distillery.flows.artifacts import Progress, publish_run_artifacts
-from distillery.flows.batches import BatchSummary, batch_label, current_ids, send_and_commit
+from distillery.flows.batches import (
+    BatchSummary,
+    BatchTotals,
+    batch_label,
+    current_ids,
+    open_pool,
+    send_and_commit,
+)
 from distillery.flows.curate import dedup_run_task
 from distillery.flows.dask_runner import DaskBatches
 from distillery.flows.job_changes import refuse_changed_job
 from distillery.flows.progress import STOP, get_listener
-from distillery.flows.shared_limits import shared_limits_for
 from distillery.flows.signals import graceful_stop
 from distillery.generators.batch import Batch, TeacherPool, WorkItem
 from distillery.generators.budget import Budget
 from distillery.generators.curation.apply import Curator, build_curator
 from distillery.generators.curation.minhash import DEFAULT_PARAMS
-from distillery.generators.prompts import load_prompts, template_hash
+from distillery.generators.prompts import PromptSource, template_hash
 from distillery.generators.recipes import Stage, build_recipe, stage_reader
 from distillery.generators.recipes.base import INTERMEDIATE_STAGES
 from distillery.generators.records import RunContext, teacher_facts
 from distillery.generators.structured import StructuredOutput, build_structured
 from distillery.names import check_run_id
 from distillery.storage.compact import compact_partition
+from distillery.storage.done_ids import ANSWERED_TABLES, DoneIds
 from distillery.storage.failpoints import failpoint
 from distillery.storage.location import Location, as_location, resolve_output
 from distillery.storage.run_lock import run_writer
@@ -54,7 +64,6 @@ from distillery.storage.shards import (
     committed_shards,
     next_part_number,
     partition_dir,
-    read_column,
     read_shard,
     write_shard,
 )
@@ -126,45 +135,6 @@ async def generate_batch(
     )
 
 
-async def _judge_replayed(job: JobConfig, leftover: Replay) -> None:
-    """Grade answers replayed from a spool as their batch would have.
-
-    A batch spools each answer as it arrives and grades the batch's answers afterwards, so a
-    process that died in between left them ungraded. The spools are deleted only once these
-    rows are committed, so dying here again just replays them again. Rows of a recipe's
-    intermediate stages are never judged, as in their batch.
-    """
-    pending = [
-        row
-        for row in leftover.samples
-        if row.get("judge_teacher") is None and row.get("stage") not in INTERMEDIATE_STAGES
-    ]
-    if not pending:
-        return
-    prices = {name: facts.price for name, facts in teacher_facts(job).items()}
-    async with TeacherPool(job, prices=prices) as pool:
-        assert pool.judge is not None
-        kept, judged_out = await pool.judge.apply(pending)
-    graded = {id(row) for row in pending}
-    leftover.samples = [row for row in leftover.samples if id(row) not in graded] + kept
-    leftover.rejected = leftover.rejected + judged_out
-
-
-def _plan_stage(stage: Stage, done: set[str]) -> tuple[list[list[WorkItem]], int, int]:
-    """A stage's requests still to make, how many, and how many were made before."""
-    plan = stage.plan(done)
-    planned = sum(len(items) for items in plan)
-    return plan, planned, stage.size() - planned
-
-
-def _batches(plan: list[list[WorkItem]], batch_size: int) -> list[list[WorkItem]]:
-    """``batch_size`` prompts per batch, each with its requests to every teacher."""
-    return [
-        [item for prompt_items in plan[start : start + batch_size] for item in prompt_items]
-        for start in range(0, len(plan), batch_size)
-    ]
-
-
 @flow(name="generate", flow_run_name="{job.name}/{run_id}", persist_result=False)
 async def generate(
     job: JobConfig, run_id: str, config_path: str | None = None, allow_changed_job: bool = False
@@ -184,47 +154,134 @@ async def generate(
 
 
 async def _generate(job: JobConfig, run_id: str, config_path: str | None) -> RunSummary:
-    logger = get_run_logger()
-    started_at = datetime.now(UTC)
-    clock = time.perf_counter()
+    """The run's steps: load, replay, plan, send the stages, curate, record, publish."""
+    run = _load(job, run_id)
+    await _replay(run)
+    plans = _plan(run)
+    first = next(plans)
+    await run.planned(first)
+    try:
+        await _send(run, first, plans)
+        _settle_status(run)
+        _curate(run)
+    except FatalRunError:
+        run.summary.status = "failed"
+        raise
+    except BaseException:
+        run.summary.status = "interrupted"
+        raise
+    finally:
+        _record(run, config_path)
+    failpoint("run:recorded")
+    _compact_run(run.output, run_id)
+    # publish_run_artifacts only hands ``output`` to open_catalog, which takes any Location.
+    await publish_run_artifacts(run.output, job.name, run_id)
+    return run.summary
+
+
+@dataclass
+class RunState:
+    """One invocation of a run as it goes: what it reads, and what it has done so far.
+
+    Batches report here as they end (:meth:`finished`), stages as they are planned
+    (:meth:`planned`); the summary is filled in from it when the run is recorded.
+    """
+
+    job: JobConfig
+    run_id: str
+    output: Location
+    ctx: RunContext
+    prompts: PromptSource
+    structured: StructuredOutput | None
+    curator: Curator
+    summary: RunSummary
+    started_at: datetime
+    clock: float
+    logger: logging.Logger | logging.LoggerAdapter[Any]
+    totals: BatchTotals = field(default_factory=BatchTotals)
+    removed: dict[str, int] = field(default_factory=dict)
+    progress: Progress | None = None
+    next_part: int = 0
+    budget: Budget | None = None
+    teacher_budgets: dict[str, Budget] = field(default_factory=dict)
+
+    async def planned(self, plan: StagePlan) -> None:
+        """A stage is planned: count its requests and tell whoever watches."""
+        listener = get_listener()
+        if listener is not None:
+            listener.planned(plan.planned, plan.skipped)
+        if self.progress is None:  # the first stage: the run's own figures start here
+            self.summary.prompts = self.prompts.counted
+            self.summary.requests_planned = plan.planned
+            self.summary.requests_skipped = plan.skipped
+            self.progress = Progress(self.job.name, plan.planned)
+            await self.progress.start()
+        else:
+            self.summary.requests_planned += plan.planned
+            self.summary.requests_skipped += plan.skipped
+            self.progress.planned += plan.planned
+
+    def take_part(self) -> int:
+        """The shard part number of the next batch (one per batch, across stages)."""
+        part = self.next_part
+        self.next_part += 1
+        return part
+
+    async def finished(self, result: BatchSummary, requests: int) -> None:
+        self.totals.add(result)
+        if self.progress is not None:
+            await self.progress.advance(requests)
+
+
+@dataclass
+class StagePlan:
+    """One stage's requests still to send, counted by one read of its prompts; :meth:`batches`
+    reads them again to send them, so no list of every request is ever held."""
+
+    stage: Stage
+    curator: Curator
+    done: Container[str]
+    prompts: int
+    planned: int
+
+    @property
+    def skipped(self) -> int:
+        """Requests of the stage made by an earlier invocation."""
+        return self.prompts * self.stage.router.chains_per_prompt - self.planned
+
+    @classmethod
+    def count(cls, stage: Stage, curator: Curator, done: Container[str]) -> StagePlan:
+        prompts = planned = 0
+        for todo in stage.plan(done):
+            prompts += 1
+            planned += len(todo)
+        return cls(stage, stage.curator(curator), done, prompts, planned)
+
+    def batches(self, batch_size: int) -> Iterator[list[WorkItem]]:
+        """``batch_size`` prompts per batch (those with requests left), each with its requests
+        to every teacher."""
+        batch: list[WorkItem] = []
+        prompts = 0
+        for todo in self.stage.plan(self.done):
+            if not todo:
+                continue
+            batch += todo
+            prompts += 1
+            if prompts == batch_size:
+                yield batch
+                batch, prompts = [], 0
+        if batch:
+            yield batch
+
+
+def _load(job: JobConfig, run_id: str) -> RunState:
+    """The run's inputs, opened: prompts (read lazily, checked to start), curation, context."""
+    started_at, clock = datetime.now(UTC), time.perf_counter()
     flow_run_id, _ = current_ids()
     output = as_location(job.output)
-    prompts = load_prompts(job.prompts)
+    prompts = PromptSource(job.prompts)
+    prompts.check_start()
     structured = build_structured(job.response_schema)
-    curator = build_curator(job.curation, structured)
-    leftover = replay(output, run_id, curator.curate)
-    if job.curation.judge is not None:
-        await _judge_replayed(job, leftover)
-    recovered = leftover.commit()
-    if any(recovered.values()):
-        logger.warning(
-            "recovered %d samples and %d failures spooled by an earlier invocation",
-            recovered["samples"],
-            recovered["failures"],
-        )
-    done = {
-        str(sample_id)
-        for table in ("samples", "rejected")
-        for sample_id in read_column(output, table, run_id, "sample_id")
-    }
-    # A recipe runs in stages, each built from what the ones before committed; without one
-    # there is a single stage: prompts routed to teachers (``routing``, ``n``).
-    stages = build_recipe(job).stages(prompts, stage_reader(output, run_id))
-    stage = next(stages)
-    plan, planned, skipped = _plan_stage(stage, done)
-    listener = get_listener()
-    if listener is not None:
-        listener.planned(planned, skipped)
-    logger.info(
-        "run %s: %d prompts x %d requests each (routing %s, n=%d), %d to send, %d already answered",
-        run_id,
-        len(stage.prompts),
-        stage.router.chains_per_prompt,
-        stage.router.mode,
-        stage.router.n,
-        planned,
-        skipped,
-    )
     ctx = RunContext(
         run_id,
         job.config_hash(),
@@ -232,203 +289,179 @@ async def _generate(job: JobConfig, run_id: str, config_path: str | None) -> Run
         flow_run_id,
         teachers=teacher_facts(job),
     )
-    batches = _batches(plan, job.batch_size)
-    progress = Progress(job.name, planned)
-    await progress.start()
-    first_part = max(
-        next_part_number(partition_dir(output, table, run_id))
-        for table in ("samples", "rejected", "failures")
-    )
     summary = RunSummary(
         run_id=run_id,
         dataset=job.name,
         output=output.uri,
         status="running",
-        prompts=len(prompts),
-        requests_planned=planned,
-        requests_skipped=skipped,
+        prompts=0,
+        requests_planned=0,
+        requests_skipped=0,
         flow_run_id=flow_run_id,
     )
-    results: list[BatchSummary] = []
-    removed: dict[str, int] = {}
-    try:
-        spent = _spent_by_teacher(output, run_id)
-        budget = None
-        if job.budget_usd is not None:
-            budget = Budget(job.budget_usd, sum(spent.values()))
-        teacher_budgets = {
-            t.name: Budget(t.budget_usd, spent.get(t.name, 0.0))
-            for t in job.teachers
-            if t.budget_usd is not None
-        }
+    return RunState(
+        job=job,
+        run_id=run_id,
+        output=output,
+        ctx=ctx,
+        prompts=prompts,
+        structured=structured,
+        curator=build_curator(job.curation, structured),
+        summary=summary,
+        started_at=started_at,
+        clock=clock,
+        logger=get_run_logger(),
+    )
 
-        async def finished(result: BatchSummary, items: list[WorkItem]) -> None:
-            results.append(result)
-            await progress.advance(len(items))
 
-        parts = {index: first_part + index for index in range(len(batches))}
+async def _replay(run: RunState) -> None:
+    """Commit what an earlier invocation spooled but did not commit (judged, if the job has a
+    judge, as its batch would have)."""
+    leftover = replay(run.output, run.run_id, run.curator.curate)
+    if run.job.curation.judge is not None:
+        await _judge_replayed(run, leftover)
+    recovered = leftover.commit()
+    if any(recovered.values()):
+        run.logger.warning(
+            "recovered %d samples and %d failures spooled by an earlier invocation",
+            recovered["samples"],
+            recovered["failures"],
+        )
 
-        def stage_plans() -> Iterator[StagePlan]:
-            """The first stage's batches, then each later stage's, built only once the stage
-            before it ran (they read what it committed)."""
-            yield batches, parts, stage.curator(curator)
-            offset = len(batches)
-            for following in stages:
-                more_plan, more, again = _plan_stage(following, done)
-                summary.requests_planned += more
-                summary.requests_skipped += again
-                progress.planned += more
-                if listener is not None:
-                    listener.planned(more, again)
-                logger.info(
-                    "stage %s: %d prompts x %d requests each, %d to send, %d already answered",
-                    following.label or following.name,
-                    len(following.prompts),
-                    following.router.chains_per_prompt,
-                    more,
-                    again,
-                )
-                more_batches = _batches(more_plan, job.batch_size)
-                more_parts = {i: first_part + offset + i for i in range(len(more_batches))}
-                yield more_batches, more_parts, following.curator(curator)
-                offset += len(more_batches)
 
-        if job.task_runner.type == "dask":  # one stage: recipes are refused with dask
-            await _run_on_dask(job, ctx, batches, parts, finished, summary)
-        else:
-            await _run_here(
-                job,
-                ctx,
-                stage_plans(),
-                finished,
-                output,
-                budget,
-                teacher_budgets,
-                summary,
-                structured,
+async def _judge_replayed(run: RunState, leftover: Replay) -> None:
+    """Grade answers replayed from a spool as their batch would have.
+
+    A batch spools each answer as it arrives and grades the batch's answers afterwards, so a
+    process that died in between left them ungraded. The spools are deleted only once these
+    rows are committed, so dying here again just replays them again. Rows of a recipe's
+    intermediate stages are never judged, as in their batch.
+    """
+    pending = [
+        row
+        for row in leftover.samples
+        if row.get("judge_teacher") is None and row.get("stage") not in INTERMEDIATE_STAGES
+    ]
+    if not pending:
+        return
+    async with await open_pool(run.job, run.ctx.teachers, shared=False) as pool:
+        assert pool.judge is not None
+        kept, judged_out = await pool.judge.apply(pending)
+    graded = {id(row) for row in pending}
+    leftover.samples = [row for row in leftover.samples if id(row) not in graded] + kept
+    leftover.rejected = leftover.rejected + judged_out
+
+
+def _plan(run: RunState) -> Iterator[StagePlan]:
+    """The stages' plans, lazily: each later stage is built and counted only once the one
+    before it ran (a recipe builds it from what that one committed).
+
+    What a resume skips is read once: the sample ids already answered (``storage/done_ids.py``).
+    Without a recipe there is a single stage: prompts routed to teachers (``routing``, ``n``).
+    """
+    done = DoneIds.of_run(run.output, run.run_id)
+    run.next_part = max(
+        next_part_number(partition_dir(run.output, table, run.run_id))
+        for table in ("samples", "rejected", "failures")
+    )
+    stages = build_recipe(run.job).stages(run.prompts, stage_reader(run.output, run.run_id))
+    for number, stage in enumerate(stages):
+        plan = StagePlan.count(stage, run.curator, done)
+        if number == 0:
+            run.logger.info(
+                "run %s: %d prompts x %d requests each (routing %s, n=%d), %d to send, "
+                "%d already answered",
+                run.run_id,
+                plan.prompts,
+                stage.router.chains_per_prompt,
+                stage.router.mode,
+                stage.router.n,
+                plan.planned,
+                plan.skipped,
             )
-        spent_teachers = [n for n, b in teacher_budgets.items() if b.exhausted]
-        if STOP.requested:
-            summary.status = "stopped"
-        elif budget is not None and budget.exhausted:
-            summary.status = "budget_reached"
-            logger.warning(
-                "budget of $%.2f reached: spent $%.4f; requests left unsent",
-                budget.limit_usd,
-                budget.spent_usd,
-            )
-        elif spent_teachers and sum(r.not_sent for r in results):
-            summary.status = "budget_reached"
-            logger.warning("budget of %s reached; requests left unsent", ", ".join(spent_teachers))
-        elif _all_failed(results):
-            # Nothing answered, only failures (an unreachable base URL, a model that does not
-            # exist): not a success, whatever each request's own error was.
-            summary.status = "failed"
-            logger.error("every request of this invocation failed; see the failures view")
         else:
-            summary.status = "completed"
-        if job.curation.dedup.enabled and not STOP.requested:
-            removed = dedup_run_task(output, run_id, None, job.curation.dedup)
-            failpoint("run:deduped")
-    except FatalRunError:
-        summary.status = "failed"
-        raise
-    except BaseException:
-        summary.status = "interrupted"
-        raise
-    finally:
-        _fold(summary, results, removed)
-        summary.samples = _kept_by(output, run_id, flow_run_id, summary.samples)
-        summary.elapsed_s = time.perf_counter() - clock
-        with output_errors(output.uri, run_id):  # a full disk: one line, not a traceback
-            _write_run_record(output, summary, job, config_path, started_at)
-    failpoint("run:recorded")
-    _compact_run(output, run_id)
-    # publish_run_artifacts only hands ``output`` to open_catalog, which takes any Location.
-    await publish_run_artifacts(output, job.name, run_id)
-    return summary
+            run.logger.info(
+                "stage %s: %d prompts x %d requests each, %d to send, %d already answered",
+                stage.label or stage.name,
+                plan.prompts,
+                stage.router.chains_per_prompt,
+                plan.planned,
+                plan.skipped,
+            )
+        yield plan
 
 
-Done = Callable[[BatchSummary, list[WorkItem]], Awaitable[None]]
+async def _send(run: RunState, first: StagePlan, later: Iterator[StagePlan]) -> None:
+    """Send every stage's batches, on this process or on Dask workers, within the budgets."""
+    spent = _spent_by_teacher(run.output, run.run_id)
+    if run.job.budget_usd is not None:
+        run.budget = Budget(run.job.budget_usd, sum(spent.values()))
+    run.teacher_budgets = {
+        t.name: Budget(t.budget_usd, spent.get(t.name, 0.0))
+        for t in run.job.teachers
+        if t.budget_usd is not None
+    }
+    if run.job.task_runner.type == "dask":  # one stage: recipes are refused with dask
+        await _run_on_dask(run, first)
+    else:
+        await _run_here(run, itertools.chain([first], later))
 
 
-StagePlan = tuple[list[list[WorkItem]], dict[int, int], Curator]
-"""One stage's batches, their shard part numbers, and its curator."""
-
-
-async def _run_here(
-    job: JobConfig,
-    ctx: RunContext,
-    plans: Iterator[StagePlan],
-    done: Done,
-    output: Location,
-    budget: Budget | None,
-    teacher_budgets: dict[str, Budget],
-    summary: RunSummary,
-    structured: StructuredOutput | None,
-) -> None:
+async def _run_here(run: RunState, plans: Iterator[StagePlan]) -> None:
     """The thread runner: every batch on this event loop, sharing one pool (and the budgets).
 
     A recipe's stages run one after the other through the same pool; a stop, a spent budget
     or an unusable teacher ends the run before the next stage is built.
     """
-    prices = {name: facts.price for name, facts in ctx.teachers.items()}
-    shared = {t.name: await shared_limits_for(t) for t in job.teachers if t.limits.shared}
-    async with TeacherPool(
-        job,
+    pool = await open_pool(
+        run.job,
+        run.ctx.teachers,
         stop=lambda: STOP.requested,
-        prices=prices,
-        budget=budget,
-        shared=shared,
-        teacher_budgets=teacher_budgets,
-        structured=structured,
-    ) as pool:
+        structured=run.structured,
+        budget=run.budget,
+        teacher_budgets=run.teacher_budgets,
+    )
+    async with pool:
         listener = get_listener()
         if listener is not None:
             listener.watching(pool.in_flight)
-        gate = asyncio.Semaphore(job.max_batches_in_flight)
+        for number, plan in enumerate(plans):
+            if number:
+                await run.planned(plan)
 
-        async def one(index: int, items: list[WorkItem], part: int, curator: Curator) -> None:
-            async with gate:
-                if not pool.halted:
-                    result = await generate_batch(
-                        batch_label(part, items),
-                        index,
-                        Batch(items),
-                        pool,
-                        ctx,
-                        output,
-                        part,
-                        curator,
-                    )
-                    await done(result, items)
+            async def one(index: int, items: list[WorkItem], plan: StagePlan = plan) -> None:
+                part = run.take_part()
+                result = await generate_batch(
+                    batch_label(part, items),
+                    index,
+                    Batch(items),
+                    pool,
+                    run.ctx,
+                    run.output,
+                    part,
+                    plan.curator,
+                )
+                await run.finished(result, len(items))
 
-        for batches, parts, curator in plans:
-            await asyncio.gather(
-                *(one(i, items, parts[i], curator) for i, items in enumerate(batches))
+            await _in_flight(
+                plan.batches(run.job.batch_size),
+                run.job.max_batches_in_flight,
+                one,
+                lambda: pool.halted,
             )
-            summary.unusable = {name: str(exc) for name, exc in pool.unusable.items()}
+            run.summary.unusable = {name: str(exc) for name, exc in pool.unusable.items()}
             if pool.fatal is not None:
                 raise pool.fatal
             if pool.halted:
                 break
 
 
-async def _run_on_dask(
-    job: JobConfig,
-    ctx: RunContext,
-    batches: list[list[WorkItem]],
-    parts: dict[int, int],
-    done: Done,
-    summary: RunSummary,
-) -> None:
+async def _run_on_dask(run: RunState, plan: StagePlan) -> None:
     """The Dask runner: batches on worker processes; a stop or a fatal error reaches them all."""
-    logger = get_run_logger()
     listener = get_listener()
     fatal: list[str] = []
-    async with DaskBatches(job, ctx.run_id) as cluster:
-        logger.info("running batches on %d Dask worker processes", cluster.processes)
-        gate = asyncio.Semaphore(job.max_batches_in_flight)
+    async with DaskBatches(run.job, run.run_id) as cluster:
+        run.logger.info("running batches on %d Dask worker processes", cluster.processes)
         stopped = asyncio.Event()
 
         async def watch() -> None:
@@ -438,20 +471,22 @@ async def _run_on_dask(
             await cluster.stop()
 
         async def one(index: int, items: list[WorkItem]) -> None:
-            async with gate:
-                if stopped.is_set():
-                    return
-                result = await cluster.submit(index, items, ctx, parts[index])
-                summary.unusable.update(result.unusable)
-                if result.fatal is not None:
-                    fatal.append(result.fatal)
-                if listener is not None:
-                    listener.advanced(len(items) - result.not_sent, result.failures)
-                await done(result, items)
+            result = await cluster.submit(index, items, run.ctx, run.take_part())
+            run.summary.unusable.update(result.unusable)
+            if result.fatal is not None:
+                fatal.append(result.fatal)
+            if listener is not None:
+                listener.advanced(len(items) - result.not_sent, result.failures)
+            await run.finished(result, len(items))
 
         watcher = asyncio.create_task(watch())
         try:
-            await asyncio.gather(*(one(i, items) for i, items in enumerate(batches)))
+            await _in_flight(
+                plan.batches(run.job.batch_size),
+                run.job.max_batches_in_flight,
+                one,
+                stopped.is_set,
+            )
         finally:
             watcher.cancel()
             with contextlib.suppress(asyncio.CancelledError):
@@ -460,22 +495,90 @@ async def _run_on_dask(
         raise FatalRunError(fatal[0])
 
 
+async def _in_flight(
+    batches: Iterator[list[WorkItem]],
+    limit: int,
+    one: Callable[[int, list[WorkItem]], Coroutine[Any, Any, None]],
+    halted: Callable[[], bool],
+) -> None:
+    """``one(index, batch)`` for each batch, at most ``limit`` at once, batches taken from the
+    plan only as a place frees up (a stage's batches are never all built at once); none is
+    started once ``halted()``. The first error is raised, as ``asyncio.gather`` raises it."""
+    running: set[asyncio.Task[None]] = set()
+    try:
+        for index, items in enumerate(batches):
+            while len(running) >= limit:
+                finished, running = await asyncio.wait(running, return_when=asyncio.FIRST_COMPLETED)
+                for task in finished:
+                    task.result()
+            if halted():
+                break
+            running.add(asyncio.create_task(one(index, items)))
+        await asyncio.gather(*running)
+    except asyncio.CancelledError:
+        for task in running:
+            task.cancel()
+        raise
+
+
+def _settle_status(run: RunState) -> None:
+    """How the invocation ended: stopped, out of budget, failed, or completed."""
+    summary, logger, budget = run.summary, run.logger, run.budget
+    spent_teachers = [n for n, b in run.teacher_budgets.items() if b.exhausted]
+    if STOP.requested:
+        summary.status = "stopped"
+    elif budget is not None and budget.exhausted:
+        summary.status = "budget_reached"
+        logger.warning(
+            "budget of $%.2f reached: spent $%.4f; requests left unsent",
+            budget.limit_usd,
+            budget.spent_usd,
+        )
+    elif spent_teachers and run.totals.not_sent:
+        summary.status = "budget_reached"
+        logger.warning("budget of %s reached; requests left unsent", ", ".join(spent_teachers))
+    elif run.totals.all_failed:
+        # Nothing answered, only failures (an unreachable base URL, a model that does not
+        # exist): not a success, whatever each request's own error was.
+        summary.status = "failed"
+        logger.error("every request of this invocation failed; see the failures view")
+    else:
+        summary.status = "completed"
+
+
+def _curate(run: RunState) -> None:
+    """Remove duplicates across the run (and earlier runs), unless the run was stopped."""
+    if run.job.curation.dedup.enabled and not STOP.requested:
+        run.removed = dedup_run_task(run.output, run.run_id, None, run.job.curation.dedup)
+        failpoint("run:deduped")
+
+
+def _record(run: RunState, config_path: str | None) -> None:
+    """Fill the summary in from what the run did and write the run's record, whatever the
+    ending; a full disk is one line, not a traceback."""
+    summary = run.summary
+    _fold(summary, run.totals, run.removed)
+    summary.samples = _kept_by(run.output, run.run_id, summary.flow_run_id, summary.samples)
+    summary.elapsed_s = time.perf_counter() - run.clock
+    with output_errors(run.output.uri, run.run_id):
+        _write_run_record(run.output, summary, run.job, config_path, run.started_at)
+
+
 def _spent_by_teacher(output: Location, run_id: str) -> dict[str, float]:
-    """What earlier invocations of the run paid per teacher: every answer, kept or rejected."""
+    """What earlier invocations of the run paid per teacher: every answer, kept or rejected
+    (added up a shard at a time)."""
     spent: dict[str, float] = {}
-    for table in ("samples", "rejected"):
-        names = read_column(output, table, run_id, "teacher_name")
-        costs = read_column(output, table, run_id, "cost_usd")
-        for name, cost in zip(names, costs, strict=True):
-            spent[str(name)] = spent.get(str(name), 0.0) + float(cost or 0.0)
+    for table in ANSWERED_TABLES:
+        for shard in committed_shards(output, table, run_id):
+            costs = read_shard(shard, columns=["teacher_name", "cost_usd"])
+            summed = costs.group_by("teacher_name").aggregate([("cost_usd", "sum")])
+            for name, cost in zip(
+                summed.column("teacher_name").to_pylist(),
+                summed.column("cost_usd_sum").to_pylist(),
+                strict=True,
+            ):
+                spent[str(name)] = spent.get(str(name), 0.0) + float(cost or 0.0)
     return spent
-
-
-def _all_failed(results: list[BatchSummary]) -> bool:
-    """Requests were made and none was answered: every one ended as a failure row."""
-    failures = sum(r.failures - r.fell_back for r in results)
-    answered = sum(r.samples + sum(r.rejected.values()) for r in results)
-    return failures > 0 and answered == 0
 
 
 def _kept_by(output: Location, run_id: str, flow_run_id: str | None, folded: int) -> int:
@@ -505,26 +608,22 @@ def _compact_run(output: Location, run_id: str) -> None:
             compact_partition(directory, table)
 
 
-def _fold(summary: RunSummary, results: list[BatchSummary], removed: dict[str, int]) -> None:
+def _fold(summary: RunSummary, totals: BatchTotals, removed: dict[str, int]) -> None:
     """Add up the batches, and what dedup moved to rejected after them."""
-    by_class: Counter[str] = Counter()
     rejected: Counter[str] = Counter(removed)
-    summary.samples -= sum(removed.values())  # an estimate: see _kept_by
-    for result in results:
-        rejected.update(result.rejected)
-        summary.samples += result.samples
-        summary.failures += result.failures
-        summary.not_sent += result.not_sent
-        summary.fell_back += result.fell_back
-        summary.prompt_tokens += result.prompt_tokens
-        summary.completion_tokens += result.completion_tokens
-        summary.maybe_billed_twice += result.maybe_billed_twice
-        summary.http_requests += result.http_requests
-        summary.cost_usd += result.cost_usd
-        by_class.update(result.failures_by_class)
-    summary.failures_by_class = dict(by_class)
+    rejected.update(totals.rejected)
+    summary.samples += totals.samples - sum(removed.values())  # an estimate: see _kept_by
+    summary.failures += totals.failures
+    summary.not_sent += totals.not_sent
+    summary.fell_back += totals.fell_back
+    summary.prompt_tokens += totals.prompt_tokens
+    summary.completion_tokens += totals.completion_tokens
+    summary.maybe_billed_twice += totals.maybe_billed_twice
+    summary.http_requests += totals.http_requests
+    summary.cost_usd += totals.cost_usd
+    summary.failures_by_class = dict(totals.failures_by_class)
     summary.rejected = dict(rejected)
-    summary.processes = sorted({result.process for result in results if result.process})
+    summary.processes = sorted(totals.processes)
 
 
 def _write_run_record(

@@ -11,7 +11,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Container, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field, replace
 from types import TracebackType
 from typing import Any, Literal, Protocol, cast
@@ -95,14 +95,17 @@ class Batch:
         return len(self.items)
 
 
-def plan_work(prompts: Sequence[Prompt], router: Router, done: set[str]) -> list[list[WorkItem]]:
-    """Per prompt, the requests still to make: the first step of every chain and sample index
-    none of whose teachers has an answer in ``done`` (sample ids in samples or rejected).
+def plan_prompts(
+    prompts: Iterable[Prompt], router: Router, done: Container[str]
+) -> Iterator[list[WorkItem]]:
+    """Per prompt, in order, the requests still to make (an empty list when none is left): the
+    first step of every chain and sample index none of whose teachers has an answer in ``done``
+    (sample ids in samples or rejected).
 
     A chain an earlier invocation answered through a fallback is done; one that only failed
-    starts again from its first teacher, as any failure is retried on resume.
+    starts again from its first teacher, as any failure is retried on resume. A generator, so
+    a run plans its prompts as it reads them, never all at once.
     """
-    plan: list[list[WorkItem]] = []
     for prompt in prompts:
         todo: list[WorkItem] = []
         for chain in router.chains(prompt.prompt_id):
@@ -114,9 +117,14 @@ def plan_work(prompts: Sequence[Prompt], router: Router, done: set[str]) -> list
                 ]
                 if not any(item.sample_id in done for item in items):
                     todo.append(items[0])
-        if todo:
-            plan.append(todo)
-    return plan
+        yield todo
+
+
+def plan_work(
+    prompts: Iterable[Prompt], router: Router, done: Container[str]
+) -> list[list[WorkItem]]:
+    """:func:`plan_prompts` as a list, prompts with nothing left to send left out."""
+    return [todo for todo in plan_prompts(prompts, router, done) if todo]
 
 
 @dataclass

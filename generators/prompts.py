@@ -11,15 +11,17 @@ Errors name the file and the line (JSONL, CSV) or row (Parquet) at fault.
 
 from __future__ import annotations
 
+import contextlib
 import csv
 import hashlib
 import json
-from collections.abc import Iterator
+from collections.abc import Generator, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import jinja2
+import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
@@ -89,20 +91,31 @@ def _records(path: Path) -> Iterator[tuple[str, dict[str, Any]]]:
             except csv.Error as exc:
                 raise UserInputError(f"{path}:{reader.line_num}: not valid CSV ({exc})") from exc
         elif suffix in {".parquet", ".pq"}:
-            try:
-                table = pq.read_table(path)
-                rows = table.to_pylist()
-            except (pa.ArrowException, UnicodeDecodeError) as exc:
-                first = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
-                raise UserInputError(f"{path}: not a readable Parquet file ({first})") from exc
-            for number, row in enumerate(rows):
-                yield f"{path} row {number}", row
+            number = 0
+            for batch in _parquet_batches(path):
+                for row in batch:
+                    yield f"{path} row {number}", row
+                    number += 1
         else:
             raise UserInputError(
                 f"{path}: unsupported prompt file type (use .jsonl, .parquet, .csv)"
             )
     except OSError as exc:
         raise UserInputError(f"{path}: cannot read prompts ({exc.strerror or exc})") from exc
+
+
+#: Rows of a Parquet prompt file converted to Python at a time.
+PARQUET_BATCH_ROWS = 4096
+
+
+def _parquet_batches(path: Path) -> Iterator[list[dict[str, Any]]]:
+    """A Parquet file's rows, a batch of Python dicts at a time (never the whole file)."""
+    try:
+        for batch in pq.ParquetFile(path).iter_batches(batch_size=PARQUET_BATCH_ROWS):
+            yield batch.to_pylist()
+    except (pa.ArrowException, UnicodeDecodeError) as exc:
+        first = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+        raise UserInputError(f"{path}: not a readable Parquet file ({first})") from exc
 
 
 _BOM = b"\xef\xbb\xbf"
@@ -190,15 +203,70 @@ def _messages_of(
     return [{"role": "user", "content": prompt}]
 
 
-def load_prompts(config: PromptsConfig) -> list[Prompt]:
-    """All prompts of a job, in file order, with duplicates of the same prompt removed.
+def iter_prompts(config: PromptsConfig) -> Generator[Prompt]:
+    """The prompts of a job, one at a time in file order, with repeats of a prompt skipped.
 
-    The same id on two *different* prompts is an input error: it would make their samples
-    indistinguishable.
+    Nothing but the current record is held, plus 24 bytes per prompt read to tell a repeat
+    (skipped) from an id reused for other messages (an input error: their samples would be
+    indistinguishable) — a run of a million prompts streams them (BENCHMARKS.md, "Memory of
+    a run"). Each call reads the source again from the start, with the same result.
     """
+    seen = _SeenIds()
+    count = 0
+    for where, prompt_id, messages, record in _identified(config):
+        known = seen.add(prompt_id, messages)
+        if known == "repeat":
+            continue
+        if known == "conflict":
+            earlier = _first_location(config, prompt_id)
+            raise UserInputError(f"{where}: id {prompt_id!r} already used at {earlier}")
+        meta = {k: v for k, v in record.items() if k not in {"id", "prompt", "messages"}}
+        yield Prompt(prompt_id=prompt_id, messages=messages, meta=meta)
+        count += 1
+        if config.limit is not None and count >= config.limit:
+            break
+    if not count:
+        raise UserInputError(f"{config.source}: no prompts found")
+
+
+def load_prompts(config: PromptsConfig) -> list[Prompt]:
+    """All prompts of a job, in file order, with duplicates of the same prompt removed (see
+    :func:`iter_prompts`; a run streams them instead of holding this list)."""
+    return list(iter_prompts(config))
+
+
+def check_prompts(config: PromptsConfig) -> int:
+    """How many prompts the job has, reading them all and keeping none: every input error a run
+    would meet, found before it starts."""
+    return sum(1 for _ in iter_prompts(config))
+
+
+class PromptSource:
+    """A job's prompts as a run reads them: iterable any number of times, each time from the
+    source (the file, or the seed query), never held whole. ``counted`` is how many prompts
+    the last complete read found."""
+
+    def __init__(self, config: PromptsConfig) -> None:
+        self.config = config
+        self.counted = 0
+
+    def __iter__(self) -> Iterator[Prompt]:
+        count = 0
+        for prompt in iter_prompts(self.config):
+            count += 1
+            yield prompt
+        self.counted = count
+
+    def check_start(self) -> None:
+        """Read up to the first prompt: a source that can not be read, or has no prompt, is an
+        error before the run does anything else (later records are checked as they are read)."""
+        with contextlib.closing(iter_prompts(self.config)) as prompts:
+            next(prompts)
+
+
+def _identified(config: PromptsConfig) -> Iterator[tuple[str, str, list[Message], dict[str, Any]]]:
+    """(location, prompt id, final messages, record) of every record of the source."""
     template = _compile_template(config)
-    prompts: list[Prompt] = []
-    first_seen: dict[str, tuple[str, list[Message]]] = {}
     if config.path is not None:
         records = _records(config.path)
     else:
@@ -212,16 +280,63 @@ def load_prompts(config: PromptsConfig) -> list[Prompt]:
             messages = [{"role": "system", "content": config.system}, *messages]
         raw_id = record.get("id")
         prompt_id = str(raw_id) if raw_id not in (None, "") else hash_messages(messages)
-        if prompt_id in first_seen:
-            earlier, earlier_messages = first_seen[prompt_id]
-            if earlier_messages != messages:
-                raise UserInputError(f"{where}: id {prompt_id!r} already used at {earlier}")
-            continue
-        first_seen[prompt_id] = (where, messages)
-        meta = {k: v for k, v in record.items() if k not in {"id", "prompt", "messages"}}
-        prompts.append(Prompt(prompt_id=prompt_id, messages=messages, meta=meta))
-        if config.limit is not None and len(prompts) >= config.limit:
-            break
-    if not prompts:
-        raise UserInputError(f"{config.source}: no prompts found")
-    return prompts
+        yield where, prompt_id, messages, record
+
+
+def _first_location(config: PromptsConfig, prompt_id: str) -> str:
+    """Where ``prompt_id`` was first read: read again from the source, as :class:`_SeenIds`
+    keeps digests, not locations, and this runs only on the way to an input error."""
+    return next(where for where, other, _, _ in _identified(config) if other == prompt_id)
+
+
+class _SeenIds:
+    """The prompt ids read so far, each with a digest of its messages: 24 bytes a prompt.
+
+    Python objects for a million ids would cost ~150 MB. The latest ids sit in a dict; every
+    ``_FOLD`` of them are merged into three parallel numpy arrays sorted by the id digest's
+    first half, searched by bisection. Ids and messages are compared by digest (128 bits for
+    the id, 64 for the messages): two sharing one is as unlikely as two sample ids colliding.
+    """
+
+    _FOLD = 65536
+
+    def __init__(self) -> None:
+        self._hi = np.empty(0, dtype=np.uint64)
+        self._lo = np.empty(0, dtype=np.uint64)
+        self._messages = np.empty(0, dtype=np.uint64)
+        self._recent: dict[tuple[int, int], int] = {}
+
+    def add(self, prompt_id: str, messages: list[Message]) -> Literal["new", "repeat", "conflict"]:
+        """Record the id: ``new``, or read before with the same messages (``repeat``) or with
+        other ones (``conflict``)."""
+        digest = hashlib.blake2b(prompt_id.encode(), digest_size=16).digest()
+        key = (int.from_bytes(digest[:8], "little"), int.from_bytes(digest[8:], "little"))
+        value = int(hash_messages(messages)[:16], 16)
+        earlier = self._recent.get(key)
+        if earlier is None:
+            earlier = self._in_sorted(*key)
+        if earlier is not None:
+            return "repeat" if earlier == value else "conflict"
+        self._recent[key] = value
+        if len(self._recent) >= self._FOLD:
+            self._fold()
+        return "new"
+
+    def _in_sorted(self, hi: int, lo: int) -> int | None:
+        """The messages digest stored with the id digest (hi, lo), if it was folded in."""
+        at = int(np.searchsorted(self._hi, np.uint64(hi)))
+        while at < self._hi.size and int(self._hi[at]) == hi:
+            if int(self._lo[at]) == lo:
+                return int(self._messages[at])
+            at += 1
+        return None
+
+    def _fold(self) -> None:
+        keys = sorted(self._recent)
+        hi = np.array([k[0] for k in keys], dtype=np.uint64)
+        at = np.searchsorted(self._hi, hi)
+        self._hi = np.insert(self._hi, at, hi)
+        self._lo = np.insert(self._lo, at, np.array([k[1] for k in keys], dtype=np.uint64))
+        values = np.array([self._recent[k] for k in keys], dtype=np.uint64)
+        self._messages = np.insert(self._messages, at, values)
+        self._recent.clear()

@@ -55,8 +55,11 @@ def query_records(query: str, data: Path | str) -> Iterator[tuple[str, dict[str,
                 "prompts.query: the result needs a 'prompt' or 'messages' column "
                 f"(it has: {', '.join(table.column_names) or 'none'})"
             )
-        for number, row in enumerate(table.to_pylist()):
-            yield f"prompts.query row {number}", _lineage(row)
+        number = 0
+        for batch in table.to_batches(max_chunksize=4096):  # Python rows a batch at a time
+            for row in batch.to_pylist():
+                yield f"prompts.query row {number}", _lineage(row)
+                number += 1
     finally:
         con.close()
 

@@ -106,14 +106,15 @@ def test_the_recipe_example_builds_its_stage(monkeypatch: pytest.MonkeyPatch) ->
     assert recipes.RECIPES["personas"].plan_note(config, 10).endswith("asked 2 times")
     seeds = [Prompt("p1", [{"role": "user", "content": "Why is the sea salty?"}])]
     (stage,) = list(recipe.stages(seeds, lambda stage: []))
-    assert [p.prompt_id for p in stage.prompts] == ["p1>persona0", "p1>persona1"]
-    assert stage.prompts[1].messages[0] == {"role": "system", "content": "a poet"}
-    assert stage.prompts[1].lineage["recipe"] == "personas"
-    plan = stage.plan(set())
+    prompts = list(stage.prompts)
+    assert [p.prompt_id for p in prompts] == ["p1>persona0", "p1>persona1"]
+    assert prompts[1].messages[0] == {"role": "system", "content": "a poet"}
+    assert prompts[1].lineage["recipe"] == "personas"
+    plan = list(stage.plan(set()))
     assert [[item.prompt.prompt_id for item in items] for items in plan] == [
         ["p1>persona0"],
         ["p1>persona1"],
     ]
     # A resume that finds the first answer asks only the second.
-    (left,) = stage.plan({plan[0][0].sample_id})
-    assert [item.prompt.prompt_id for item in left] == ["p1>persona1"]
+    left = stage.plan({plan[0][0].sample_id})
+    assert [item.prompt.prompt_id for items in left for item in items] == ["p1>persona1"]

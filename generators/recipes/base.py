@@ -19,7 +19,7 @@ A recipe is one module whose class is registered (:func:`register`) under the ``
 from __future__ import annotations
 
 import json
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Container, Iterable, Iterator
 from dataclasses import dataclass, field, replace
 from typing import Any, Protocol, TypeVar
 
@@ -27,7 +27,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from distillery.config import JobConfig, RoutingConfig
-from distillery.generators.batch import ItemRunner, WorkItem, plan_work
+from distillery.generators.batch import ItemRunner, WorkItem, plan_prompts
 from distillery.generators.curation.apply import Curator
 from distillery.generators.filters import build_filters
 from distillery.generators.prompts import Message, Prompt
@@ -67,22 +67,22 @@ class Stage:
     """
 
     name: str
-    prompts: list[Prompt]
+    prompts: Iterable[Prompt]
+    """Read once to count the stage and once to send it: a list, or a source read again
+    (``generators/prompts.py:PromptSource``)."""
     router: Router
     final: bool = True
     runner: ItemRunner | None = None
     label: str = ""
 
-    def plan(self, done: set[str]) -> list[list[WorkItem]]:
-        """Per prompt, the requests still to make (sample ids not in ``done``)."""
-        plan = plan_work(self.prompts, self.router, done)
-        if self.runner is None:
-            return plan
-        return [[replace(item, runner=self.runner) for item in items] for items in plan]
-
-    def size(self) -> int:
-        """Every request of the stage, made or not."""
-        return len(self.prompts) * self.router.chains_per_prompt
+    def plan(self, done: Container[str]) -> Iterator[list[WorkItem]]:
+        """Per prompt, in order, the requests still to make (sample ids not in ``done``; an
+        empty list when none is left), as the prompts are read."""
+        for todo in plan_prompts(self.prompts, self.router, done):
+            if self.runner is None:
+                yield todo
+            else:
+                yield [replace(item, runner=self.runner) for item in todo]
 
     def curator(self, job_curator: Curator) -> Curator:
         if self.final:
@@ -91,7 +91,7 @@ class Stage:
 
 
 class Recipe(Protocol):
-    def stages(self, seeds: list[Prompt], read: StageRows) -> Iterator[Stage]:
+    def stages(self, seeds: Iterable[Prompt], read: StageRows) -> Iterator[Stage]:
         """The stages, lazily: the next one is built only after the previous one ran."""
         ...
 
@@ -130,7 +130,7 @@ class PlainRecipe:
 
     job: JobConfig
 
-    def stages(self, seeds: list[Prompt], read: StageRows) -> Iterator[Stage]:
+    def stages(self, seeds: Iterable[Prompt], read: StageRows) -> Iterator[Stage]:
         yield Stage("answer", seeds, Router(self.job))
 
 
@@ -207,5 +207,5 @@ def user_prompt(
     return Prompt(prompt_id, messages, meta, lineage.columns())
 
 
-def with_lineage(prompts: list[Prompt], lineage: Lineage) -> list[Prompt]:
+def with_lineage(prompts: Iterable[Prompt], lineage: Lineage) -> list[Prompt]:
     return [replace(prompt, lineage=lineage.columns()) for prompt in prompts]

@@ -24,7 +24,7 @@ then no paid-for turn is lost.
 from __future__ import annotations
 
 import json
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from functools import cache
 
@@ -292,7 +292,7 @@ class Conversations:
             "conversation so far: expect more than that many times the table's tokens"
         )
 
-    def stages(self, seeds: list[Prompt], read: StageRows) -> Iterator[Stage]:
+    def stages(self, seeds: Iterable[Prompt], read: StageRows) -> Iterator[Stage]:
         by_name = {t.name: t for t in self.job.teachers}
         runner = ConversationRunner(
             self.config.turns,

@@ -21,7 +21,7 @@ prompt's section markers. Their rows stay in ``samples`` (they were paid for).
 from __future__ import annotations
 
 import hashlib
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
 
 import jinja2
@@ -128,7 +128,7 @@ class EvolInstruct:
             + ("; the seeds are answered too" if config.answer_seeds else "")
         )
 
-    def stages(self, seeds: list[Prompt], read: StageRows) -> Iterator[Stage]:
+    def stages(self, seeds: Iterable[Prompt], read: StageRows) -> Iterator[Stage]:
         config = self.config
         evolver = one_teacher(self.job, config.evolver)
         answers: list[Prompt] = []

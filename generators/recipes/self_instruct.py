@@ -20,7 +20,7 @@ import hashlib
 import json
 import re
 from collections import Counter
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 
 import jinja2
@@ -149,7 +149,7 @@ class SelfInstruct:
             f"{config.rounds} round(s); the seeds themselves are not answered"
         )
 
-    def stages(self, seeds: list[Prompt], read: StageRows) -> Iterator[Stage]:
+    def stages(self, seeds: Iterable[Prompt], read: StageRows) -> Iterator[Stage]:
         config = self.config
         generator = one_teacher(self.job, config.generator)
         template = jinja2.Environment(undefined=jinja2.StrictUndefined).from_string(TEMPLATE)

@@ -1,0 +1,50 @@
+"""The sample ids a run has already answered: what a resume must not send again.
+
+A sample id in the run's ``samples`` or ``rejected`` shards was paid for; one only in
+``failures`` is tried again. A resume of a million-request run asks "is this id done?" a
+million times, so the ids are held as one sorted numpy array of fixed-width bytes (32 bytes an
+id, searched by bisection) rather than a Python set of strings (~100 bytes an id): the ids
+stream in shard by shard and the plan asks about them prompt by prompt, so neither side is ever
+a list of everything (BENCHMARKS.md, "Memory of a run").
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from distillery.storage.location import Location
+from distillery.storage.shards import committed_shards, read_shard
+
+#: The tables whose rows count as answered.
+ANSWERED_TABLES = ("samples", "rejected")
+
+
+class DoneIds:
+    """A sorted, duplicate-free array of sample ids with ``in`` and ``len``."""
+
+    def __init__(self, ids: np.ndarray | None = None) -> None:
+        self._ids = np.unique(ids) if ids is not None else np.empty(0, dtype="S1")
+
+    @classmethod
+    def of_run(cls, output: Location, run_id: str) -> DoneIds:
+        """The ids in the run's committed samples and rejected shards, read a shard at a time."""
+        parts = [
+            np.array(
+                read_shard(shard, columns=["sample_id"]).column("sample_id").to_pylist(),
+                dtype="S",
+            )
+            for table in ANSWERED_TABLES
+            for shard in committed_shards(output, table, run_id)
+        ]
+        parts = [part for part in parts if part.size]
+        return cls(np.concatenate(parts) if parts else None)
+
+    def __contains__(self, sample_id: object) -> bool:
+        if not self._ids.size or not isinstance(sample_id, str):
+            return False
+        key = sample_id.encode()
+        at = int(np.searchsorted(self._ids, key))
+        return at < self._ids.size and bytes(self._ids[at]) == key
+
+    def __len__(self) -> int:
+        return int(self._ids.size)
