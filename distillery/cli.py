@@ -40,6 +40,7 @@ from distillery.render import print_rows, print_table
 
 if TYPE_CHECKING:
     from distillery.flows.generate import RunSummary
+    from distillery.generators.prompts import Prompt
     from distillery.storage.location import Location
 
 app = DistilleryApp(
@@ -490,12 +491,19 @@ def _print_summary(summary: RunSummary, ui: str) -> None:
 def plan(config: Annotated[Path, typer.Argument(help="Job file (YAML).")]) -> None:
     """Before sending anything: prompts, estimated tokens and cost, minimum wall time."""
     from distillery.generators.plan import ASSUMED_COMPLETION_TOKENS, plan_job
-    from distillery.generators.prompts import load_prompts
+    from distillery.generators.prompts import iter_prompts
     from distillery.generators.recipes import plan_note
 
     job = load_config(config)
-    prompts = load_prompts(job.prompts)
-    plans = plan_job(job, prompts)
+    counted = 0
+
+    def prompts() -> Iterator[Prompt]:
+        nonlocal counted
+        for prompt in iter_prompts(job.prompts):
+            counted += 1
+            yield prompt
+
+    plans = plan_job(job, prompts())
     thinking = any(p.reasoning_tokens for p in plans)
     columns = ["teacher", "requests", "prompt\ntokens", "answer\ntokens"]
     columns += ["of which\nthinking"] if thinking else []
@@ -551,7 +559,7 @@ def plan(config: Annotated[Path, typer.Argument(help="Job file (YAML).")]) -> No
             f"routing: {job.routing.mode}, n={job.n}"
             + ("; fallback teachers are asked only when an earlier one fails" if fallback else "")
         )
-    note = plan_note(job, len(prompts))
+    note = plan_note(job, counted)
     if note is not None:
         out.print(note)
 

@@ -17,7 +17,7 @@ to it first; fallback teachers count none (they are asked only when an earlier o
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Iterable
 from dataclasses import dataclass
 
 from distillery.config import JobConfig, TeacherConfig
@@ -46,19 +46,24 @@ class TeacherPlan:
     reasoning_tokens: int = 0
 
 
-def plan_job(job: JobConfig, prompts: Sequence[Prompt]) -> list[TeacherPlan]:
+def plan_job(job: JobConfig, prompts: Iterable[Prompt]) -> list[TeacherPlan]:
+    """Each teacher's share of the job, the prompts read once as they stream (a plan of a
+    million prompts holds none of them: BENCHMARKS.md, "Memory of a run")."""
     facts = teacher_facts(job)
     router = Router(job)
-    routed: dict[str, list[Prompt]] = {t.name: [] for t in job.teachers}
+    teachers = {t.name: (t, get_provider(t.provider)) for t in job.teachers}
+    routed = dict.fromkeys(teachers, 0)
+    tokens_in = dict.fromkeys(teachers, 0)
     for prompt in prompts:
         for chain in router.chains(prompt.prompt_id):
-            routed[chain[0].name].append(prompt)
+            teacher, provider = teachers[chain[0].name]
+            routed[teacher.name] += 1
+            tokens_in[teacher.name] += provider.prompt_tokens(prompt.messages, teacher.model)
     plans: list[TeacherPlan] = []
     for teacher in job.teachers:
-        mine = routed[teacher.name]
         provider = get_provider(teacher.provider)
-        requests = len(mine) * job.n
-        prompt_tokens = job.n * sum(provider.prompt_tokens(p.messages, teacher.model) for p in mine)
+        requests = routed[teacher.name] * job.n
+        prompt_tokens = job.n * tokens_in[teacher.name]
         per_answer, thinking = completion_per_answer(teacher, provider)
         completion_tokens = per_answer * requests
         price = facts[teacher.name].price
