@@ -27,6 +27,7 @@ from rich.table import Table
 
 from distillery.cli_app import DistilleryApp
 from distillery.config import JobConfig, load_config, require_api_keys
+from distillery.entry import Interrupted, arm, disarm
 from distillery.errors import (
     DistilleryError,
     FatalRunError,
@@ -72,16 +73,18 @@ def _reports_errors(command: Callable[P, R]) -> Callable[P, R]:
     @functools.wraps(command)
     def wrapper(*args: P.args, **kwargs: P.kwargs) -> R:
         try:
-            try:
-                return command(*args, **kwargs)
-            except KeyboardInterrupt:  # Typer would exit 130 without a word
-                raise RunInterruptedError("interrupted") from None
+            arm()
+            return command(*args, **kwargs)
+        except KeyboardInterrupt:  # Typer would exit 130 without a word
+            raise Interrupted from None
         except DistilleryError as exc:
             for line in str(exc).splitlines() or [""]:
                 err.print(
                     f"[bold red]error:[/] {line}", highlight=False, markup=True, soft_wrap=True
                 )
             raise typer.Exit(exc.exit_code) from None
+        finally:
+            disarm()
 
     return wrapper
 
