@@ -166,7 +166,9 @@ def test_two_runs_of_one_run_id_started_together_buy_each_answer_once(
     prefect_api: str, tmp_path: Path
 ) -> None:
     prompts = 120
-    with RunningEmulator(EmulatorOptions(seed=3, latency_ms=30)) as emulator:
+    # 120 answers of 0.6 s at concurrency 8 keep the first run sending ~9 s: on a loaded
+    # machine a 2 s run could end before its twin had started, and the two never overlap.
+    with RunningEmulator(EmulatorOptions(seed=3, latency_ms=600)) as emulator:
         config = write_job(tmp_path, emulator.url, prompts=prompts)
         command = [sys.executable, "-m", "distillery", "run", str(config), "--run-id", "same"]
         env = {**os.environ, "EMULATOR_API_KEY": "k", "PREFECT_API_URL": prefect_api}
