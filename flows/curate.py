@@ -28,6 +28,7 @@ from distillery.storage.location import Location, as_location
 from distillery.storage.run_lock import run_writer
 from distillery.storage.schema import REJECTED_SCHEMA, SAMPLE_SCHEMA
 from distillery.storage.shards import (
+    ROW_GROUP_ROWS,
     next_part_number,
     partition_dir,
     read_column,
@@ -126,18 +127,21 @@ def _dedup_run(
         directory = partition_dir(output, "rejected", run_id)
         write_shard(output, "rejected", run_id, table, next_part_number(directory))
     failpoint("dedup:rejected-written")
-    kept = _arrow(
-        con,
+    kept: pa.RecordBatchReader = con.sql(
         """SELECT s.* FROM samples s ANTI JOIN decisions d USING (sample_id)
            WHERE s.run_id = $run
            QUALIFY row_number() OVER (PARTITION BY sample_id ORDER BY created_at) = 1""",
-        run_id,
-    )
+        params={"run": run_id},
+    ).to_arrow_reader(ROW_GROUP_ROWS)
     samples_dir = partition_dir(output, "samples", run_id)
+    # The kept rows stream from DuckDB into the new shard, a row group at a time.
     replace_shards(
         samples_dir,
         read,
-        kept.select(SAMPLE_SCHEMA.names).cast(SAMPLE_SCHEMA),
+        (
+            pa.Table.from_batches([batch]).select(SAMPLE_SCHEMA.names).cast(SAMPLE_SCHEMA)
+            for batch in kept
+        ),
         next_part_number(samples_dir),
     )
     return dict(Counter(d.reason for d in result.duplicates))

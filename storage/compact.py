@@ -14,8 +14,6 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
-import pyarrow as pa
-
 from distillery.storage.location import Location, as_location
 from distillery.storage.run_lock import RunBusyError, run_writer
 from distillery.storage.schema import TABLES
@@ -65,12 +63,12 @@ def compact_partition(
     for group in groups:
         if len(group) < 2:
             continue
-        merged = pa.concat_tables(
-            [read_shard(location.child(name), schema=schema) for name in group]
-        )
-        replace_shards(location, group, merged, next_part_number(location))
+        # Read one shard at a time as the new one is written: a merge holds a row group's
+        # rows, not the group's ~50k (BENCHMARKS.md, "Memory of a run").
+        shards = (read_shard(location.child(name), schema=schema) for name in group)
+        replace_shards(location, group, shards, next_part_number(location))
         written += 1
-        total += merged.num_rows
+        total += sum(int(manifest[name]["rows"]) for name in group)
     if not written:
         return None
     after = len(read_manifest(location))

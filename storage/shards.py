@@ -35,8 +35,9 @@ or a :class:`~distillery.storage.location.Location` (and then return Locations).
 
 from __future__ import annotations
 
+import itertools
 import json
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from datetime import UTC, datetime
 from fnmatch import fnmatchcase
 from pathlib import Path
@@ -91,15 +92,59 @@ def write_shard(
     return like(output, final)
 
 
-def _publish(
-    directory: Location, table: pa.Table, part: int, stem: str = NEW_STEM
-) -> tuple[Location, int]:
-    """Steps 1-2 of the protocol: a complete shard under a fresh ``<stem>-NNNNN`` name."""
+def _publish(directory: Location, table: pa.Table, part: int) -> tuple[Location, int]:
+    """Steps 1-2 of the protocol: a complete shard under a fresh ``part-NNNNN`` name."""
 
     def write(sink: BinaryIO) -> None:
         pq.write_table(table, sink, compression="zstd", row_group_size=ROW_GROUP_ROWS)
 
-    return directory.publish(write, part, stem)
+    return directory.publish(write, part, NEW_STEM)
+
+
+def _publish_rewrite(
+    directory: Location, rows: RewriteRows, part: int
+) -> tuple[Location, int, int] | None:
+    """Steps 1-2 for a rewrite: (shard, bytes, rows) under a fresh ``compacted-NNNNN`` name, or
+    None when there are no rows. A stream is written a row group at a time."""
+    chunks = _non_empty([rows] if isinstance(rows, pa.Table) else rows)
+    first = next(chunks, None)
+    if first is None:
+        return None
+    written = 0
+
+    def write(sink: BinaryIO) -> None:
+        nonlocal written
+        with pq.ParquetWriter(sink, first.schema, compression="zstd") as writer:
+            for group in _row_groups(itertools.chain([first], chunks)):
+                writer.write_table(group, row_group_size=ROW_GROUP_ROWS)
+                written += group.num_rows
+
+    final, size = directory.publish(write, part, REWRITE_STEM)
+    return final, size, written
+
+
+def _non_empty(chunks: Iterable[pa.Table | pa.RecordBatch]) -> Iterator[pa.Table]:
+    for chunk in chunks:
+        if chunk.num_rows:
+            yield chunk if isinstance(chunk, pa.Table) else pa.Table.from_batches([chunk])
+
+
+def _row_groups(chunks: Iterator[pa.Table]) -> Iterator[pa.Table]:
+    """The stream re-cut into tables of ``ROW_GROUP_ROWS`` rows (the last one shorter), so a
+    rewrite's row groups are the size a batch's shard has, whatever size the chunks come in."""
+    pending: list[pa.Table] = []
+    held = 0
+    for chunk in chunks:
+        pending.append(chunk)
+        held += chunk.num_rows
+        if held >= ROW_GROUP_ROWS:
+            joined = pa.concat_tables(pending)
+            full = held - held % ROW_GROUP_ROWS
+            yield joined.slice(0, full)
+            rest = joined.slice(full)
+            pending, held = ([rest], rest.num_rows) if rest.num_rows else ([], 0)
+    if held:
+        yield pa.concat_tables(pending)
 
 
 def _entry(rows: int, size: int) -> dict[str, Any]:
@@ -185,20 +230,26 @@ def reconcile(output: Path | Location, table: str, run_id: str) -> int:
     return len(orphans)
 
 
-def replace_shards(directory: Where, old: list[str], table: pa.Table, part: int) -> Where | None:
-    """Atomically swap the shards ``old`` of a partition for one shard holding ``table``.
+#: Rows for a rewrite: one Arrow table, or a stream of tables or record batches of one schema
+#: (compaction reads its shards one at a time; dedup streams DuckDB's result), so a rewrite
+#: never holds more than a row group's worth of rows (BENCHMARKS.md, "Memory of a run").
+RewriteRows = pa.Table | Iterable[pa.Table | pa.RecordBatch]
+
+
+def replace_shards(directory: Where, old: list[str], rows: RewriteRows, part: int) -> Where | None:
+    """Atomically swap the shards ``old`` of a partition for one shard holding ``rows``.
 
     The new shard is committed and the old ones retired in the same manifest write; the old
     files are deleted afterwards (a crash in between leaves them listed as retired, and
     :func:`reconcile` deletes them instead of adopting them). Returns the new shard's path, or
-    None when ``table`` is empty (the old shards are then just retired).
+    None when there are no rows (the old shards are then just retired).
     """
-    final = _replace(as_location(directory), old, table, part)
+    final = _replace(as_location(directory), old, rows, part)
     return like(directory, final) if final is not None else None
 
 
-def _replace(directory: Location, old: list[str], table: pa.Table, part: int) -> Location | None:
-    final = _publish(directory, table, part, REWRITE_STEM) if table.num_rows else None
+def _replace(directory: Location, old: list[str], rows: RewriteRows, part: int) -> Location | None:
+    final = _publish_rewrite(directory, rows, part)
     failpoint("replace:published")
     with directory.lock():
         manifest, retired = _read_full_manifest(directory)
@@ -211,7 +262,7 @@ def _replace(directory: Location, old: list[str], table: pa.Table, part: int) ->
         for name in old:
             manifest.pop(name, None)
         if final is not None:
-            manifest[final[0].name] = _entry(table.num_rows, final[1])
+            manifest[final[0].name] = _entry(final[2], final[1])
         _write_manifest(directory, manifest, [*retired, *old])
         failpoint("replace:committed")
         for name in old:

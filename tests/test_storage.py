@@ -13,11 +13,13 @@ from distillery.storage.catalog import open_catalog, write_catalog
 from distillery.storage.compact import compact
 from distillery.storage.schema import TABLES
 from distillery.storage.shards import (
+    ROW_GROUP_ROWS,
     committed_shards,
     next_part_number,
     read_column,
     read_manifest,
     reconcile,
+    replace_shards,
     write_shard,
 )
 from distillery.storage.spool import Spool, leftover_spools, read_spool, recover
@@ -176,6 +178,40 @@ def test_compact_merges_and_swaps_atomically(tmp_path: Path) -> None:
     assert after == before
     assert len(list(directory.glob("*.parquet"))) == 3  # old files deleted
     assert compact(tmp_path, target_rows=6).results == []  # nothing left to merge
+
+
+def test_a_streamed_rewrite_is_cut_into_full_row_groups_in_order(tmp_path: Path) -> None:
+    """Compaction and dedup hand replace_shards a stream (a shard at a time, DuckDB's batches):
+    whatever the chunks' sizes, the new shard has the rows in order, its row groups are
+    ROW_GROUP_ROWS long but the last, and the manifest counts every row."""
+    write_shard(tmp_path, "samples", "r1", [sample("old")], 0)
+    directory = tmp_path / "samples" / "run_id=r1"
+    rows = [sample(f"s{i:05d}") for i in range(2 * ROW_GROUP_ROWS + 123)]
+    table = pa.Table.from_pylist(rows, schema=TABLES["samples"])
+    sizes = [1, 0, 997, ROW_GROUP_ROWS, 3, ROW_GROUP_ROWS - 1000]
+    offsets = [sum(sizes[:i]) for i in range(len(sizes))] + [sum(sizes)]
+    chunks: list[pa.Table | pa.RecordBatch] = [
+        table.slice(start, size) for start, size in zip(offsets, sizes, strict=False)
+    ]
+    chunks.append(table.slice(offsets[-1]).to_batches()[0])  # a record batch too
+    old = list(read_manifest(directory))
+    shard = replace_shards(directory, old, iter(chunks), 0)
+    assert shard is not None and shard.name.startswith("compacted-")
+    written = pq.ParquetFile(shard)
+    groups = [written.metadata.row_group(i).num_rows for i in range(written.num_row_groups)]
+    assert groups == [ROW_GROUP_ROWS, ROW_GROUP_ROWS, 123]
+    assert written.read().column("sample_id").to_pylist() == [r["sample_id"] for r in rows]
+    assert read_manifest(directory) == {shard.name: read_manifest(directory)[shard.name]}
+    assert read_manifest(directory)[shard.name]["rows"] == len(rows)
+
+
+def test_a_rewrite_of_nothing_retires_the_old_shards(tmp_path: Path) -> None:
+    write_shard(tmp_path, "samples", "r1", [sample("a")], 0)
+    directory = tmp_path / "samples" / "run_id=r1"
+    empty = pa.Table.from_pylist([], schema=TABLES["samples"])
+    assert replace_shards(directory, list(read_manifest(directory)), iter([empty]), 0) is None
+    assert read_manifest(directory) == {}
+    assert list(directory.glob("*.parquet")) == []
 
 
 def test_crash_after_swap_leaves_retired_files_that_are_deleted_not_adopted(
