@@ -464,3 +464,24 @@ def test_a_dry_run_retargets_the_judge_too(tmp_path: Path) -> None:
         assert judge.teacher.api_key_env is None
         assert dry.teachers[0].base_url == f"{url}/v1"
         assert dry.teachers[0].api_key_env is None
+
+
+def test_an_emulator_too_slow_to_start_is_one_line_not_a_timeout_traceback(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """On a machine loaded many times over the emulator's thread can start late; the run then
+    ends with one line naming what did not start, instead of a bare TimeoutError."""
+    from distillery.emulator import runner
+    from distillery.errors import FatalRunError
+
+    real_start = runner._start
+
+    async def late_start(*args: Any) -> Any:
+        await asyncio.sleep(0.5)
+        return await real_start(*args)
+
+    monkeypatch.setattr(runner, "_START_TIMEOUT_S", 0.1)
+    monkeypatch.setattr(runner, "_start", late_start)
+    late = RunningEmulator(EmulatorOptions())
+    with pytest.raises(FatalRunError, match=r"^the built-in emulator did not start within 0.1 s"):
+        late.start()

@@ -21,8 +21,12 @@ from distillery.emulator.batch_api import Clock
 from distillery.emulator.completion import warm_up
 from distillery.emulator.options import EmulatorOptions
 from distillery.emulator.server import STATE, build_app
+from distillery.errors import FatalRunError
 
 _STOP_TIMEOUT_S = 10.0
+# Binding takes milliseconds, but a thread on a machine loaded several times over (or traced)
+# can wait many seconds for its first turn: generous, and a one-line error past it.
+_START_TIMEOUT_S = 60.0
 # In-flight requests get this long to finish on shutdown (aiohttp's default is 60 s): a slow
 # or hanging answer must not hold a test run for a minute.
 _DRAIN_TIMEOUT_S = 2.0
@@ -110,7 +114,16 @@ class RunningEmulator:
         )
         self._thread.start()
         try:
-            self._url = started.result(timeout=_STOP_TIMEOUT_S)
+            self._url = started.result(timeout=_START_TIMEOUT_S)
+        except concurrent.futures.TimeoutError:
+            if self._loop is not None and self._stop is not None:
+                self._loop.call_soon_threadsafe(self._stop.set)
+            self._thread.join(_STOP_TIMEOUT_S)
+            self._thread = None
+            raise FatalRunError(
+                f"the built-in emulator did not start within {_START_TIMEOUT_S:g} s "
+                "(is the machine overloaded?)"
+            ) from None
         except BaseException:
             self._thread.join(_STOP_TIMEOUT_S)
             self._thread = None
