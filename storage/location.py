@@ -47,6 +47,7 @@ from urllib.parse import urlsplit
 import pyarrow.fs as pafs
 
 from distillery.errors import UserInputError
+from distillery.storage.failpoints import failpoint
 
 # A committed shard: ``part-00012.parquet`` locally, ``part-00012-9f3ab27c41d0.parquet`` on
 # object storage. The number orders shards; only the random suffix makes remote names unique.
@@ -246,6 +247,7 @@ class LocalLocation(Location):
             handle.write(content)
             handle.flush()
             os.fsync(handle.fileno())
+        failpoint("location:replace-synced")
         tmp.replace(self.path)
         _fsync_dir(self.path.parent)
 
