@@ -249,7 +249,7 @@ class LocalLocation(Location):
             os.fsync(handle.fileno())
         failpoint("location:replace-synced")
         tmp.replace(self.path)
-        _fsync_dir(self.path.parent)
+        fsync_dir(self.path.parent)
 
     def delete(self) -> None:
         self.path.unlink(missing_ok=True)
@@ -283,11 +283,12 @@ class LocalLocation(Location):
                     part = max(part + 1, next_number(self.names()))
         finally:
             tmp.unlink(missing_ok=True)
-        _fsync_dir(self.path)
+        fsync_dir(self.path)
         return LocalLocation(final), final.stat().st_size
 
 
-def _fsync_dir(directory: Path) -> None:
+def fsync_dir(directory: Path) -> None:
+    """Make the names in ``directory`` durable (a new or renamed file survives a power cut)."""
     fd = os.open(directory, os.O_RDONLY)
     try:
         os.fsync(fd)

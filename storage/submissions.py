@@ -54,7 +54,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_valida
 from distillery.errors import FatalRunError
 from distillery.storage.done_ids import DoneIds
 from distillery.storage.failpoints import failpoint
-from distillery.storage.location import Location, as_location
+from distillery.storage.location import Location, as_location, fsync_dir
 from distillery.storage.spool import spool_root
 
 if TYPE_CHECKING:
@@ -413,22 +413,15 @@ def summarise(records: Iterable[SubmissionRecord], now: datetime) -> list[Submis
     ]
 
 
+@dataclass(frozen=True)
 class SubmissionWriter:
     """Streams one teacher's requests into submissions no bigger than its limits."""
 
-    def __init__(
-        self,
-        journal: Journal,
-        teacher: str,
-        provider: str,
-        model: str,
-        limits: SubmissionLimits,
-    ) -> None:
-        self.journal = journal
-        self.teacher = teacher
-        self.provider = provider
-        self.model = model
-        self.limits = limits
+    journal: Journal
+    teacher: str
+    provider: str
+    model: str
+    limits: SubmissionLimits
 
     def write(self, entries: Iterable[Entry]) -> Iterator[SubmissionRecord]:
         """Write ``entries`` and yield each submission's record once it is saved as
@@ -477,7 +470,8 @@ class SubmissionWriter:
     def _close(self, current: _Open) -> SubmissionRecord:
         current.requests.finish()
         current.items.finish()
-        _sync_dir(self.journal.directory)
+        if self.journal.directory.local_path is not None:
+            fsync_dir(self.journal.directory.local_path)
         failpoint("submissions:files-synced")
         record = SubmissionRecord(
             submission_id=current.submission_id,
@@ -548,15 +542,6 @@ class _Sink:
         # Closing an object-store stream would complete its upload: still recordless, so
         # repair deletes it (pyarrow offers no abort).
         self._handle.close()
-
-
-def _sync_dir(directory: Location) -> None:
-    if directory.local_path is not None:
-        fd = os.open(directory.local_path, os.O_RDONLY)
-        try:
-            os.fsync(fd)
-        finally:
-            os.close(fd)
 
 
 class ItemLookup:
