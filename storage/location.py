@@ -47,6 +47,7 @@ from urllib.parse import urlsplit
 import pyarrow.fs as pafs
 
 from distillery.errors import UserInputError
+from distillery.storage.failpoints import failpoint
 
 # A committed shard: ``part-00012.parquet`` locally, ``part-00012-9f3ab27c41d0.parquet`` on
 # object storage. The number orders shards; only the random suffix makes remote names unique.
@@ -246,8 +247,9 @@ class LocalLocation(Location):
             handle.write(content)
             handle.flush()
             os.fsync(handle.fileno())
+        failpoint("location:replace-synced")
         tmp.replace(self.path)
-        _fsync_dir(self.path.parent)
+        fsync_dir(self.path.parent)
 
     def delete(self) -> None:
         self.path.unlink(missing_ok=True)
@@ -281,11 +283,12 @@ class LocalLocation(Location):
                     part = max(part + 1, next_number(self.names()))
         finally:
             tmp.unlink(missing_ok=True)
-        _fsync_dir(self.path)
+        fsync_dir(self.path)
         return LocalLocation(final), final.stat().st_size
 
 
-def _fsync_dir(directory: Path) -> None:
+def fsync_dir(directory: Path) -> None:
+    """Make the names in ``directory`` durable (a new or renamed file survives a power cut)."""
     fd = os.open(directory, os.O_RDONLY)
     try:
         os.fsync(fd)
