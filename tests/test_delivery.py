@@ -1,0 +1,184 @@
+"""How answers are bought (``delivery: online | batch``): the job file's checks."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from distillery.config import load_config
+from distillery.errors import ConfigError
+from distillery.generators.providers.base import SubmissionLimits
+from distillery.generators.providers.registry import get_provider, provider_names
+from distillery.generators.records import sample_id_for
+
+JOB = """
+prompts:
+  path: prompts.jsonl
+teachers:
+  - name: online
+    provider: openai
+    model: gpt-4o-mini
+    base_url: http://127.0.0.1:9/v1
+    params: {max_tokens: 100}
+  - name: claude
+    provider: anthropic
+    model: claude-sonnet-4-5
+    base_url: http://127.0.0.1:9
+    params: {max_tokens: 100}
+    delivery: batch
+"""
+
+
+def job_file(tmp_path: Path, text: str = JOB, extra: str = "") -> Path:
+    (tmp_path / "prompts.jsonl").write_text(
+        "".join(json.dumps({"id": f"p{i}", "prompt": f"question {i}"}) + "\n" for i in range(10))
+    )
+    path = tmp_path / "job.yaml"
+    path.write_text(text + extra)
+    return path
+
+
+# ------------------------------------------------------------------ the job file
+
+
+def test_a_batch_teacher_gets_default_submission_options(tmp_path: Path) -> None:
+    job = load_config(job_file(tmp_path))
+    online, claude = job.teachers
+    assert (online.delivery, online.submissions) == ("online", None)
+    assert claude.delivery == "batch" and claude.submissions is None
+    options = claude.submission_options
+    assert (options.max_requests, options.max_bytes) == (None, None)
+    assert (options.poll_interval_s, options.wait_s) == (60.0, 600.0)
+
+
+def test_submission_sizes_read_units_and_stay_under_the_provider_caps(tmp_path: Path) -> None:
+    text = JOB + "    submissions: {max_requests: 5000, max_bytes: 100 MB, wait_s: 0}\n"
+    claude = load_config(job_file(tmp_path, text)).teachers[1]
+    assert claude.submissions is not None
+    assert (claude.submissions.max_bytes, claude.submissions.wait_s) == (100_000_000, 0.0)
+    limits = get_provider("anthropic").submission_limits
+    assert limits is not None
+    capped = limits.within(claude.submission_options)
+    assert (capped.max_requests, capped.max_bytes) == (5000, 100_000_000)
+    assert limits.within(load_config(job_file(tmp_path)).teachers[1].submission_options) == limits
+
+
+@pytest.mark.parametrize(
+    ("edit", "error"),
+    [
+        (
+            ("provider: anthropic", "provider: local"),
+            "teachers[1]: delivery: batch needs a provider batch API; provider local has none",
+        ),
+        (
+            ("    delivery: batch\n", "    submissions: {wait_s: 0}\n"),
+            "teachers[1]: submissions: applies to delivery: batch only",
+        ),
+        (
+            ("delivery: batch", "delivery: batch\n    submissions: {max_requests: 100001}"),
+            "teachers[1]: submissions.max_requests: 100,001 is above anthropic's cap of "
+            "100,000 requests per submission",
+        ),
+        (
+            ("delivery: batch", "delivery: batch\n    submissions: {max_bytes: 257 MB}"),
+            "teachers[1]: submissions.max_bytes: 257,000,000 is above anthropic's cap of "
+            "256,000,000 bytes per submission",
+        ),
+        (
+            ("delivery: batch", "delivery: batch\n    submissions: {max_bytes: lots}"),
+            "teachers[1].submissions.max_bytes: expected bytes or a size like '100 MB', got 'lots'",
+        ),
+        (
+            ("delivery: batch", "delivery: batch\n    submissions: {poll_interval_s: 0}"),
+            "teachers[1].submissions.poll_interval_s: Input should be greater than 0",
+        ),
+        (
+            ("delivery: batch", "delivery: batch\n    submissions: {wait_s: -1}"),
+            "teachers[1].submissions.wait_s: Input should be greater than or equal to 0",
+        ),
+        (
+            ("delivery: batch", "delivery: batch\n    submissions: {every: 5}"),
+            "teachers[1].submissions.every: unknown field",
+        ),
+        (("delivery: batch", "delivery: later"), "teachers[1].delivery: Input should be"),
+    ],
+)
+def test_a_wrong_delivery_is_one_line_naming_the_field(
+    tmp_path: Path, edit: tuple[str, str], error: str
+) -> None:
+    with pytest.raises(ConfigError) as raised:
+        load_config(job_file(tmp_path, JOB.replace(*edit)))
+    message = str(raised.value)
+    assert "\n" not in message
+    assert message.startswith(f"{tmp_path / 'job.yaml'}: ") and error in message, message
+
+
+@pytest.mark.parametrize(
+    ("extra", "error"),
+    [
+        (
+            "recipe: {type: conversation}\n",
+            "teachers[1].delivery: batch cannot serve recipe: conversation",
+        ),
+        (
+            "recipe: {type: evol_instruct}\n",
+            "teachers[1].delivery: batch cannot serve recipe: evol_instruct",
+        ),
+        (
+            "task_runner: {type: dask}\n",
+            "teachers[1].delivery: batch runs on task_runner thread only, not dask",
+        ),
+        (
+            "routing: {mode: fallback}\n",
+            "teachers[1].delivery: batch cannot be in a fallback chain (routing.mode: fallback)",
+        ),
+        (
+            "routing: {mode: split, fallback: true}\n",
+            "teachers[1].delivery: batch cannot be in a fallback chain (routing.fallback: true)",
+        ),
+        (
+            "curation:\n  judge:\n    teacher: {name: j, provider: anthropic, model: m, "
+            "base_url: 'http://127.0.0.1:9', delivery: batch}\n",
+            "curation.judge.teacher.delivery: the judge grades each answer as it arrives",
+        ),
+    ],
+)
+def test_what_batch_delivery_cannot_do_is_refused(tmp_path: Path, extra: str, error: str) -> None:
+    with pytest.raises(ConfigError) as raised:
+        load_config(job_file(tmp_path, extra=extra))
+    assert "\n" not in str(raised.value) and error in str(raised.value)
+
+
+def test_what_batch_delivery_can_do_is_accepted(tmp_path: Path) -> None:
+    """A split without fallback, and n samples, send each request once: batchable."""
+    job = load_config(job_file(tmp_path, extra="routing: {mode: split}\nn: 3\n"))
+    assert job.teachers[1].delivery == "batch"
+    online_only = JOB.replace("    delivery: batch\n", "")
+    assert load_config(job_file(tmp_path, online_only, "recipe: {type: conversation}\n"))
+
+
+def test_every_provider_states_its_batch_api_or_none() -> None:
+    limits = {name: get_provider(name).submission_limits for name in provider_names()}
+    assert limits["local"] is None  # an OpenAI subclass, but llama.cpp has no batch API
+    assert limits["openai"] == SubmissionLimits(50_000, 200_000_000, one_model=True)
+    assert limits["anthropic"] == SubmissionLimits(100_000, 256_000_000)
+    gemini = limits["gemini"]
+    assert gemini is not None and gemini.max_requests is None
+    assert (gemini.max_bytes, gemini.inline_max_bytes) == (2_000_000_000, 20_000_000)
+
+
+def test_switching_delivery_keeps_the_job_its_hash_and_its_sample_ids(tmp_path: Path) -> None:
+    """An answer bought through a batch API is the same product as one bought online: a run
+    id may switch a teacher either way (what is not answered yet is sent the new way)."""
+    batch = load_config(job_file(tmp_path))
+    online = load_config(job_file(tmp_path, JOB.replace("    delivery: batch\n", "")))
+    assert batch.shape() == online.shape()
+    assert "delivery" not in json.dumps(batch.shape())  # shapes recorded before still match
+    assert batch.config_hash() == online.config_hash()
+    waiting = JOB.replace("delivery: batch", "delivery: batch\n    submissions: {wait_s: 0}")
+    assert load_config(job_file(tmp_path, waiting)).config_hash() == batch.config_hash()
+    assert sample_id_for("p", batch.teachers[1], 0) == sample_id_for("p", online.teachers[1], 0)
+    other = JOB.replace("max_tokens: 100}\n    delivery", "max_tokens: 99}\n    delivery")
+    assert load_config(job_file(tmp_path, other)).config_hash() != batch.config_hash()
