@@ -1,15 +1,18 @@
-"""How answers are bought (``delivery: online | batch``): the job file's checks."""
+"""How answers are bought (``delivery: online | batch``): the job file's checks and the batch
+price."""
 
 from __future__ import annotations
 
 import json
+from datetime import date
 from pathlib import Path
 
 import pytest
 
 from distillery.config import load_config
 from distillery.errors import ConfigError
-from distillery.generators.providers.base import SubmissionLimits
+from distillery.generators.pricing import PriceEntry, answer_cost, cost_usd, load_prices
+from distillery.generators.providers.base import Completion, SubmissionLimits
 from distillery.generators.providers.registry import get_provider, provider_names
 from distillery.generators.records import sample_id_for
 
@@ -182,3 +185,39 @@ def test_switching_delivery_keeps_the_job_its_hash_and_its_sample_ids(tmp_path: 
     assert sample_id_for("p", batch.teachers[1], 0) == sample_id_for("p", online.teachers[1], 0)
     other = JOB.replace("max_tokens: 100}\n    delivery", "max_tokens: 99}\n    delivery")
     assert load_config(job_file(tmp_path, other)).config_hash() != batch.config_hash()
+
+
+# ------------------------------------------------------------------ the price
+
+
+def test_the_batch_price_takes_the_discount_off_every_rate() -> None:
+    price = PriceEntry(
+        provider="p",
+        model="m",
+        input=2.0,
+        output=10.0,
+        cached_input=0.2,
+        cache_write_input=2.5,
+        batch_discount=0.5,
+        as_of=date(2026, 1, 1),
+    )
+    # 1000 prompt tokens: 600 read from the cache, 300 written to it, 100 plain; 50 out.
+    online = (100 * 2.0 + 600 * 0.2 + 300 * 2.5 + 50 * 10.0) / 1e6
+    assert cost_usd(price, 1000, 50, 600, 300) == pytest.approx(online)
+    assert cost_usd(price, 1000, 50, 600, 300, delivery="batch") == pytest.approx(online / 2)
+    cached_only = cost_usd(price, 1000, 0, 1000, 0, delivery="batch")
+    assert cached_only == pytest.approx(1000 * 0.2 * 0.5 / 1e6)  # the cached rate, halved
+    written_only = cost_usd(price, 1000, 0, 0, 1000, delivery="batch")
+    assert written_only == pytest.approx(1000 * 2.5 * 0.5 / 1e6)  # the write premium, halved
+    undiscounted = price.model_copy(update={"batch_discount": 0.0})
+    assert cost_usd(undiscounted, 1000, 50, 600, 300, delivery="batch") == pytest.approx(online)
+    assert cost_usd(None, 1000, 50, delivery="batch") is None
+    usage = Completion("a", "stop", "stop", "m", "r", prompt_tokens=1000, completion_tokens=50)
+    assert answer_cost(price, usage, "batch") == pytest.approx(answer_cost(price, usage) / 2)
+
+
+@pytest.mark.parametrize("provider", ["openai", "anthropic", "gemini"])
+def test_every_shipped_price_of_a_batch_provider_knows_its_discount(provider: str) -> None:
+    entries = [e for e in load_prices() if e.provider == provider]
+    assert entries
+    assert all(e.batch_discount == 0.5 for e in entries), [e.model for e in entries]
