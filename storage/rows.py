@@ -83,6 +83,8 @@ class RequestRow(LineageColumns, ConversationColumns):
     task_run_id: str | None
     route: NotRequired[str | None]
     route_step: NotRequired[int | None]
+    delivery: Delivery
+    provider_batch_id: str | None
 
 
 class UsageColumns(TypedDict, total=False):

@@ -1,5 +1,5 @@
-"""How answers are bought (``delivery: online | batch``): the job file's checks and the batch
-price."""
+"""How answers are bought (``delivery: online | batch``): the job file's checks, the batch
+price, the rows' ``delivery`` and ``provider_batch_id``."""
 
 from __future__ import annotations
 
@@ -9,12 +9,21 @@ from pathlib import Path
 
 import pytest
 
-from distillery.config import load_config
+from distillery.config import TeacherConfig, load_config
 from distillery.errors import ConfigError
+from distillery.generators.client import Failure, Outcome
 from distillery.generators.pricing import PriceEntry, answer_cost, cost_usd, load_prices
+from distillery.generators.prompts import Prompt
 from distillery.generators.providers.base import Completion, SubmissionLimits
 from distillery.generators.providers.registry import get_provider, provider_names
-from distillery.generators.records import sample_id_for
+from distillery.generators.records import (
+    Delivered,
+    RunContext,
+    TeacherFacts,
+    failure_row,
+    sample_id_for,
+    sample_row,
+)
 
 JOB = """
 prompts:
@@ -221,3 +230,41 @@ def test_every_shipped_price_of_a_batch_provider_knows_its_discount(provider: st
     entries = [e for e in load_prices() if e.provider == provider]
     assert entries
     assert all(e.batch_discount == 0.5 for e in entries), [e.model for e in entries]
+
+
+# ------------------------------------------------------------------ the rows
+
+
+def _rows_context(price: PriceEntry) -> tuple[RunContext, Prompt, TeacherConfig]:
+    teacher = TeacherConfig(
+        name="t", provider="openai", model="gpt-4o-mini", base_url="http://127.0.0.1:9/v1"
+    )
+    ctx = RunContext("r", "h", None, teachers={"t": TeacherFacts("terms", price)})
+    return ctx, Prompt("p", [{"role": "user", "content": "hi"}]), teacher
+
+
+def test_rows_say_how_their_answer_was_bought_and_cost_its_price() -> None:
+    price = PriceEntry(
+        provider="openai", model="*", input=1.0, output=2.0, batch_discount=0.5, as_of=date.today()
+    )
+    ctx, prompt, teacher = _rows_context(price)
+    answer = Completion("a", "stop", "stop", "m", "r", prompt_tokens=100, completion_tokens=50)
+    outcome = Outcome(completion=answer, failure=None, attempts=1)
+    online = sample_row(ctx, prompt, teacher, 0, outcome)
+    assert (online["delivery"], online["provider_batch_id"]) == ("online", None)
+    assert online["cost_usd"] == pytest.approx(200 / 1e6)
+    batch = sample_row(ctx, prompt, teacher, 0, outcome, Delivered("batch", "batch_1"))
+    assert (batch["delivery"], batch["provider_batch_id"]) == ("batch", "batch_1")
+    assert batch["cost_usd"] == pytest.approx(100 / 1e6)
+    assert batch["sample_id"] == online["sample_id"]  # the same answer, bought another way
+    expired = Outcome(completion=None, failure=Failure("expired", "not done", None), attempts=1)
+    failed = failure_row(ctx, prompt, teacher, 0, expired, Delivered("batch", "batch_1"))
+    assert (failed["delivery"], failed["provider_batch_id"]) == ("batch", "batch_1")
+    assert failure_row(ctx, prompt, teacher, 0, expired)["delivery"] == "online"
+
+
+def test_a_batch_answer_names_its_batch_and_an_online_one_none() -> None:
+    with pytest.raises(ValueError, match="provider batch id"):
+        Delivered("batch")
+    with pytest.raises(ValueError, match="provider batch id"):
+        Delivered("online", "batch_1")
