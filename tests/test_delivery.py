@@ -1,19 +1,22 @@
 """How answers are bought (``delivery: online | batch``): the job file's checks, the batch
-price, the rows' ``delivery`` and ``provider_batch_id``."""
+price, the rows' ``delivery`` and ``provider_batch_id``, and what ``plan`` estimates."""
 
 from __future__ import annotations
 
+import io
 import json
 from datetime import date
 from pathlib import Path
 
 import pytest
+from rich.console import Console
 
-from distillery.config import TeacherConfig, load_config
+from distillery.config import JobConfig, TeacherConfig, load_config
 from distillery.errors import ConfigError
 from distillery.generators.client import Failure, Outcome
+from distillery.generators.plan import TeacherPlan, plan_job
 from distillery.generators.pricing import PriceEntry, answer_cost, cost_usd, load_prices
-from distillery.generators.prompts import Prompt
+from distillery.generators.prompts import Prompt, iter_prompts
 from distillery.generators.providers.base import Completion, SubmissionLimits
 from distillery.generators.providers.registry import get_provider, provider_names
 from distillery.generators.records import (
@@ -24,6 +27,8 @@ from distillery.generators.records import (
     sample_id_for,
     sample_row,
 )
+from distillery.plan_report import RECORD_FIELDS, plan_notes, plan_records, plan_table
+from distillery.render import print_table
 
 JOB = """
 prompts:
@@ -268,3 +273,69 @@ def test_a_batch_answer_names_its_batch_and_an_online_one_none() -> None:
         Delivered("batch")
     with pytest.raises(ValueError, match="provider batch id"):
         Delivered("online", "batch_1")
+
+
+# ------------------------------------------------------------------ the plan
+
+
+def _plans(tmp_path: Path, text: str = JOB) -> tuple[JobConfig, list[TeacherPlan]]:
+    job = load_config(job_file(tmp_path, text))
+    return job, plan_job(job, iter_prompts(job.prompts))
+
+
+def test_plan_prices_every_teacher_online_and_batch_and_charges_its_delivery(
+    tmp_path: Path,
+) -> None:
+    text = JOB.replace("max_tokens: 100}\n", "max_tokens: 100}\n    limits: {rpm: 10}\n")
+    online, claude = _plans(tmp_path, text)[1]
+    assert online.online_cost_usd is not None and claude.online_cost_usd is not None
+    assert online.batch_cost_usd == pytest.approx(online.online_cost_usd / 2)
+    assert claude.batch_cost_usd == pytest.approx(claude.online_cost_usd / 2)
+    assert online.cost_usd == online.online_cost_usd  # paid as sent: online
+    assert claude.cost_usd == claude.batch_cost_usd  # paid as sent: batch
+    # Online time is the limits'; a batch teacher's is its provider's window, limits or not.
+    assert (online.min_minutes, online.binding_limit, online.window_h) == (1.0, "rpm", None)
+    assert (claude.min_minutes, claude.binding_limit, claude.window_h) == (None, None, 24)
+    assert (online.delivery, claude.delivery) == ("online", "batch")
+
+
+def test_plan_shows_both_prices_at_80_columns_and_the_budget_at_batch_prices(
+    tmp_path: Path,
+) -> None:
+    job, plans = _plans(tmp_path)
+    claude = plans[1]
+    assert claude.batch_cost_usd is not None and claude.online_cost_usd is not None
+    # A budget between the two prices: enough at the batch price it pays, not online.
+    budget = (claude.batch_cost_usd + claude.online_cost_usd) / 2
+    text = JOB.replace("delivery: batch", f"delivery: batch\n    budget_usd: {budget}")
+    job, plans = _plans(tmp_path, text=text)
+    console = Console(file=io.StringIO(), width=80, record=True)
+    columns, rows = plan_table(plans)
+    print_table(console, "plan", columns, rows, right=frozenset(columns[1:-1]))
+    for line in plan_notes(job, plans):
+        console.print(line)
+    shown = console.export_text()
+    lines = shown.splitlines()
+    assert all(len(line) <= 80 for line in lines), shown
+    header = " ".join(lines[:4])
+    for word in ("online", "batch", "time", "bound by"):
+        assert word in header, shown
+    claude_row = next(line.split() for line in lines if line.startswith(" claude"))
+    assert claude_row[-3:] == ["≤24", "h", "batch"]
+    assert f"{claude.online_cost_usd:,.4f}" in claude_row
+    assert f"{claude.batch_cost_usd:,.4f}" in claude_row
+    assert f"claude: budget_usd {budget} at batch prices (its requests" in shown
+    assert "below its estimate" not in shown  # it would be, at the online price
+    assert "claude: delivery batch, at the batch price, answers within 24 h" in shown
+    assert plans[0].cost_usd is not None and plans[1].cost_usd is not None
+    assert f"total: ${plans[0].cost_usd + plans[1].cost_usd:,.4f} as sent" in shown
+
+
+def test_plan_records_hold_every_field_unrounded(tmp_path: Path) -> None:
+    job, plans = _plans(tmp_path)
+    assert set(RECORD_FIELDS) == {*TeacherPlan.__dataclass_fields__, "budget_usd"}
+    columns, rows = plan_records(job, plans)
+    claude = dict(zip(columns, rows[1], strict=True))
+    assert claude["delivery"] == "batch" and claude["window_h"] == 24
+    assert claude["cost_usd"] == claude["batch_cost_usd"] == plans[1].batch_cost_usd
+    assert claude["batch_api"] is True and claude["budget_usd"] is None
