@@ -30,6 +30,8 @@ from distillery.generators.records import (
 from distillery.plan_report import RECORD_FIELDS, plan_notes, plan_records, plan_table
 from distillery.render import print_table
 
+from .test_prompt_caching import cache_price
+
 JOB = """
 prompts:
   path: prompts.jsonl
@@ -205,16 +207,7 @@ def test_switching_delivery_keeps_the_job_its_hash_and_its_sample_ids(tmp_path: 
 
 
 def test_the_batch_price_takes_the_discount_off_every_rate() -> None:
-    price = PriceEntry(
-        provider="p",
-        model="m",
-        input=2.0,
-        output=10.0,
-        cached_input=0.2,
-        cache_write_input=2.5,
-        batch_discount=0.5,
-        as_of=date(2026, 1, 1),
-    )
+    price = cache_price(batch_discount=0.5)
     # 1000 prompt tokens: 600 read from the cache, 300 written to it, 100 plain; 50 out.
     online = (100 * 2.0 + 600 * 0.2 + 300 * 2.5 + 50 * 10.0) / 1e6
     assert cost_usd(price, 1000, 50, 600, 300) == pytest.approx(online)
