@@ -491,11 +491,17 @@ def _print_summary(summary: RunSummary, ui: str) -> None:
 
 @app.command()
 @_reports_errors
-def plan(config: Annotated[Path, typer.Argument(help="Job file (YAML).")]) -> None:
-    """Before sending anything: prompts, estimated tokens and cost, minimum wall time."""
-    from distillery.generators.plan import ASSUMED_COMPLETION_TOKENS, plan_job
+def plan(
+    config: Annotated[Path, typer.Argument(help="Job file (YAML).")],
+    fmt: Annotated[
+        Literal["table", "csv", "json"], typer.Option("--format", "-f", help="Output format.")
+    ] = "table",
+) -> None:
+    """Before sending anything: prompts, estimated tokens and cost (online and batch), time."""
+    from distillery.generators.plan import plan_job
     from distillery.generators.prompts import iter_prompts
     from distillery.generators.recipes import plan_note
+    from distillery.plan_report import plan_notes, plan_records, plan_table
 
     job = load_config(config)
     counted = 0
@@ -507,68 +513,16 @@ def plan(config: Annotated[Path, typer.Argument(help="Job file (YAML).")]) -> No
             yield prompt
 
     plans = plan_job(job, prompts())
-    thinking = any(p.reasoning_tokens for p in plans)
-    columns = ["teacher", "requests", "prompt\ntokens", "answer\ntokens"]
-    columns += ["of which\nthinking"] if thinking else []
-    columns += ["cost\nUSD", "min.\ntime", "bound by"]
-    rows = []
-    for item in plans:
-        completion = f"{item.completion_tokens:,}" + ("" if item.completion_is_bound else " *")
-        reasoning = [f"{item.reasoning_tokens:,}" if item.reasoning_tokens else "-"]
-        rows.append(
-            (
-                item.teacher,
-                f"{item.requests:,}",
-                f"{item.prompt_tokens:,}",
-                completion,
-                *(reasoning if thinking else []),
-                "no price" if item.cost_usd is None else f"{item.cost_usd:,.4f}",
-                "-" if item.min_minutes is None else _minutes(item.min_minutes),
-                item.binding_limit or "no limit",
-            )
-        )
-    right = frozenset(columns[1:-1])
-    print_table(out, f"plan for {job.name}", columns, rows, right=right)
-    known = [p.cost_usd for p in plans if p.cost_usd is not None]
-    slowest = max((p.min_minutes for p in plans if p.min_minutes is not None), default=None)
-    out.print(
-        f"total: ${sum(known):,.4f}"
-        + (
-            f" (+ {len(plans) - len(known)} teacher(s) without a price)"
-            if len(known) < len(plans)
-            else ""
-        )
-        + (f"; at least {_minutes(slowest)} at full use of the limits" if slowest else "")
-    )
-    if any(not p.completion_is_bound for p in plans):
-        out.print(
-            f"* no max_tokens: assumed {ASSUMED_COMPLETION_TOKENS} tokens per answer, plus the "
-            "thinking budget of reasoning teachers"
-        )
-    if job.budget_usd is not None:
-        out.print(f"budget_usd: {job.budget_usd} (the run stops sending before exceeding it)")
-    for teacher in job.teachers:
-        if teacher.budget_usd is not None:
-            cost = next((p.cost_usd for p in plans if p.teacher == teacher.name), None)
-            over = cost is not None and cost > teacher.budget_usd
-            out.print(
-                f"{teacher.name}: budget_usd {teacher.budget_usd}"
-                + (" — below its estimate: it will stop early" if over else "")
-                + " (its requests stop before exceeding it)"
-            )
-    if job.routing.mode != "all" or job.n > 1:
-        fallback = job.routing.mode == "fallback" or job.routing.fallback
-        out.print(
-            f"routing: {job.routing.mode}, n={job.n}"
-            + ("; fallback teachers are asked only when an earlier one fails" if fallback else "")
-        )
+    if fmt != "table":
+        print_rows(out, *plan_records(job, plans), fmt)
+        return
+    columns, rows = plan_table(plans)
+    print_table(out, f"plan for {job.name}", columns, rows, right=frozenset(columns[1:-1]))
+    for line in plan_notes(job, plans):
+        out.print(line)
     note = plan_note(job, counted)
     if note is not None:
         out.print(note)
-
-
-def _minutes(value: float) -> str:
-    return f"{value * 60:.0f}s" if value < 1 else f"{value:.1f} min"
 
 
 @app.command(help=f"Run SQL over a dataset's views: {_VIEWS}.")

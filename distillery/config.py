@@ -19,10 +19,19 @@ from pathlib import Path
 from typing import Annotated, Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import (
+    BaseModel,
+    BeforeValidator,
+    ConfigDict,
+    Field,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
 
 from distillery.errors import ConfigError
 from distillery.generators.filters import FilterOptions, parse_filters
+from distillery.storage.rows import Delivery
 
 _ENV_PATTERN = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)(?::-([^}]*))?\}")
 _NAME_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$"
@@ -111,6 +120,54 @@ class LimitsConfig(_Strict):
         return self
 
 
+_SIZE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(B|KB|MB|GB|KiB|MiB|GiB)?\s*$")
+_SIZE_UNITS = {"B": 1, "KB": 10**3, "MB": 10**6, "GB": 10**9}
+_SIZE_UNITS |= {"KiB": 2**10, "MiB": 2**20, "GiB": 2**30}
+
+
+def _byte_size(value: Any) -> Any:
+    """``"100 MB"`` -> 100_000_000 (KB, MB, GB decimal as the providers state their caps;
+    KiB, MiB, GiB binary); a plain number is bytes; anything else is left for pydantic."""
+    if isinstance(value, str):
+        match = _SIZE.match(value)
+        if match is None:
+            raise ValueError(f"expected bytes or a size like '100 MB', got {value!r}")
+        number, unit = match.groups()
+        return int(float(number) * _SIZE_UNITS[unit or "B"])
+    return value
+
+
+class SubmissionOptions(_Strict):
+    """How a ``delivery: batch`` teacher's requests are cut into submissions to its provider's
+    batch API, and how long one invocation waits for them.
+
+    Unset caps are the provider's own (OpenAI: 50,000 requests or 200 MB per file; Anthropic:
+    100,000 requests or 256 MB; Gemini: 2 GB); a cap above the provider's is an error.
+    """
+
+    max_requests: int | None = Field(
+        default=None, gt=0, description="Requests per submission at most (default: the cap)."
+    )
+    max_bytes: Annotated[int | None, BeforeValidator(_byte_size)] = Field(
+        default=None,
+        gt=0,
+        description="Bytes per submission at most, e.g. 100 MB (default: the provider's cap).",
+    )
+    poll_interval_s: float = Field(
+        default=60.0,
+        gt=0,
+        allow_inf_nan=False,
+        description="Seconds between two looks at an open submission's state.",
+    )
+    wait_s: float = Field(
+        default=600.0,
+        ge=0,
+        allow_inf_nan=False,
+        description="How long one invocation waits for its submissions to end before it exits, "
+        "leaving them to the next invocation of the same run id; 0: submit and return.",
+    )
+
+
 class TeacherConfig(_Strict):
     """One teacher: a model behind an HTTP API."""
 
@@ -141,6 +198,15 @@ class TeacherConfig(_Strict):
         description="Gemini only: the API version in the URL (null: v1beta, which has every "
         "feature distillery asks for; v1 is the stable surface).",
     )
+    delivery: Delivery = Field(
+        default="online",
+        description="online: one request per answer; batch: the provider's batch API (half "
+        "the price, answers within 24 h).",
+    )
+    submissions: SubmissionOptions | None = Field(
+        default=None,
+        description="delivery: batch only: request and byte caps per submission, polling.",
+    )
 
     @field_validator("provider")
     @classmethod
@@ -163,6 +229,30 @@ class TeacherConfig(_Strict):
         if self.api_version is not None and self.provider != "gemini":
             raise ValueError(f"api_version is a gemini option; provider {self.provider} has none")
         return self
+
+    @model_validator(mode="after")
+    def _delivery_fits_provider(self) -> TeacherConfig:
+        if self.delivery == "online":
+            if self.submissions is not None:
+                raise ValueError("submissions: applies to delivery: batch only")
+            return self
+        from distillery.generators.providers.registry import get_provider
+
+        limits = get_provider(self.provider).submission_limits
+        if limits is None:
+            raise ValueError(
+                f"delivery: batch needs a provider batch API; provider {self.provider} has none "
+                "(use delivery: online)"
+            )
+        problem = limits.problem(self.submission_options, self.provider)
+        if problem:
+            raise ValueError(problem)
+        return self
+
+    @property
+    def submission_options(self) -> SubmissionOptions:
+        """The ``submissions:`` block, or its defaults when a batch teacher has none."""
+        return self.submissions or SubmissionOptions()
 
     @model_validator(mode="after")
     def _reasoning_fits_provider(self) -> TeacherConfig:
@@ -510,6 +600,9 @@ class EvolInstructRecipe(_Strict):
         return value
 
 
+#: A teacher's fields that say how its answers are bought, not what they are.
+_DELIVERY_FIELDS = ("delivery", "submissions")
+
 RecipeConfig = Annotated[
     ConversationRecipe | SelfInstructRecipe | EvolInstructRecipe, Field(discriminator="type")
 ]
@@ -663,6 +756,44 @@ class JobConfig(_Strict):
                     )
         return self
 
+    @model_validator(mode="after")
+    def _batch_delivery(self) -> JobConfig:
+        """What batch delivery cannot do (yet) is refused here, naming the teacher.
+
+        A submission's answers arrive hours later, in another invocation: a recipe's next
+        stage, a fallback to the next teacher or the judge's grade would each need a stage of
+        their own; and the submissions' journal has one writer, the flow's process.
+        """
+        judge = self.curation.judge
+        if judge is not None and judge.teacher.delivery == "batch":
+            raise ValueError(
+                "curation.judge.teacher.delivery: the judge grades each answer as it arrives, "
+                "online only"
+            )
+        fallback = self.routing.mode == "fallback" or self.routing.fallback
+        for index, teacher in enumerate(self.teachers):
+            if teacher.delivery != "batch":
+                continue
+            where = f"teachers[{index}].delivery: batch"
+            if self.recipe is not None:
+                raise ValueError(
+                    f"{where} cannot serve recipe: {self.recipe.type}, whose stages each wait "
+                    "for the last one's answers (use delivery: online)"
+                )
+            if self.task_runner.type == "dask":
+                raise ValueError(f"{where} runs on task_runner thread only, not dask")
+            if fallback:
+                setting = (
+                    "routing.mode: fallback"
+                    if self.routing.mode == "fallback"
+                    else ("routing.fallback: true")
+                )
+                raise ValueError(
+                    f"{where} cannot be in a fallback chain ({setting}): a prompt would "
+                    "wait a day to learn it needs the next teacher"
+                )
+        return self
+
     def shape(self) -> dict[str, Any]:
         """What shapes the answers of a run: the prompts' wording, each teacher's identity and
         parameters, routing, curation, schema and recipe — not where or how fast it runs.
@@ -671,9 +802,14 @@ class JobConfig(_Strict):
         the wording or the filters); budgets, limits, concurrency, endpoints, batch sizes and
         the prompt file's path or limit may change between invocations (raising a budget or a
         limit to finish a run is the point of resuming it).
+
+        So may a teacher's ``delivery`` and ``submissions``: an answer bought through a batch
+        API is the same product as one bought online (same request, same sample id), so a run
+        may switch a teacher either way to send what it has not answered yet. Requests already
+        in an open submission stay there: a resume collects them before sending anything.
         """
         operational = {"base_url", "api_key_env", "concurrency", "limits", "max_attempts"}
-        operational |= {"timeout_s", "budget_usd"}
+        operational |= {"timeout_s", "budget_usd"} | set(_DELIVERY_FIELDS)
 
         def teacher(t: TeacherConfig) -> dict[str, Any]:
             return t.model_dump(mode="json", exclude=operational)
@@ -691,8 +827,18 @@ class JobConfig(_Strict):
 
     def config_hash(self) -> str:
         """A short, stable fingerprint of everything that shapes the output."""
-        # Where batches execute does not shape the output (and must not split a run's lineage).
-        dumped = self.model_dump(mode="json", exclude={"task_runner"})
+        # Where batches execute, and whether answers are bought online or through a batch
+        # API, do not shape the output (and must not split a run's lineage); left out, they
+        # also keep the hash of a job written before they existed.
+        delivery = {"__all__": set(_DELIVERY_FIELDS)}
+        dumped = self.model_dump(
+            mode="json",
+            exclude={
+                "task_runner": True,
+                "teachers": delivery,
+                "curation": {"judge": {"teacher": set(_DELIVERY_FIELDS)}},
+            },
+        )
         canonical = json.dumps(dumped, sort_keys=True)
         return hashlib.blake2b(canonical.encode(), digest_size=8).hexdigest()
 

@@ -13,6 +13,11 @@ whichever binds, for the slowest teacher.
 
 Requests follow the job's routing and ``n``: a teacher counts ``n`` requests per prompt routed
 to it first; fallback teachers count none (they are asked only when an earlier one fails).
+
+Every teacher is priced both ways: online, and through its provider's batch API (less the
+price entry's ``batch_discount``; None for a provider without one). What the job pays is the
+price of the teacher's ``delivery``. A batch teacher's time is its provider's window (answers
+within 24 h), not its rate limits: submissions are not paced by ``rpm``/``tpm``.
 """
 
 from __future__ import annotations
@@ -28,6 +33,7 @@ from distillery.generators.providers.reasoning import expected_reasoning_tokens
 from distillery.generators.providers.registry import get_provider
 from distillery.generators.records import teacher_facts
 from distillery.generators.routing import Router
+from distillery.storage.rows import Delivery
 
 ASSUMED_COMPLETION_TOKENS = 512
 
@@ -39,11 +45,22 @@ class TeacherPlan:
     prompt_tokens: int
     completion_tokens: int
     completion_is_bound: bool
+    #: What the job pays: the price of the teacher's ``delivery``.
     cost_usd: float | None
+    #: Online (rate limits) only: the least time the limits allow, and which binds.
     min_minutes: float | None
     binding_limit: str | None
     #: Of ``completion_tokens``, the part expected to be reasoning (0 without reasoning).
     reasoning_tokens: int = 0
+    delivery: Delivery = "online"
+    #: The same requests bought online, and through the provider's batch API (None: no price,
+    #: or no batch API).
+    online_cost_usd: float | None = None
+    batch_cost_usd: float | None = None
+    #: Whether the teacher's provider has a batch API.
+    batch_api: bool = False
+    #: Hours within which a batch teacher's provider promises its answers (None: online).
+    window_h: int | None = None
 
 
 def plan_job(job: JobConfig, prompts: Iterable[Prompt]) -> list[TeacherPlan]:
@@ -73,6 +90,12 @@ def plan_job(job: JobConfig, prompts: Iterable[Prompt]) -> list[TeacherPlan]:
         if teacher.limits.tpm:
             minutes["tpm"] = (prompt_tokens + completion_tokens) / teacher.limits.tpm
         binding = max(minutes, key=lambda k: minutes[k]) if minutes else None
+        online = cost_usd(price, prompt_tokens, completion_tokens)
+        limits = provider.submission_limits
+        batch = None
+        if limits is not None:
+            batch = cost_usd(price, prompt_tokens, completion_tokens, delivery="batch")
+        by_batch = teacher.delivery == "batch"
         plans.append(
             TeacherPlan(
                 teacher=teacher.name,
@@ -81,9 +104,14 @@ def plan_job(job: JobConfig, prompts: Iterable[Prompt]) -> list[TeacherPlan]:
                 completion_tokens=completion_tokens,
                 completion_is_bound=teacher.params.max_tokens is not None,
                 reasoning_tokens=thinking * requests,
-                cost_usd=cost_usd(price, prompt_tokens, completion_tokens),
-                min_minutes=minutes[binding] if binding else None,
-                binding_limit=binding,
+                cost_usd=batch if by_batch else online,
+                min_minutes=None if by_batch or binding is None else minutes[binding],
+                binding_limit=None if by_batch else binding,
+                delivery=teacher.delivery,
+                online_cost_usd=online,
+                batch_cost_usd=batch,
+                batch_api=limits is not None,
+                window_h=limits.window_h if by_batch and limits is not None else None,
             )
         )
     return plans

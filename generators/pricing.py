@@ -9,6 +9,12 @@ completion usage — at the output price.
 Usage arrives normalised by the providers (:class:`~distillery.generators.providers.base.
 Completion`): ``prompt_tokens`` counts every input token, cache reads and writes included, so
 the uncached part is what is left after both.
+
+An answer bought through a provider's batch API costs ``1 - batch_discount`` of each of those
+rates: Anthropic bills "all usage" of a Message Batch at 50% — input, output, cache writes and
+cache reads, the caching multipliers applying on top; OpenAI's Batch API halves input and
+output, and its batch price list halves the cached-input price too; Gemini's batch mode is
+50% of the standard price.
 """
 
 from __future__ import annotations
@@ -20,6 +26,7 @@ from typing import Protocol
 from pydantic import Field
 
 from distillery.generators.lookup import Keyed, first_match, load_entries
+from distillery.storage.rows import Delivery
 
 
 class PriceEntry(Keyed):
@@ -32,7 +39,13 @@ class PriceEntry(Keyed):
         description="USD per million prompt tokens written to a prompt cache (Anthropic's "
         "5-minute cache writes); null: the input price.",
     )
-    batch_discount: float = Field(default=0.0, ge=0, le=1)
+    batch_discount: float = Field(
+        default=0.0,
+        ge=0,
+        le=1,
+        description="Share of every rate taken off through the provider's batch API "
+        "(0.5: half price).",
+    )
     as_of: date
 
 
@@ -50,10 +63,13 @@ def cost_usd(
     completion_tokens: int | None,
     cached_tokens: int | None = None,
     cache_write_tokens: int | None = None,
+    *,
+    delivery: Delivery = "online",
 ) -> float | None:
     """USD for one answer; None when the price or the usage is unknown (never a guess).
 
     ``cached_tokens`` (cache reads) and ``cache_write_tokens`` are parts of ``prompt_tokens``.
+    ``delivery`` ``batch``: every rate less the entry's ``batch_discount``.
     """
     if price is None or prompt_tokens is None or completion_tokens is None:
         return None
@@ -67,6 +83,8 @@ def cost_usd(
         + written * write_rate
         + completion_tokens * price.output
     )
+    if delivery == "batch":
+        total *= 1 - price.batch_discount
     return round(total / 1_000_000, 10)
 
 
@@ -84,13 +102,16 @@ class Usage(Protocol):
     def cache_write_tokens(self) -> int | None: ...
 
 
-def answer_cost(price: PriceEntry | None, usage: Usage) -> float | None:
-    """:func:`cost_usd` of one answer's usage: every caller prices cache reads and writes the
-    same way, so none can forget one."""
+def answer_cost(
+    price: PriceEntry | None, usage: Usage, delivery: Delivery = "online"
+) -> float | None:
+    """:func:`cost_usd` of one answer's usage, bought as ``delivery`` says: every caller
+    prices cache reads and writes the same way, so none can forget one."""
     return cost_usd(
         price,
         usage.prompt_tokens,
         usage.completion_tokens,
         usage.cached_tokens,
         usage.cache_write_tokens,
+        delivery=delivery,
     )

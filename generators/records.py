@@ -21,6 +21,7 @@ from distillery.generators.providers.base import Completion
 from distillery.generators.terms import UNKNOWN_TAG, load_terms, terms_for
 from distillery.storage.rows import (
     AnswerColumns,
+    Delivery,
     ErrorColumns,
     FailureRow,
     RequestRow,
@@ -50,6 +51,26 @@ class RunContext:
 
     def facts(self, teacher: TeacherConfig) -> TeacherFacts:
         return self.teachers.get(teacher.name) or TeacherFacts(UNKNOWN_TAG, None)
+
+
+@dataclass(frozen=True)
+class Delivered:
+    """How one request's answer (or its failure) was bought: the ``delivery`` and
+    ``provider_batch_id`` columns, and the price its ``cost_usd`` is at.
+
+    Online unless told otherwise; a result collected from a provider's batch API is built with
+    ``Delivered("batch", <the provider's id of the submission that carried it>)``.
+    """
+
+    delivery: Delivery = "online"
+    provider_batch_id: str | None = None
+
+    def __post_init__(self) -> None:
+        if (self.delivery == "batch") != (self.provider_batch_id is not None):
+            raise ValueError("a batch answer names its provider batch id, an online one none")
+
+
+ONLINE = Delivered()
 
 
 def teacher_facts(job: JobConfig) -> dict[str, TeacherFacts]:
@@ -112,7 +133,12 @@ def _json(value: Any) -> str | None:
 
 
 def _common(
-    ctx: RunContext, prompt: Prompt, teacher: TeacherConfig, sample_index: int, outcome: Outcome
+    ctx: RunContext,
+    prompt: Prompt,
+    teacher: TeacherConfig,
+    sample_index: int,
+    outcome: Outcome,
+    delivered: Delivered,
 ) -> RequestRow:
     row: RequestRow = {
         "sample_id": sample_id_for(prompt.prompt_id, teacher, sample_index),
@@ -140,14 +166,18 @@ def _common(
         "request_hash": outcome.request_hash,
         "flow_run_id": ctx.flow_run_id,
         "task_run_id": ctx.task_run_id,
+        "delivery": delivered.delivery,
+        "provider_batch_id": delivered.provider_batch_id,
     }
     # The lineage's keys are RequestRow's own: the merge is one of the type's parts.
     return cast(RequestRow, {**row, **prompt.lineage}) if prompt.lineage else row
 
 
-def usage_columns(price: PriceEntry | None, completion: Completion) -> UsageColumns:
-    """What ``completion`` was paid for: on its sample row, or on the failure row that keeps
-    an answer paid for before its request failed."""
+def usage_columns(
+    price: PriceEntry | None, completion: Completion, delivery: Delivery = "online"
+) -> UsageColumns:
+    """What ``completion`` was paid for, at the price of its ``delivery``: on its sample row,
+    or on the failure row that keeps an answer paid for before its request failed."""
     return {
         "teacher_model_version": completion.model_version,
         "prompt_tokens": completion.prompt_tokens,
@@ -155,12 +185,17 @@ def usage_columns(price: PriceEntry | None, completion: Completion) -> UsageColu
         "cached_tokens": completion.cached_tokens,
         "cache_write_tokens": completion.cache_write_tokens,
         "reasoning_tokens": completion.reasoning_tokens,
-        "cost_usd": answer_cost(price, completion),
+        "cost_usd": answer_cost(price, completion, delivery),
     }
 
 
 def sample_row(
-    ctx: RunContext, prompt: Prompt, teacher: TeacherConfig, sample_index: int, outcome: Outcome
+    ctx: RunContext,
+    prompt: Prompt,
+    teacher: TeacherConfig,
+    sample_index: int,
+    outcome: Outcome,
+    delivered: Delivered = ONLINE,
 ) -> SampleRow:
     completion = outcome.completion
     assert completion is not None, "sample_row needs a successful outcome"
@@ -177,14 +212,19 @@ def sample_row(
         "content_hash": content_hash(completion.text),
         "schema_repairs": outcome.repairs,
     }
-    usage = usage_columns(ctx.facts(teacher).price, completion)
-    common = _common(ctx, prompt, teacher, sample_index, outcome)
+    usage = usage_columns(ctx.facts(teacher).price, completion, delivered.delivery)
+    common = _common(ctx, prompt, teacher, sample_index, outcome, delivered)
     # Each part is checked as its own TypedDict; the merge of SampleRow's parts is one.
     return cast(SampleRow, {**common, **usage, **answer})
 
 
 def failure_row(
-    ctx: RunContext, prompt: Prompt, teacher: TeacherConfig, sample_index: int, outcome: Outcome
+    ctx: RunContext,
+    prompt: Prompt,
+    teacher: TeacherConfig,
+    sample_index: int,
+    outcome: Outcome,
+    delivered: Delivered = ONLINE,
 ) -> FailureRow:
     failure = outcome.failure
     assert failure is not None, "failure_row needs a failed outcome"
@@ -193,5 +233,5 @@ def failure_row(
         "http_status": failure.http_status,
         "message": failure.message[:2000],
     }
-    common = _common(ctx, prompt, teacher, sample_index, outcome)
+    common = _common(ctx, prompt, teacher, sample_index, outcome, delivered)
     return cast(FailureRow, {**common, **error})

@@ -5,7 +5,8 @@ query`` shows is exactly what any DuckDB user gets from the same files. A table 
 yet is an empty view of the right columns rather than an error.
 
 - ``samples``: every committed sample. ``rejected``: samples set aside by a filter or dedup,
-  with ``filter``, ``reason`` and ``duplicate_of``.
+  with ``filter``, ``reason`` and ``duplicate_of``. Rows of shards written before the
+  ``delivery`` column read it as ``online`` here (in the files it is absent: null).
 - ``failures``: requests that failed for good and have no sample since (a re-run that succeeded
   retires the failure; the shard history stays queryable as ``failures_log``).
 - ``runs``: one row per run id, all invocations of it folded together.
@@ -78,6 +79,20 @@ def _source(con: duckdb.DuckDBPyConnection, location: Location, table: str, live
     # Every column of the schema, even if all shards predate it (null then): queries and
     # rewrites (dedup) that name a newer column work on older datasets too.
     return f"(SELECT * FROM {scan} UNION ALL BY NAME SELECT * FROM {_empty(con, table)})"
+
+
+#: Columns whose absence in shards written before them means a known value, not "unknown":
+#: every answer was bought online until batch delivery existed.
+_BEFORE_COLUMN = {"delivery": "'online'"}
+
+
+def _columns(table: str) -> str:
+    """``*``, with the columns of :data:`_BEFORE_COLUMN` read as their value where null."""
+    known = [name for name in _BEFORE_COLUMN if name in TABLES[table].names]
+    if not known:
+        return "*"
+    filled = ", ".join(f"coalesce({name}, {_BEFORE_COLUMN[name]}) AS {name}" for name in known)
+    return f"* REPLACE ({filled})"
 
 
 def _partition_folders(root: Path) -> list[str]:
@@ -180,7 +195,7 @@ def define_views(con: duckdb.DuckDBPyConnection, output: Path | str | Location, 
         ("run_log", "runs"),
     ):
         source = _source(con, location, table, live)
-        con.execute(f"CREATE OR REPLACE VIEW {view} AS SELECT * FROM {source}")
+        con.execute(f"CREATE OR REPLACE VIEW {view} AS SELECT {_columns(table)} FROM {source}")
     con.execute(
         """
         CREATE OR REPLACE VIEW failures AS

@@ -15,10 +15,14 @@ them (routing, dedup keys, the judge) or only some rows have them (recipes, stru
 from __future__ import annotations
 
 from datetime import datetime
-from typing import NotRequired, TypedDict
+from typing import Literal, NotRequired, TypedDict
 
 #: A chat message as stored in ``messages`` and ``conversation``.
 Message = dict[str, str]
+
+#: How an answer was bought, as the ``delivery`` column and a teacher's ``delivery:`` say it:
+#: one HTTP request (``online``), or through the provider's batch API (``batch``).
+Delivery = Literal["online", "batch"]
 
 
 class LineageColumns(TypedDict, total=False):
@@ -79,6 +83,8 @@ class RequestRow(LineageColumns, ConversationColumns):
     task_run_id: str | None
     route: NotRequired[str | None]
     route_step: NotRequired[int | None]
+    delivery: Delivery
+    provider_batch_id: str | None
 
 
 class UsageColumns(TypedDict, total=False):

@@ -57,6 +57,11 @@ _REQUEST_COLUMNS: list[pa.Field[Any]] = [
     # one fallback, ... (null in shards written before routing existed).
     pa.field("route", pa.string()),
     pa.field("route_step", pa.int16()),
+    # How the answer was bought: 'online' (one HTTP request) or 'batch' (through the provider's
+    # batch API, whose id for the submission that carried it is provider_batch_id; null
+    # online). Shards written before these columns read delivery as 'online' in the views.
+    pa.field("delivery", pa.string()),
+    pa.field("provider_batch_id", pa.string()),
     # Recipes (docs/recipes.md); null for plain one-shot answers.
     pa.field("recipe", pa.string()),
     pa.field("stage", pa.string()),

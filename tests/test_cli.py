@@ -316,6 +316,28 @@ def test_plan_names_a_teachers_own_budget(tmp_path: Path) -> None:
     assert "t0: budget_usd 0.01 — below its estimate: it will stop early" in result.stdout
 
 
+def test_plan_as_json_and_csv_prices_each_teacher_as_it_is_sent(tmp_path: Path) -> None:
+    config = write_job(tmp_path, "http://127.0.0.1:9", prompts=30, teachers=2)
+    text = config.read_text().replace(
+        "temperature: 0.2, max_tokens: 300}",
+        "temperature: 0.2, max_tokens: 300}\n    delivery: batch",
+    )
+    config.write_text(text)
+    result = cli("plan", str(config), "--format", "json")
+    assert result.returncode == 0, result.stderr
+    online, batch = json.loads(result.stdout)  # nothing but the records on stdout
+    assert (online["delivery"], batch["delivery"]) == ("online", "batch")
+    assert online["cost_usd"] == online["online_cost_usd"] > online["batch_cost_usd"] > 0
+    assert batch["cost_usd"] == batch["batch_cost_usd"]
+    assert batch["batch_cost_usd"] == pytest.approx(batch["online_cost_usd"] / 2)
+    assert (batch["window_h"], batch["min_minutes"], online["window_h"]) == (24, None, None)
+    table = cli("plan", str(config), "--format", "csv")
+    assert table.returncode == 0, table.stderr
+    header, *rows = table.stdout.splitlines()
+    assert header.startswith("teacher,delivery,requests,") and "batch_cost_usd" in header
+    assert [row.split(",")[:2] for row in rows] == [["t0", "online"], ["t1", "batch"]]
+
+
 def test_version() -> None:
     from distillery import __version__
 
@@ -362,7 +384,7 @@ def test_plan_reads_at_80_columns(tmp_path: Path) -> None:
     assert all(len(line) <= 80 for line in lines), result.stdout
     assert "…" not in result.stdout  # no header or value cut short ("reques…")
     header = " ".join(lines[:6])
-    for word in ("teacher", "requests", "prompt", "answer", "cost", "bound by"):
+    for word in ("teacher", "requests", "prompt", "answer", "online", "batch", "bound by"):
         assert word in header, result.stdout
     narrow = cli("plan", str(config), env={"COLUMNS": "40"})
     assert narrow.returncode == 0, narrow.stderr

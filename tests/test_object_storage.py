@@ -186,6 +186,9 @@ def test_views_have_the_local_columns_and_types(bucket: str, tmp_path: Path) -> 
         ]
         assert described[0] == described[1], view
         assert remote_con.execute(f"SELECT count(*) FROM {view}").fetchall() == [(1,)], view
+    for view in ("samples", "rejected", "failures_log"):  # rows without a delivery: online
+        for con in (local_con, remote_con):
+            assert con.execute(f"SELECT delivery FROM {view}").fetchall() == [("online",)]
 
 
 def test_catalog_reads_only_committed_shards_and_reconcile_repairs_on_s3(

@@ -101,16 +101,22 @@ def test_anthropic_input_tokens_exclude_the_cache_so_the_client_adds_it_back() -
     assert (done.prompt_tokens, done.cached_tokens, done.cache_write_tokens) == (113, 0, 100)
 
 
-def test_cost_prices_reads_at_the_cached_rate_and_writes_at_the_premium() -> None:
-    price = PriceEntry(
+def cache_price(batch_discount: float = 0.0) -> PriceEntry:
+    """A price with every rate apart: input 2, cached input 0.2, cache writes 2.5, output 10."""
+    return PriceEntry(
         provider="p",
         model="m",
         input=2.0,
         output=10.0,
         cached_input=0.2,
         cache_write_input=2.5,
+        batch_discount=batch_discount,
         as_of=date(2026, 1, 1),
     )
+
+
+def test_cost_prices_reads_at_the_cached_rate_and_writes_at_the_premium() -> None:
+    price = cache_price()
     # 1000 prompt tokens: 600 read, 300 written, 100 plain; 50 out.
     expected = (100 * 2.0 + 600 * 0.2 + 300 * 2.5 + 50 * 10.0) / 1e6
     assert cost_usd(price, 1000, 50, 600, 300) == pytest.approx(expected)

@@ -31,6 +31,9 @@ def _fits(annotation: Any, arrow: pa.DataType) -> bool:
             and key is str
             and all(_fits(value, arrow.field(i).type) for i in range(arrow.num_fields))
         )
+    if origin is typing.Literal:  # a column of a few known strings (delivery)
+        values = typing.get_args(annotation)
+        return all(isinstance(v, str) for v in values) and pa.types.is_string(arrow)
     if annotation is str:
         return pa.types.is_string(arrow) or isinstance(arrow, pa.JsonType)
     if annotation is int:
@@ -70,3 +73,13 @@ def test_the_check_catches_a_mismatch() -> None:
     assert not _fits(list[str], pa.list_(pa.uint64()))
     assert not _fits(dict[str, str], pa.struct([("n", pa.int8())]))
     assert _fits(list[dict[str, str]], TABLES["samples"].field("messages").type)
+    assert not _fits(typing.Literal["online", "batch"], pa.int8())
+    assert not _fits(typing.Literal[1, 2], pa.string())
+
+
+@pytest.mark.parametrize("table", ["samples", "rejected", "failures"])
+def test_every_table_of_requests_says_how_its_answer_was_bought(table: str) -> None:
+    hints = typing.get_type_hints(ROW_TYPES[table])
+    assert typing.get_args(hints["delivery"]) == ("online", "batch")
+    assert "delivery" in vars(ROW_TYPES[table])["__required_keys__"]  # set on every row
+    assert TABLES[table].field("provider_batch_id").type == pa.string()

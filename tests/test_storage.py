@@ -423,3 +423,55 @@ def test_shards_with_accounting_in_recipe_meta_read_with_typed_ones(
     rewritten = {(r.table, r.shards_before, r.shards_after) for r in compact(tmp_path).results}
     assert rewritten == {("samples", 2, 1), ("failures", 2, 1)}  # both layouts, as one shard
     check()
+
+
+_DELIVERY = ("delivery", "provider_batch_id")
+
+
+def test_shards_before_delivery_read_as_online_beside_batch_ones(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Shards written before the delivery columns existed (no such columns in the file) and
+    new ones, online and batch, in one dataset: the views read the old rows as 'online' with
+    no batch id, in samples, rejected and failures alike, before and after compaction, and
+    a catalog file (whose views glob the folders) agrees."""
+    batch = {"delivery": "batch", "provider_batch_id": "batch_abc"}
+    online = {"delivery": "online", "provider_batch_id": None}
+    reject = {"filter": "empty", "reason": "empty", "detail": None}
+    failed = {"error_class": "expired", "http_status": None, "message": "batch expired"}
+    for table in ("samples", "rejected", "failures"):
+        old_layout = pa.schema([f for f in TABLES[table] if f.name not in _DELIVERY])
+        monkeypatch.setitem(TABLES, table, old_layout)
+    write_shard(tmp_path, "samples", "r1", [sample("old")], 0)
+    write_shard(tmp_path, "rejected", "r1", [sample("old-r") | reject], 0)
+    write_shard(tmp_path, "failures", "r1", [sample("old-f") | failed], 0)
+    monkeypatch.undo()
+    for table in ("samples", "rejected", "failures"):
+        names = pq.read_schema(committed_shards(tmp_path, table, "r1")[0]).names
+        assert "delivery" not in names  # really an old shard
+    write_shard(tmp_path, "samples", "r1", [sample("on") | online, sample("b") | batch], 1)
+    write_shard(tmp_path, "rejected", "r1", [sample("b-r") | batch | reject], 1)
+    write_shard(tmp_path, "failures", "r1", [sample("b-f") | batch | failed], 1)
+    expected = {
+        "samples": [("b", "batch", "batch_abc"), ("old", "online", None), ("on", "online", None)],
+        "rejected": [("b-r", "batch", "batch_abc"), ("old-r", "online", None)],
+        "failures_log": [("b-f", "batch", "batch_abc"), ("old-f", "online", None)],
+    }
+
+    def check(con: duckdb.DuckDBPyConnection) -> None:
+        for view, rows in expected.items():
+            query = f"SELECT sample_id, delivery, provider_batch_id FROM {view} ORDER BY 1"
+            assert con.execute(query).fetchall() == rows, view
+        paid = "SELECT delivery, count(*) FROM samples GROUP BY 1 ORDER BY 1"
+        assert con.execute(paid).fetchall() == [("batch", 1), ("online", 2)]
+
+    check(open_catalog(tmp_path))
+    rewritten = {(r.table, r.shards_before, r.shards_after) for r in compact(tmp_path).results}
+    assert rewritten == {("samples", 2, 1), ("rejected", 2, 1), ("failures", 2, 1)}
+    merged = pq.read_table(committed_shards(tmp_path, "samples", "r1")[0])
+    assert sorted(merged.column("delivery").to_pylist(), key=str) == [None, "batch", "online"]
+    check(open_catalog(tmp_path))
+    database = tmp_path / "catalog.duckdb"
+    write_catalog(tmp_path, database)
+    with duckdb.connect(str(database), read_only=True) as con:
+        check(con)

@@ -25,6 +25,7 @@ from distillery.generators.providers.base import (
     MalformedResponse,
     Message,
     Provider,
+    SubmissionLimits,
     split_system,
 )
 from distillery.generators.providers.reasoning import (
@@ -60,6 +61,8 @@ class AnthropicProvider(Provider):
         ("requests", "tokens", "input-tokens", "output-tokens"),
         reset_at,
     )
+    # Message Batches: at most 100,000 requests or 256 MB, whichever comes first; models may mix.
+    submission_limits = SubmissionLimits(max_requests=100_000, max_bytes=256_000_000)
 
     def build_call(
         self, teacher: TeacherConfig, messages: list[Message], api_key: str | None

@@ -11,10 +11,10 @@ so a new wire format is one module plus one registration (docs/extending.md).
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any, ClassVar, Literal
 
-from distillery.config import TeacherConfig
+from distillery.config import SubmissionOptions, TeacherConfig
 from distillery.generators.providers.traces import Visibility
 from distillery.generators.ratelimit_headers import RateLimitHeaders
 from distillery.generators.tokens import count_message_tokens
@@ -85,6 +85,54 @@ def split_system(messages: list[Message]) -> tuple[str | None, list[Message]]:
     return ("\n\n".join(system) if system else None), turns
 
 
+@dataclass(frozen=True)
+class SubmissionLimits:
+    """What one submission to a provider's batch API may hold, as the provider documents it.
+
+    Sizes are in bytes, decimal (a documented "200 MB" is 200,000,000 here): smaller than
+    either reading of the provider's megabyte, so a submission split at them is never refused.
+    ``max_requests`` None: the provider documents no count (Gemini). ``inline_max_bytes``: below
+    it requests may travel in the call itself rather than an uploaded file (Gemini's 20 MB).
+    """
+
+    max_requests: int | None
+    max_bytes: int
+    inline_max_bytes: int | None = None
+    #: Whether every request of one submission must name the same model (OpenAI's file rule;
+    #: Gemini's model is in the URL).
+    one_model: bool = False
+    #: Hours within which the provider promises a result (or expires what is left).
+    window_h: int = 24
+
+    def problem(self, options: SubmissionOptions, provider: str) -> str | None:
+        """Why ``options`` ask for more than the provider takes (one line naming the field,
+        relative to the teacher), or None."""
+        if (
+            options.max_requests is not None
+            and self.max_requests is not None
+            and options.max_requests > self.max_requests
+        ):
+            return (
+                f"submissions.max_requests: {options.max_requests:,} is above {provider}'s cap "
+                f"of {self.max_requests:,} requests per submission"
+            )
+        if options.max_bytes is not None and options.max_bytes > self.max_bytes:
+            return (
+                f"submissions.max_bytes: {options.max_bytes:,} is above {provider}'s cap of "
+                f"{self.max_bytes:,} bytes per submission"
+            )
+        return None
+
+    def within(self, options: SubmissionOptions) -> SubmissionLimits:
+        """The limits one teacher's submissions are split at: the provider's, lowered where
+        the teacher's ``submissions:`` block asks for less."""
+        requests = self.max_requests
+        if options.max_requests is not None:
+            requests = min(options.max_requests, requests or options.max_requests)
+        size = min(options.max_bytes or self.max_bytes, self.max_bytes)
+        return replace(self, max_requests=requests, max_bytes=size)
+
+
 class MalformedResponse(Exception):
     """A 2xx answer whose body is not what the wire format promises (retried: it was cheap)."""
 
@@ -97,7 +145,8 @@ class Provider(ABC):
     load), send and read no rate-limit headers, and estimate tokens as OpenAI counts them.
     The provider batch APIs (OpenAI Batch, Anthropic Message Batches, Gemini batch mode) are
     wire-format business too: they belong here, beside :meth:`build_call` and
-    :meth:`parse_success`, which a batch's requests and results reuse.
+    :meth:`parse_success`, which a batch's requests and results reuse. A provider without one
+    leaves :attr:`submission_limits` None, and ``delivery: batch`` is refused at config load.
     """
 
     name: ClassVar[str]
@@ -109,6 +158,8 @@ class Provider(ABC):
     rate_limit_counts_max_tokens: ClassVar[bool] = False
     #: The headers its answers carry rate-limit state in; None when it sends none.
     rate_limit_headers: ClassVar[RateLimitHeaders | None] = None
+    #: What one submission to its batch API may hold; None: it has no batch API.
+    submission_limits: ClassVar[SubmissionLimits | None] = None
 
     # ------------------------------------------------------------------ the chat call
 

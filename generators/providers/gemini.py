@@ -28,6 +28,7 @@ from distillery.generators.providers.base import (
     MalformedResponse,
     Message,
     Provider,
+    SubmissionLimits,
     split_system,
 )
 from distillery.generators.providers.reasoning import asked
@@ -56,6 +57,12 @@ def _finish(raw: str | None) -> FinishReason:
 @register("gemini")
 class GeminiProvider(Provider):
     """generateContent over httpx, no SDK at run time."""
+
+    # batchGenerateContent: the model is in the URL; requests inline under 20 MB, otherwise a
+    # JSONL file through the File API of up to 2 GB; no documented request count.
+    submission_limits = SubmissionLimits(
+        max_requests=None, max_bytes=2_000_000_000, inline_max_bytes=20_000_000, one_model=True
+    )
 
     def build_call(
         self, teacher: TeacherConfig, messages: list[Message], api_key: str | None

@@ -11,7 +11,7 @@ inline ``<think>`` tags. ``completion_tokens`` includes ``reasoning_tokens``.
 from __future__ import annotations
 
 import json
-from typing import Any
+from typing import Any, ClassVar
 
 from distillery.config import TeacherConfig
 from distillery.generators.providers.base import (
@@ -22,6 +22,7 @@ from distillery.generators.providers.base import (
     MalformedResponse,
     Message,
     Provider,
+    SubmissionLimits,
 )
 from distillery.generators.providers.reasoning import asked
 from distillery.generators.providers.registry import register
@@ -43,6 +44,12 @@ class OpenAIProvider(Provider):
     rate_limit_counts_max_tokens = True
     rate_limit_headers = RateLimitHeaders(
         "x-ratelimit-{field}-{kind}", ("requests", "tokens"), reset_after
+    )
+    # OpenAI Batch: one JSONL file of at most 50,000 requests and 200 MB, one model per file.
+    # OpenAI-compatible servers (vLLM, llama.cpp) have no batch API, but a teacher's base_url
+    # cannot tell them from OpenAI or Azure OpenAI: their ``delivery: batch`` fails when sent.
+    submission_limits: ClassVar[SubmissionLimits | None] = SubmissionLimits(
+        max_requests=50_000, max_bytes=200_000_000, one_model=True
     )
 
     def build_call(
@@ -187,6 +194,8 @@ class LocalProvider(OpenAIProvider):
     sample's model version. The request names the same alias for the job's model, so a log of
     requests says which weights were asked for.
     """
+
+    submission_limits = None  # llama.cpp's server has no batch API
 
     def build_call(
         self, teacher: TeacherConfig, messages: list[Message], api_key: str | None
