@@ -26,7 +26,7 @@ from rich.console import Console
 from rich.table import Table
 
 from distillery.cli_app import DistilleryApp
-from distillery.config import JobConfig, load_config, require_api_keys
+from distillery.config import JobConfig, load_config, require_api_keys, require_online_delivery
 from distillery.entry import Interrupted, arm, disarm
 from distillery.errors import (
     DistilleryError,
@@ -189,6 +189,7 @@ def _check_before_starting(job: JobConfig, emulator: bool) -> None:
         lambda: check_prompts(job.prompts),
         lambda: _output_is_no_file(job.output),
         lambda: teacher_facts(job),
+        lambda: require_online_delivery(job),
     ]
     if not emulator:  # the emulator needs no key: every teacher is retargeted to it
         local = [t for t in job.teachers if t.provider == "local"]

@@ -29,7 +29,12 @@ from prefect.cache_policies import NO_CACHE
 from pydantic import BaseModel, Field
 
 from distillery import __version__
-from distillery.config import JobConfig, load_config, require_api_keys
+from distillery.config import (
+    JobConfig,
+    load_config,
+    require_api_keys,
+    require_online_delivery,
+)
 from distillery.errors import FatalRunError, output_errors
 from distillery.flows.artifacts import Progress, publish_run_artifacts
 from distillery.flows.batches import (
@@ -147,6 +152,7 @@ async def generate(
     or sends a request (``storage/run_lock.py``).
     """
     check_run_id(run_id, "run_id")
+    require_online_delivery(job)
     with graceful_stop(), run_writer(as_location(job.output), run_id):
         if not allow_changed_job:
             refuse_changed_job(as_location(job.output), run_id, job)
