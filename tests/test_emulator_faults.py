@@ -312,7 +312,12 @@ async def _mixed_run(emu: RunningEmulator, count: int) -> tuple[Counter[str], in
     outcomes: Counter[str] = Counter()
     usage = [0, 0]
     limits = httpx.Limits(max_connections=16)
-    async with httpx.AsyncClient(base_url=emu.url, timeout=5, limits=limits) as http:
+    # No limit on the wait for one of the 16 connections: on a loaded machine 210 requests
+    # queue for seconds, and a pool timeout would end some before the emulator ever saw them
+    # (a TransportError the emulator cannot count). Generous on the answer itself too: this
+    # test is about accounting, not speed.
+    timeout = httpx.Timeout(60.0, pool=None)
+    async with httpx.AsyncClient(base_url=emu.url, timeout=timeout, limits=limits) as http:
 
         async def one(index: int) -> None:
             fmt = FORMATS[index % 3]

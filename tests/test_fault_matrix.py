@@ -83,10 +83,23 @@ def test_fault_matrix_three_providers(prefect_api: str, tmp_path: Path) -> None:
             UNION ALL SELECT teacher_provider FROM failures) GROUP BY ALL"""
     ).fetchall()
     assert len(per_provider) == 3 and all(n > PROMPTS / 4 for _, n in per_provider)
-    # Every answer the emulator served (clean or flagged) is stored, nothing else is.
+    # Every answer the emulator served (clean or flagged) is stored, nothing else is — but for
+    # answers that came after the client's 1 s deadline (on a loaded machine a clean answer can
+    # take that long): those attempts were retried and are counted as maybe billed twice, or
+    # the request ended as a timeout failure. Nothing stored was not served.
     served_ok, served_flagged = stats["served_ok"], stats["served_flagged"]
     assert isinstance(served_ok, int) and isinstance(served_flagged, int)
-    assert samples == served_ok + served_flagged
+    abandoned = (
+        con.execute(
+            """SELECT coalesce(sum(maybe_billed_twice), 0) FROM
+           (SELECT maybe_billed_twice FROM samples UNION ALL SELECT maybe_billed_twice FROM rejected
+            UNION ALL SELECT maybe_billed_twice FROM failures)"""
+        ).fetchall()[0][0]
+        + con.execute("SELECT count(*) FROM failures WHERE error_class = 'timeout'").fetchall()[0][
+            0
+        ]
+    )
+    assert samples <= served_ok + served_flagged <= samples + abandoned
     faults = stats["faults"]
     assert isinstance(faults, dict) and sum(faults.values()) > 0.15 * PROMPTS
     classes = dict(
