@@ -275,10 +275,29 @@ def _replace(directory: Location, old: list[str], rows: RewriteRows, part: int) 
 def read_shard(
     shard: Path | Location, columns: list[str] | None = None, schema: pa.Schema | None = None
 ) -> pa.Table:
-    """One shard as an Arrow table (local paths are read as they always were)."""
+    """One shard as an Arrow table: ``columns`` of it, or all; with ``schema``, conformed to
+    it (its types, its order, nulls for columns a shard written before them lacks).
+
+    A local shard is read through ``ParquetFile`` rather than ``pq.read_table``: the dataset
+    layer behind the latter keeps ~30-50 MB more resident once used, which a run reading
+    its shards at the end (compaction, counts) paid on top of its peak (BENCHMARKS.md,
+    "Memory of a run").
+    """
     location = as_location(shard)
     if location.local_path is not None:
-        return pq.read_table(location.local_path, columns=columns, schema=schema)
+        file = pq.ParquetFile(location.local_path)
+        if schema is None:
+            return file.read(columns=columns, use_threads=False)
+        names = columns if columns is not None else schema.names
+        present = set(file.schema_arrow.names)
+        table = file.read(columns=[n for n in names if n in present], use_threads=False)
+        rows = file.metadata.num_rows
+        fields = [schema.field(name) for name in names]
+        arrays = [
+            table.column(f.name).cast(f.type) if f.name in present else pa.nulls(rows, f.type)
+            for f in fields
+        ]
+        return pa.Table.from_arrays(arrays, schema=pa.schema(fields))
     return pq.read_table(
         location.fs_path, columns=columns, schema=schema, filesystem=location.filesystem
     )
