@@ -21,7 +21,14 @@ from __future__ import annotations
 import json
 import ssl
 import urllib.request
-from collections.abc import AsyncGenerator, AsyncIterable, AsyncIterator, Mapping
+from collections.abc import (
+    AsyncGenerator,
+    AsyncIterable,
+    AsyncIterator,
+    Awaitable,
+    Callable,
+    Mapping,
+)
 from contextlib import AbstractAsyncContextManager, asynccontextmanager
 from dataclasses import dataclass
 from functools import cache
@@ -75,6 +82,26 @@ class StreamedAnswer:
         return b"".join([chunk async for chunk in self.chunks])
 
 
+#: What a streamed request sends: bytes, a :class:`BodyStream`, or nothing.
+Body = bytes | BodyStream | None
+
+
+@asynccontextmanager
+async def _streamed(
+    status: int,
+    headers: Mapping[str, str],
+    chunks: AsyncGenerator[bytes],
+    release: Callable[[], Awaitable[None]],
+) -> AsyncIterator[StreamedAnswer]:
+    """An answer for :meth:`HttpSender.stream`'s block; after it, its chunks are closed and
+    its connection ``release``d (back to the pool if read to the end, else closed)."""
+    try:
+        yield StreamedAnswer(status, {k.lower(): v for k, v in headers.items()}, chunks)
+    finally:
+        await chunks.aclose()
+        await release()
+
+
 class HttpTransportError(Exception):
     """No answer came back (refused, reset, timed out, proxy down...).
 
@@ -99,11 +126,7 @@ class HttpSender(Protocol):
         ...
 
     def stream(
-        self,
-        method: str,
-        url: str,
-        headers: Mapping[str, str],
-        body: bytes | BodyStream | None = None,
+        self, method: str, url: str, headers: Mapping[str, str], body: Body = None
     ) -> AbstractAsyncContextManager[StreamedAnswer]:
         """Send one request and read its answer's body as it arrives, inside the block;
         raises :class:`HttpTransportError` as :meth:`request` does, also while reading."""
@@ -128,9 +151,7 @@ def json_body(body: object) -> bytes:
         return json.dumps(body, ensure_ascii=False, separators=(",", ":"), allow_nan=False).encode()
 
 
-def _json_content_type(
-    headers: Mapping[str, str], body: bytes | BodyStream | None
-) -> Mapping[str, str]:
+def _json_content_type(headers: Mapping[str, str], body: Body) -> Mapping[str, str]:
     """``headers``, with a JSON Content-Type when a body goes without one (the providers set
     it; neither sender should fall back to its own default, octet-stream for aiohttp), and
     the length of a streamed body."""
@@ -222,11 +243,7 @@ class AiohttpSender:
 
     @asynccontextmanager
     async def stream(
-        self,
-        method: str,
-        url: str,
-        headers: Mapping[str, str],
-        body: bytes | BodyStream | None = None,
+        self, method: str, url: str, headers: Mapping[str, str], body: Body = None
     ) -> AsyncIterator[StreamedAnswer]:
         session = self._session or self._open()
         headers = _json_content_type(headers, body)
@@ -237,13 +254,13 @@ class AiohttpSender:
             )
         except (aiohttp.ClientError, OSError) as exc:
             raise _aiohttp_failure(exc) from exc
+
+        async def release() -> None:
+            response.release()
+
         chunks = _aiohttp_chunks(response)
-        try:
-            lowered = {k.lower(): v for k, v in response.headers.items()}
-            yield StreamedAnswer(response.status, lowered, chunks)
-        finally:
-            await chunks.aclose()
-            response.release()  # back to the pool if read to the end, else closed
+        async with _streamed(response.status, response.headers, chunks, release) as answer:
+            yield answer
 
     async def aclose(self) -> None:
         if self._session is not None:
@@ -323,11 +340,7 @@ class HttpxSender:
 
     @asynccontextmanager
     async def stream(
-        self,
-        method: str,
-        url: str,
-        headers: Mapping[str, str],
-        body: bytes | BodyStream | None = None,
+        self, method: str, url: str, headers: Mapping[str, str], body: Body = None
     ) -> AsyncIterator[StreamedAnswer]:
         headers = _json_content_type(headers, body)
         content = body.chunks if isinstance(body, BodyStream) else body
@@ -339,12 +352,10 @@ class HttpxSender:
         except httpx.TransportError as exc:
             raise _httpx_failure(exc) from exc
         chunks = _httpx_chunks(response)
-        try:
-            lowered = {k.lower(): v for k, v in response.headers.items()}
-            yield StreamedAnswer(response.status_code, lowered, chunks)
-        finally:
-            await chunks.aclose()
-            await response.aclose()
+        async with _streamed(
+            response.status_code, response.headers, chunks, response.aclose
+        ) as answer:
+            yield answer
 
     async def aclose(self) -> None:
         await self._client.aclose()

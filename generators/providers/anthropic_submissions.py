@@ -12,33 +12,35 @@ error response), ``canceled`` or ``expired``, in any order.
 client sets (``BatchCreateParams`` is ``requests`` plus the ``user_profile_id`` and
 ``workspace_id`` headers; ``MessageBatch`` has nothing of the caller's), and results, which
 carry the custom ids, exist only once the batch has ended. A batch whose creation answer was
-lost can only be recognised by when it was made and how many requests it holds:
-:meth:`AnthropicSubmissions.find` does that, conservatively (see there), and
-:meth:`~AnthropicSubmissions.create` never retries a lost answer by itself.
+lost can only be recognised by when it was made and how many requests it holds, and only
+the caller knows which batches of that size are already its own: so ``create`` never
+retries a lost answer by itself (it raises ``SubmissionError`` with ``maybe_created``), and
+``find`` needs the caller's ``FindHints`` (time, size, batches it holds) and raises
+``AmbiguousSubmission`` rather than choose between two batches that fit. Two submissions of
+one run are often the same size (cut at 100,000 requests): ``exclude`` is what tells them
+apart.
 """
 
 from __future__ import annotations
 
 import re
-from collections.abc import AsyncGenerator, Awaitable, Callable, Iterable
+from collections.abc import AsyncGenerator
 from pathlib import Path
 from typing import Any
-from urllib.parse import quote
 
-from distillery.config import TeacherConfig
-from distillery.generators.http import HttpSender, json_body
+from distillery.generators.http import json_body
 from distillery.generators.providers.anthropic import API_VERSION
-from distillery.generators.providers.base import HttpCall, Provider
-from distillery.generators.providers.submission_http import (
+from distillery.generators.providers.base import HttpCall
+from distillery.generators.providers.submission_base import (
     HttpSubmissionApi,
-    LinesFile,
-    SubmissionHttp,
-    on_base,
+    Listing,
+    last_id,
     parse_line,
     rfc3339_seconds,
 )
+from distillery.generators.providers.submission_http import LinesFile, on_base
 from distillery.generators.providers.submissions import (
-    AmbiguousSubmission,
+    FindHints,
     SubmissionCounts,
     SubmissionError,
     SubmissionLimits,
@@ -71,22 +73,14 @@ _STATUS_OF = {
 class AnthropicSubmissions(HttpSubmissionApi):
     limits = LIMITS
     finds_by_id = False
+    listing = Listing("limit", "after_id", "data", last_id)
 
-    def __init__(
-        self,
-        provider: Provider,
-        teacher: TeacherConfig,
-        sender: HttpSender,
-        api_key: str | None,
-        clock: Callable[[], float],
-        sleep: Callable[[float], Awaitable[None]],
-    ) -> None:
-        headers = {"anthropic-version": API_VERSION}
-        if api_key:
-            headers["x-api-key"] = api_key
-        http = SubmissionHttp(provider, teacher, sender, headers, api_key, sleep)
-        super().__init__(provider, teacher, http, clock)
-        self.batches = f"{teacher.base_url}/v1/messages/batches"
+    def key_headers(self, api_key: str) -> dict[str, str]:
+        return {"anthropic-version": API_VERSION, "x-api-key": api_key}
+
+    @property
+    def batches(self) -> str:
+        return f"{self.teacher.base_url}/v1/messages/batches"
 
     def line(self, custom_id: str, call: HttpCall) -> bytes:
         if not _CUSTOM_ID.match(custom_id):
@@ -110,73 +104,26 @@ class AnthropicSubmissions(HttpSubmissionApi):
         )
         return str(created["id"])
 
-    async def find(
-        self,
-        submission_id: str,
-        *,
-        created_after: float | None = None,
-        request_count: int | None = None,
-        exclude: Iterable[str] = (),
-    ) -> str | None:
-        """The one batch created since ``created_after`` (less the clock skew allowed)
-        holding ``request_count`` requests and not in ``exclude``; None without both hints
-        or without such a batch.
+    def _created_at(self, batch: dict[str, Any]) -> float | None:
+        return rfc3339_seconds(batch.get("created_at"))
 
-        Conservative: two such batches (another run of the same size at the same minutes,
-        say) raise :class:`AmbiguousSubmission` rather than adopt one — adopting the wrong
-        one would take another submission's answers and lose this one's. The caller passes
-        in ``exclude`` every batch it already holds, and ``created_after`` from its record
-        made just before the create.
-        """
-        if created_after is None or request_count is None:
-            return None
-        skip = set(exclude)
-        found: list[str] = []
-        async for batch in self.newest(self._listing(), _created_at, created_after):
-            counts = batch.get("request_counts") or {}
-            size = sum(int(counts.get(name) or 0) for name in _COUNTS)
-            if size == request_count and batch.get("id") not in skip:
-                found.append(str(batch["id"]))
-        if len(found) > 1:
-            raise AmbiguousSubmission(
-                f"teacher {self.teacher.name!r}: submission {submission_id}: "
-                f"{len(found)} message batches of {request_count} requests were created "
-                f"around its time ({', '.join(found)}); Anthropic keeps no submission id to "
-                "tell which is its own",
-                found,
-            )
-        return found[0] if found else None
+    def _is_for(self, batch: dict[str, Any], submission_id: str, hints: FindHints) -> bool:
+        """A batch of the submission's size: no more can be told (see the module
+        docstring); :meth:`find` refuses to choose between two."""
+        counts = batch.get("request_counts") or {}
+        return sum(int(counts.get(name) or 0) for name in _COUNTS) == hints.request_count
 
-    async def _listing(self) -> AsyncGenerator[dict[str, Any]]:
-        """Every message batch of the workspace, newest first, 100 a page."""
-        after: str | None = None
-        while True:
-            query = "limit=100" + (f"&after_id={quote(after)}" if after else "")
-            page = await self.http.json("list message batches", "GET", f"{self.batches}?{query}")
-            data = [batch for batch in page.get("data") or [] if isinstance(batch, dict)]
-            for batch in data:
-                yield batch
-            if not page.get("has_more") or not data:
-                return
-            after = str(page.get("last_id") or data[-1]["id"])
-
-    async def _batch(self, batch_id: str) -> dict[str, Any]:
-        url = f"{self.batches}/{quote(batch_id)}"
-        return await self.http.json("get message batch", "GET", url)
-
-    async def status(self, batch_id: str) -> SubmissionStatus:
-        return _status(await self._batch(batch_id))
+    def _status_of(self, batch: dict[str, Any]) -> SubmissionStatus:
+        return _status(batch)
 
     async def results(self, batch_id: str) -> AsyncGenerator[SubmissionResult]:
-        batch = await self._batch(batch_id)
+        batch = await self._ended(batch_id)
         results_url = batch.get("results_url")
-        if batch.get("processing_status") != "ended" or not isinstance(results_url, str):
+        if not isinstance(results_url, str):
             raise SubmissionError(
-                f"message batch {batch_id} has not ended ({batch.get('processing_status')}): "
-                "no results yet",
-                "not_ended",
+                f"message batch {batch_id} ended without a results_url", "malformed"
             )
-        url = on_base(results_url, self.http.teacher.base_url)
+        url = on_base(results_url, self.teacher.base_url)
         async for raw in self.http.lines(f"read results of {batch_id}", url):
             yield self._result(parse_line(f"message batch {batch_id}", raw))
 
@@ -200,17 +147,10 @@ class AnthropicSubmissions(HttpSubmissionApi):
         return SubmissionResult(custom_id, None, "errored", f"unknown result type {kind!r}")
 
     async def cancel(self, batch_id: str) -> None:
-        if (await self.status(batch_id)).ended:
-            return  # an ended batch cannot be canceled (400)
-        url = f"{self.batches}/{quote(batch_id)}/cancel"
-        await self.http.call("cancel message batch", "POST", url, b"")
+        await self._cancel(batch_id, self._batch_url(batch_id) + "/cancel")
 
     async def delete_file(self, file_id: str) -> None:
         """Nothing to delete: message batches take no files."""
-
-
-def _created_at(batch: dict[str, Any]) -> float | None:
-    return rfc3339_seconds(batch.get("created_at"))
 
 
 def _status(batch: dict[str, Any]) -> SubmissionStatus:

@@ -24,26 +24,24 @@ operations list carries: :meth:`~GeminiSubmissions.find` recovers a batch by it.
 
 from __future__ import annotations
 
-from collections.abc import AsyncGenerator, Awaitable, Callable, Iterable
+from collections.abc import AsyncGenerator
 from pathlib import Path
 from typing import Any
-from urllib.parse import quote
 
 import orjson
 
-from distillery.config import TeacherConfig
-from distillery.generators.http import HttpSender, json_body
-from distillery.generators.providers.base import HttpCall, Provider
+from distillery.generators.http import json_body
+from distillery.generators.providers.base import HttpCall
 from distillery.generators.providers.gemini import DEFAULT_API_VERSION
-from distillery.generators.providers.submission_http import (
+from distillery.generators.providers.submission_base import (
     HttpSubmissionApi,
-    LinesFile,
-    SubmissionHttp,
-    on_base,
+    Listing,
     parse_line,
     rfc3339_seconds,
 )
+from distillery.generators.providers.submission_http import LinesFile, on_base
 from distillery.generators.providers.submissions import (
+    FindHints,
     SubmissionCounts,
     SubmissionError,
     SubmissionLimits,
@@ -70,6 +68,9 @@ _STATES = {
     "BATCH_STATE_CANCELLED": SubmissionState.CANCELLED,
     "BATCH_STATE_EXPIRED": SubmissionState.EXPIRED,
 }
+_ENDED = frozenset(
+    {"BATCH_STATE_SUCCEEDED", "BATCH_STATE_FAILED", "BATCH_STATE_CANCELLED", "BATCH_STATE_EXPIRED"}
+)
 #: google.rpc.Code: (name, the HTTP status Google's REST APIs map it to).
 _GRPC = {
     1: ("CANCELLED", 499),
@@ -97,22 +98,20 @@ def display_name(submission_id: str) -> str:
 
 class GeminiSubmissions(HttpSubmissionApi):
     limits = LIMITS
+    listing = Listing(
+        "pageSize", "pageToken", "operations", lambda page, items: page.get("nextPageToken")
+    )
 
-    def __init__(
-        self,
-        provider: Provider,
-        teacher: TeacherConfig,
-        sender: HttpSender,
-        api_key: str | None,
-        clock: Callable[[], float],
-        sleep: Callable[[float], Awaitable[None]],
-    ) -> None:
-        headers = {"x-goog-api-key": api_key} if api_key else {}
-        http = SubmissionHttp(provider, teacher, sender, headers, api_key, sleep)
-        super().__init__(provider, teacher, http, clock)
-        version = teacher.api_version or DEFAULT_API_VERSION
-        self.api = f"{teacher.base_url}/{version}"
-        self.uploads = f"{teacher.base_url}/upload/{version}/files"
+    def key_headers(self, api_key: str) -> dict[str, str]:
+        return {"x-goog-api-key": api_key}
+
+    @property
+    def api(self) -> str:
+        return f"{self.teacher.base_url}/{self.teacher.api_version or DEFAULT_API_VERSION}"
+
+    @property
+    def batches(self) -> str:
+        return f"{self.api}/batches"
 
     def line(self, custom_id: str, call: HttpCall) -> bytes:
         return json_body({"key": custom_id, "request": call.body}) + b"\n"
@@ -125,9 +124,9 @@ class GeminiSubmissions(HttpSubmissionApi):
 
     async def _upload(self, submission_id: str, lines: LinesFile) -> str:
         """The resumable upload: a start call answered with the upload URL, then the file in
-        chunks, the last one finalizing. A chunk whose answer is lost is not sent again
-        (the server may hold it already; the offsets would disagree): the upload fails, and
-        a new one starts from scratch."""
+        chunks, the last one finalizing. A chunk whose answer is lost (or a 5xx) is not sent
+        again — the server may hold it already, and the offsets would disagree: the upload
+        fails, retryable, and the next one starts from the first byte."""
         size = lines.file_size
         start = {
             "X-Goog-Upload-Protocol": "resumable",
@@ -139,8 +138,10 @@ class GeminiSubmissions(HttpSubmissionApi):
         spec = {
             "file": {"displayName": display_name(submission_id), "mimeType": "application/jsonl"}
         }
+        version = self.teacher.api_version or DEFAULT_API_VERSION
+        url = f"{self.teacher.base_url}/upload/{version}/files"
         started = await self.http.call(
-            "start file upload", "POST", self.uploads, json_body(spec), start
+            "start file upload", "POST", url, json_body(spec), headers=start
         )
         target = started.headers.get("x-goog-upload-url")
         if not target:
@@ -156,7 +157,17 @@ class GeminiSubmissions(HttpSubmissionApi):
                     "X-Goog-Upload-Offset": str(offset),
                     "content-type": "application/octet-stream",
                 }
-                answer = await self.http.call("upload file chunk", "POST", target, chunk, headers)
+                try:  # may_create: a chunk the server may hold already is not resent
+                    answer = await self.http.call(
+                        "upload file chunk", "POST", target, chunk, headers=headers, may_create=True
+                    )
+                except SubmissionError as exc:
+                    raise SubmissionError(
+                        f"{exc} (at byte {offset}: the upload must start again)",
+                        exc.error_class,
+                        exc.status,
+                        retryable=exc.retryable,
+                    ) from exc
                 offset += len(chunk)
                 if last:
                     break
@@ -185,68 +196,44 @@ class GeminiSubmissions(HttpSubmissionApi):
         created = await self.http.json("create batch", "POST", url, body, may_create=True)
         return str(created["name"])
 
-    async def find(
-        self,
-        submission_id: str,
-        *,
-        created_after: float | None = None,
-        request_count: int | None = None,
-        exclude: Iterable[str] = (),
-    ) -> str | None:
-        name, skip = display_name(submission_id), set(exclude)
-        async for operation in self.newest(self._listing(), _created_at, created_after):
-            metadata = operation.get("metadata") or {}
-            if metadata.get("displayName") == name and operation.get("name") not in skip:
-                return str(operation["name"])
-        return None
+    def _created_at(self, batch: dict[str, Any]) -> float | None:
+        return rfc3339_seconds((batch.get("metadata") or {}).get("createTime"))
 
-    async def _listing(self) -> AsyncGenerator[dict[str, Any]]:
-        """Every batch operation of the project, newest first, 100 a page."""
-        token: str | None = None
-        while True:
-            query = "pageSize=100" + (f"&pageToken={quote(token)}" if token else "")
-            page = await self.http.json("list batches", "GET", f"{self.api}/batches?{query}")
-            for operation in page.get("operations") or []:
-                if isinstance(operation, dict):
-                    yield operation
-            token = page.get("nextPageToken") or None
-            if token is None:
-                return
+    def _is_for(self, batch: dict[str, Any], submission_id: str, hints: FindHints) -> bool:
+        return (batch.get("metadata") or {}).get("displayName") == display_name(submission_id)
 
-    async def _operation(self, batch_id: str) -> dict[str, Any]:
-        return await self.http.json("get batch", "GET", f"{self.api}/{batch_id}")
+    def _batch_id(self, batch: dict[str, Any]) -> str:
+        return str(batch["name"])
 
-    async def status(self, batch_id: str) -> SubmissionStatus:
-        return _status(await self._operation(batch_id))
+    def _batch_url(self, batch_id: str) -> str:
+        return f"{self.api}/{batch_id}"  # the name: batches/<id>
+
+    def _status_of(self, batch: dict[str, Any]) -> SubmissionStatus:
+        return _status(batch)
 
     async def results(self, batch_id: str) -> AsyncGenerator[SubmissionResult]:
-        operation = await self._operation(batch_id)
-        if not operation.get("done"):
-            state = (operation.get("metadata") or {}).get("state")
-            raise SubmissionError(
-                f"batch {batch_id} has not ended ({state}): no results yet", "not_ended"
-            )
+        operation = await self._ended(batch_id)
         output = (operation.get("metadata") or {}).get("output") or operation.get("response")
         output = output if isinstance(output, dict) else {}
         inlined = (output.get("inlinedResponses") or {}).get("inlinedResponses")
         if isinstance(inlined, list):
             for item in inlined:
-                key = ((item or {}).get("metadata") or {}).get("key")
-                if key is None:
-                    raise SubmissionError(
-                        f"batch {batch_id}: a response without its key", "malformed"
-                    )
-                yield self._result(str(key), item)
+                item = item if isinstance(item, dict) else {}
+                yield self._result(batch_id, (item.get("metadata") or {}).get("key"), item)
             return
         file_name = output.get("responsesFile")
         if isinstance(file_name, str):
             url = f"{self.api}/{file_name}:download?alt=media"
             async for raw in self.http.lines(f"read results of {batch_id}", url):
                 record = parse_line(f"batch {batch_id}", raw)
-                yield self._result(str(record.get("key")), record)
+                yield self._result(batch_id, record.get("key"), record)
 
-    def _result(self, key: str, record: dict[str, Any]) -> SubmissionResult:
-        """A response or an error, inline or one line of the responses file."""
+    def _result(self, batch_id: str, key: object, record: dict[str, Any]) -> SubmissionResult:
+        """A response or an error (inline, or one line of the responses file), by the key
+        its request was sent with."""
+        if key is None:
+            raise SubmissionError(f"batch {batch_id}: a response without its key", "malformed")
+        key = str(key)
         response = record.get("response")
         if isinstance(response, dict):
             return self.answered(key, response, {}, "usageMetadata")
@@ -260,16 +247,10 @@ class GeminiSubmissions(HttpSubmissionApi):
         return self.refused(key, status, json_body(envelope))
 
     async def cancel(self, batch_id: str) -> None:
-        if (await self.status(batch_id)).ended:
-            return  # an ended batch cannot be cancelled (FAILED_PRECONDITION)
-        await self.http.call("cancel batch", "POST", f"{self.api}/{batch_id}:cancel", b"")
+        await self._cancel(batch_id, f"{self.api}/{batch_id}:cancel")
 
     async def delete_file(self, file_id: str) -> None:
-        try:
-            await self.http.call("delete file", "DELETE", f"{self.api}/{file_id}")
-        except SubmissionError as exc:
-            if exc.status != 404:  # already gone: what cleanup wanted
-                raise
+        await self._delete(f"{self.api}/{file_id}")
 
 
 def _inline_body(submission_id: str, lines: LinesFile) -> bytes | None:
@@ -279,17 +260,17 @@ def _inline_body(submission_id: str, lines: LinesFile) -> bytes | None:
         return None
     requests = []
     with lines.path.open("rb") as handle:
-        for raw in handle:
-            if raw.strip():
+        for number, raw in enumerate(handle, 1):
+            if not raw.strip():
+                continue
+            try:
                 item = orjson.loads(raw)
                 requests.append({"request": item["request"], "metadata": {"key": item["key"]}})
+            except (orjson.JSONDecodeError, KeyError, TypeError):
+                raise ValueError(f"{lines.path}: line {number} is not a request line") from None
     config = {"requests": {"requests": requests}}
     body = json_body({"batch": {"displayName": display_name(submission_id), "inputConfig": config}})
     return body if len(body) < INLINE_MAX_BYTES else None
-
-
-def _created_at(operation: dict[str, Any]) -> float | None:
-    return rfc3339_seconds((operation.get("metadata") or {}).get("createTime"))
 
 
 def _status(operation: dict[str, Any]) -> SubmissionStatus:
@@ -305,7 +286,7 @@ def _status(operation: dict[str, Any]) -> SubmissionStatus:
             "pendingRequestCount",
         )
     )
-    ended = bool(operation.get("done"))
+    ended = bool(operation.get("done")) or raw in _ENDED
     error = operation.get("error")
     state = _STATES.get(raw, SubmissionState.IN_PROGRESS)
     return SubmissionStatus(

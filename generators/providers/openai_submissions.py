@@ -18,23 +18,23 @@ from __future__ import annotations
 
 import re
 import secrets
-from collections.abc import AsyncGenerator, Awaitable, Callable, Iterable
+from collections.abc import AsyncGenerator
 from pathlib import Path
 from typing import Any
 from urllib.parse import quote
 
-from distillery.config import TeacherConfig
-from distillery.generators.http import HttpSender, json_body
-from distillery.generators.providers.base import HttpCall, Provider
-from distillery.generators.providers.submission_http import (
+from distillery.generators.http import json_body
+from distillery.generators.providers.base import HttpCall
+from distillery.generators.providers.submission_base import (
     HttpSubmissionApi,
-    LinesFile,
-    SubmissionHttp,
+    Listing,
+    last_id,
     parse_line,
 )
+from distillery.generators.providers.submission_http import LinesFile
 from distillery.generators.providers.submissions import (
+    FindHints,
     SubmissionCounts,
-    SubmissionError,
     SubmissionLimits,
     SubmissionResult,
     SubmissionState,
@@ -66,20 +66,18 @@ _SHOWN_ERRORS = 5
 
 class OpenAISubmissions(HttpSubmissionApi):
     limits = LIMITS
+    listing = Listing("limit", "after", "data", last_id)
 
-    def __init__(
-        self,
-        provider: Provider,
-        teacher: TeacherConfig,
-        sender: HttpSender,
-        api_key: str | None,
-        clock: Callable[[], float],
-        sleep: Callable[[float], Awaitable[None]],
-    ) -> None:
-        headers = {"authorization": f"Bearer {api_key}"} if api_key else {}
-        http = SubmissionHttp(provider, teacher, sender, headers, api_key, sleep)
-        super().__init__(provider, teacher, http, clock)
-        self.base = teacher.base_url
+    def key_headers(self, api_key: str) -> dict[str, str]:
+        return {"authorization": f"Bearer {api_key}"}
+
+    @property
+    def base(self) -> str:
+        return self.teacher.base_url
+
+    @property
+    def batches(self) -> str:
+        return f"{self.base}/batches"
 
     def line(self, custom_id: str, call: HttpCall) -> bytes:
         record = {"custom_id": custom_id, "method": "POST", "url": ENDPOINT, "body": call.body}
@@ -97,19 +95,20 @@ class OpenAISubmissions(HttpSubmissionApi):
             "Content-Type: application/jsonl\r\n\r\n"
         ).encode()
         tail = f"\r\n--{boundary}--\r\n".encode()
-        headers = {"content-type": f"multipart/form-data; boundary={boundary}"}
         uploaded = await self.http.json(
             "upload batch file",
             "POST",
             f"{self.base}/files",
             lambda: lines.wrapped(head, tail),
-            headers,
+            headers={"content-type": f"multipart/form-data; boundary={boundary}"},
         )
         return str(uploaded["id"])
 
     async def _create(
         self, submission_id: str, lines: LinesFile, file_id: str | None, model: str
     ) -> str:
+        # ``model`` is in every line's body: OpenAI takes one model per file, which a
+        # submission (one teacher's requests) always is.
         if file_id is None:
             raise ValueError("an OpenAI batch runs on an uploaded file: upload() it first")
         body = {
@@ -118,55 +117,24 @@ class OpenAISubmissions(HttpSubmissionApi):
             "completion_window": "24h",
             "metadata": {METADATA_KEY: submission_id},
         }
-        url = f"{self.base}/batches"
         created = await self.http.json(
-            "create batch", "POST", url, json_body(body), may_create=True
+            "create batch", "POST", self.batches, json_body(body), may_create=True
         )
         return str(created["id"])
 
-    async def find(
-        self,
-        submission_id: str,
-        *,
-        created_after: float | None = None,
-        request_count: int | None = None,
-        exclude: Iterable[str] = (),
-    ) -> str | None:
-        skip = set(exclude)
-        async for batch in self.newest(self._listing(), _created_at, created_after):
-            metadata = batch.get("metadata")
-            mine = isinstance(metadata, dict) and metadata.get(METADATA_KEY) == submission_id
-            if mine and batch.get("id") not in skip:
-                return str(batch["id"])
-        return None
+    def _created_at(self, batch: dict[str, Any]) -> float | None:
+        created = batch.get("created_at")
+        return float(created) if isinstance(created, int | float) else None
 
-    async def _listing(self) -> AsyncGenerator[dict[str, Any]]:
-        """Every batch of the account, newest first, a page of 100 at a time."""
-        after: str | None = None
-        while True:
-            query = "limit=100" + (f"&after={quote(after)}" if after else "")
-            page = await self.http.json("list batches", "GET", f"{self.base}/batches?{query}")
-            data = [batch for batch in page.get("data") or [] if isinstance(batch, dict)]
-            for batch in data:
-                yield batch
-            if not page.get("has_more") or not data:
-                return
-            after = str(data[-1]["id"])
+    def _is_for(self, batch: dict[str, Any], submission_id: str, hints: FindHints) -> bool:
+        metadata = batch.get("metadata")
+        return isinstance(metadata, dict) and metadata.get(METADATA_KEY) == submission_id
 
-    async def _batch(self, batch_id: str) -> dict[str, Any]:
-        url = f"{self.base}/batches/{quote(batch_id)}"
-        return await self.http.json("get batch", "GET", url)
-
-    async def status(self, batch_id: str) -> SubmissionStatus:
-        return _status(await self._batch(batch_id))
+    def _status_of(self, batch: dict[str, Any]) -> SubmissionStatus:
+        return _status(batch)
 
     async def results(self, batch_id: str) -> AsyncGenerator[SubmissionResult]:
-        batch = await self._batch(batch_id)
-        if str(batch.get("status")) not in _ENDED:
-            raise SubmissionError(
-                f"batch {batch_id} has not ended ({batch.get('status')}): no results yet",
-                "not_ended",
-            )
+        batch = await self._ended(batch_id)
         for key in ("output_file_id", "error_file_id"):
             file_id = batch.get(key)
             if not file_id:
@@ -196,23 +164,10 @@ class OpenAISubmissions(HttpSubmissionApi):
         return SubmissionResult(custom_id, None, undone or code, message, retryable=bool(undone))
 
     async def cancel(self, batch_id: str) -> None:
-        if (await self.status(batch_id)).ended:
-            return  # nothing left to stop (OpenAI answers 409, which would be retried)
-        url = f"{self.base}/batches/{quote(batch_id)}/cancel"
-        await self.http.call("cancel batch", "POST", url, b"")
+        await self._cancel(batch_id, self._batch_url(batch_id) + "/cancel")
 
     async def delete_file(self, file_id: str) -> None:
-        url = f"{self.base}/files/{quote(file_id)}"
-        try:
-            await self.http.call("delete file", "DELETE", url)
-        except SubmissionError as exc:
-            if exc.status != 404:  # already gone: what cleanup wanted
-                raise
-
-
-def _created_at(batch: dict[str, Any]) -> float | None:
-    created = batch.get("created_at")
-    return float(created) if isinstance(created, int | float) else None
+        await self._delete(f"{self.base}/files/{quote(file_id)}")
 
 
 def _status(batch: dict[str, Any]) -> SubmissionStatus:

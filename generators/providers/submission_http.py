@@ -17,30 +17,32 @@ from __future__ import annotations
 
 import asyncio
 import json
-import re
-from abc import abstractmethod
 from collections.abc import AsyncGenerator, AsyncIterator, Awaitable, Callable, Mapping
 from dataclasses import dataclass
-from datetime import datetime
 from pathlib import Path
-from typing import Any
+from typing import Any, TypedDict, Unpack
 from urllib.parse import urlsplit, urlunsplit
-
-import orjson
 
 from distillery.config import TeacherConfig
 from distillery.generators.client import TeacherUnusable
 from distillery.generators.http import BodyStream, HttpAnswer, HttpSender, HttpTransportError
-from distillery.generators.providers.base import MalformedResponse, Provider
-from distillery.generators.providers.submissions import (
-    SubmissionApi,
-    SubmissionError,
-    SubmissionResult,
-)
-from distillery.generators.providers.traces import split_trace
+from distillery.generators.providers.base import Provider
+from distillery.generators.providers.submissions import SubmissionError
 from distillery.generators.retry import MAX_HINT_S, wait_s
 
 Sleep = Callable[[float], Awaitable[None]]
+#: A call's body: bytes, or a factory of a streamed one (each attempt sends a new one).
+CallBody = bytes | Callable[[], BodyStream] | None
+
+
+class CallOptions(TypedDict, total=False):
+    """What a call may add: ``headers`` beside the key's; ``may_create`` (see
+    :meth:`SubmissionHttp.call`)."""
+
+    headers: Mapping[str, str]
+    may_create: bool
+
+
 #: Bytes read from an input file at a time while it is sent.
 READ_CHUNK = 1 << 20
 
@@ -70,19 +72,18 @@ class SubmissionHttp:
         what: str,
         method: str,
         url: str,
-        body: bytes | Callable[[], BodyStream] | None = None,
-        headers: Mapping[str, str] | None = None,
-        *,
-        may_create: bool = False,
+        body: CallBody = None,
+        **options: Unpack[CallOptions],
     ) -> HttpAnswer:
         """A 2xx answer to ``method url``, retried as the module says. ``what`` names the
-        operation in errors. A streamed body is a factory: each attempt sends a new one.
+        operation in errors.
 
         ``may_create``: the call makes something (a batch) that a lost answer may have made
         anyway; then a lost answer or a 5xx is not retried but raised with ``maybe_created``,
         for the caller to look before trying again.
         """
-        sent = {**self.headers, **(headers or {})}
+        sent = {**self.headers, **options.get("headers", {})}
+        may_create = options.get("may_create", False)
         for attempt in range(1, self.teacher.max_attempts + 1):
             try:
                 if callable(body):
@@ -109,13 +110,11 @@ class SubmissionHttp:
         what: str,
         method: str,
         url: str,
-        body: bytes | Callable[[], BodyStream] | None = None,
-        headers: Mapping[str, str] | None = None,
-        *,
-        may_create: bool = False,
+        body: CallBody = None,
+        **options: Unpack[CallOptions],
     ) -> dict[str, Any]:
         """:meth:`call`'s answer as a JSON object."""
-        answer = await self.call(what, method, url, body, headers, may_create=may_create)
+        answer = await self.call(what, method, url, body, **options)
         try:
             payload = json.loads(answer.content)
         except ValueError:
@@ -290,141 +289,3 @@ class LinesFile:
 
         length = len(head) + self.size + max(self.count - 1, 0) + len(tail)
         return BodyStream(chunks(), length)
-
-
-#: Clock difference allowed between this machine and the provider's, when a time taken
-#: here bounds a search of the provider's batches (see :meth:`HttpSubmissionApi.newest`).
-SKEW_S = 600.0
-#: Batches listed at most by one search without a time bound.
-MAX_LISTED = 10_000
-
-
-class HttpSubmissionApi(SubmissionApi):
-    """What the three providers' batch APIs share: their HTTP, a create that looks before it
-    tries again, answers parsed as online ones are, and searches of the provider's list."""
-
-    #: Whether :meth:`find` matches by the submission id written into the batch, so a create
-    #: whose answer was lost can look for its batch itself before trying again. A provider
-    #: without (Anthropic) raises instead: only the caller knows which of the batches of the
-    #: same size and time are already its own.
-    finds_by_id: bool = True
-
-    def __init__(
-        self,
-        provider: Provider,
-        teacher: TeacherConfig,
-        http: SubmissionHttp,
-        clock: Callable[[], float],
-    ) -> None:
-        self.provider = provider
-        self.teacher = teacher
-        self.http = http
-        self.clock = clock
-
-    async def create(
-        self, submission_id: str, lines_path: Path, file_id: str | None, model: str
-    ) -> str:
-        lines = LinesFile.requests(lines_path)
-        started = self.clock()
-        attempts = self.teacher.max_attempts
-        for attempt in range(1, attempts + 1):
-            try:
-                return await self._create(submission_id, lines, file_id, model)
-            except SubmissionError as exc:
-                if not (exc.maybe_created and self.finds_by_id):
-                    raise
-                found = await self.find(submission_id, created_after=started)
-                if found is not None:
-                    return found
-                if attempt == attempts:
-                    raise
-                await self.http.sleep(wait_s(None, attempt - 1))
-        raise AssertionError("unreachable: the last attempt returns or raises")
-
-    @abstractmethod
-    async def _create(
-        self, submission_id: str, lines: LinesFile, file_id: str | None, model: str
-    ) -> str:
-        """One attempt at creating the batch (``http.call`` with ``may_create``)."""
-
-    async def newest(
-        self,
-        listing: AsyncIterator[dict[str, Any]],
-        created_at: Callable[[dict[str, Any]], float | None],
-        created_after: float | None,
-    ) -> AsyncGenerator[dict[str, Any]]:
-        """The batches of a newest-first ``listing`` down to ``created_after`` (less
-        :data:`SKEW_S`), or :data:`MAX_LISTED` of them without it."""
-        cutoff = None if created_after is None else created_after - SKEW_S
-        seen = 0
-        async for batch in listing:
-            seen += 1
-            if cutoff is None and seen > MAX_LISTED:
-                return
-            when = created_at(batch)
-            if cutoff is not None and when is not None and when < cutoff:
-                return
-            yield batch
-
-    def answered(
-        self, custom_id: str, payload: Any, headers: dict[str, str], usage_key: str
-    ) -> SubmissionResult:
-        """The result of a request answered 2xx: ``payload`` parsed as the online client
-        parses it (``parse_success``, then the trace split off for a reasoning teacher)."""
-        try:
-            completion = self.provider.parse_success(payload, headers)
-        except MalformedResponse as exc:
-            return SubmissionResult(
-                custom_id, None, "malformed_response", str(exc), 200, retryable=True
-            )
-        if self.teacher.reasoning is not None:
-            completion = split_trace(completion, self.teacher.reasoning)
-        usage = payload.get(usage_key) if isinstance(payload, dict) else None
-        return SubmissionResult(
-            custom_id,
-            completion,
-            http_status=200,
-            request_id=completion.request_id,
-            usage=usage if isinstance(usage, dict) else None,
-        )
-
-    def refused(
-        self, custom_id: str, status: int, body: bytes, request_id: str | None = None
-    ) -> SubmissionResult:
-        """The result of a request answered with an error: judged by ``classify_error``, as
-        the same answer online would be."""
-        verdict = self.provider.classify_error(status, {}, body)
-        return SubmissionResult(
-            custom_id,
-            None,
-            verdict.error_class,
-            self.http.scrub(verdict.message),
-            status,
-            verdict.retryable,
-            request_id,
-        )
-
-
-def rfc3339_seconds(text: object) -> float | None:
-    """Unix seconds of an RFC 3339 time (Anthropic's and Google's), None if it is not one.
-    Google's may carry nanoseconds, more digits than ``datetime`` reads: they are cut."""
-    if not isinstance(text, str):
-        return None
-    cut = re.sub(r"(\.\d{6})\d+", r"\1", text.replace("Z", "+00:00"))
-    try:
-        return datetime.fromisoformat(cut).timestamp()
-    except ValueError:
-        return None
-
-
-def parse_line(what: str, raw: bytes) -> dict[str, Any]:
-    """One line of a results file as a JSON object; a line that is not one means the
-    provider's file is broken, which no retry here mends."""
-    try:
-        record = orjson.loads(raw)
-    except orjson.JSONDecodeError:
-        record = None
-    if not isinstance(record, dict):
-        head = raw[:200].decode("utf-8", "replace")
-        raise SubmissionError(f"{what}: a result line is not a JSON object: {head!r}", "malformed")
-    return record

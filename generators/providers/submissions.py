@@ -62,14 +62,10 @@ class SubmissionState(StrEnum):
     CANCELLED = "cancelled"
 
 
-#: The failure class of a request the provider returned nothing for, by the submission's end
-#: state (Gemini returns no results at all for an expired or cancelled batch).
-_UNRETURNED = {
-    SubmissionState.EXPIRED: "expired",
-    SubmissionState.CANCELLED: "canceled",
-    SubmissionState.FAILED: "errored",
-    SubmissionState.ENDED: "errored",
-}
+#: The failure class of a request the provider returned nothing for, by how the submission
+#: ended (Gemini returns no results at all for an expired or cancelled batch); ``errored``
+#: for any other end.
+_UNRETURNED = {SubmissionState.EXPIRED: "expired", SubmissionState.CANCELLED: "canceled"}
 
 
 @dataclass(frozen=True)
@@ -111,7 +107,7 @@ class SubmissionStatus:
         once ended: ``expired`` or ``canceled`` as the submission ended (Gemini returns no
         results for those), ``errored`` otherwise (a failed submission; or a provider that
         lost a line)."""
-        return _UNRETURNED.get(self.state) if self.ended else None
+        return _UNRETURNED.get(self.state, "errored") if self.ended else None
 
 
 @dataclass(frozen=True)
@@ -173,6 +169,26 @@ class AmbiguousSubmission(SubmissionError):
         self.candidates = candidates
 
 
+@dataclass(frozen=True)
+class FindHints:
+    """What the caller recorded about a submission just before creating it, for
+    :meth:`SubmissionApi.find`.
+
+    ``created_after`` (unix seconds, taken before :meth:`SubmissionApi.create` was called)
+    stops the search at older batches (less ten minutes of clock skew); without it the
+    provider's list is searched back to 10,000 batches. ``request_count`` and ``exclude``
+    (the batch ids the caller already holds) serve a provider that keeps no submission id
+    (Anthropic): it can only match a batch by its time and its size.
+    """
+
+    created_after: float | None = None
+    request_count: int | None = None
+    exclude: frozenset[str] = frozenset()
+
+
+NO_HINTS = FindHints()
+
+
 class SubmissionApi(ABC):
     """One teacher's batch API: what its wire format needs to submit requests and read the
     answers back. Made by :meth:`Provider.submission_api
@@ -212,26 +228,18 @@ class SubmissionApi(ABC):
         :meth:`find` recovers a batch whose creation answer was lost.
 
         When that answer is lost (a timeout, a reset, a 5xx), :meth:`find` is asked before
-        trying again, so a lost answer never creates a second batch where a provider can
-        tell; where it cannot (Anthropic: no metadata) the conservative search of
-        :meth:`find` over the last minutes decides.
+        trying again, so a lost answer never makes a second batch. Where the provider keeps
+        no submission id (Anthropic) that search needs what only the caller knows
+        (:class:`FindHints`): the create raises :class:`SubmissionError` with
+        ``maybe_created`` instead, for the caller to :meth:`find` with its record.
         """
 
     @abstractmethod
-    async def find(
-        self,
-        submission_id: str,
-        *,
-        created_after: float | None = None,
-        request_count: int | None = None,
-        exclude: Iterable[str] = (),
-    ) -> str | None:
-        """The id of the batch created for ``submission_id``, or None if there is none.
-
-        ``created_after`` (unix seconds, taken before :meth:`create` was called) stops the
-        search at older batches; without it the provider's whole list is searched, up to
-        10,000 batches. ``request_count`` and ``exclude`` (batch ids already adopted) serve
-        providers that keep no submission id (Anthropic), which match by time and size.
+    async def find(self, submission_id: str, hints: FindHints = NO_HINTS) -> str | None:
+        """The id of the batch created for ``submission_id``, or None if there is none (see
+        :class:`FindHints`). A provider that matches by time and size (Anthropic) needs
+        ``created_after`` and ``request_count``, answers None without them, and raises
+        :class:`AmbiguousSubmission` rather than pick one of two batches that fit.
         """
 
     @abstractmethod
