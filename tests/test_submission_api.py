@@ -22,16 +22,19 @@ from typing import Any, TypeVar
 
 import httpx
 import pytest
+from aiohttp import web
 
 from distillery.config import GenerationParams, TeacherConfig
 from distillery.emulator import EmulatorOptions, RunningEmulator
 from distillery.generators.client import TeacherClient, TeacherUnusable
 from distillery.generators.http import (
     Body,
+    BodyStream,
     HttpAnswer,
     HttpSender,
     HttpTransportError,
     StreamedAnswer,
+    Transport,
     make_http_client,
 )
 from distillery.generators.providers import gemini_submissions
@@ -155,6 +158,7 @@ def _run(
     scenario: Callable[[Rig], Awaitable[T]],
     key: str = KEY,
     wrap: Callable[[HttpSender], HttpSender] | None = None,
+    transport: Transport = "aiohttp",
     **options: Any,
 ) -> T:
     """``scenario`` against an emulator with ``options``, through ``provider``'s batch API."""
@@ -169,7 +173,7 @@ def _run(
             max_attempts=3,
             params=GenerationParams(max_tokens=300),
         )
-        sender = make_http_client("aiohttp", 4, 30.0, teacher.base_url)
+        sender = make_http_client(transport, 4, 30.0, teacher.base_url)
         http = wrap(sender) if wrap is not None else sender
         sleeps: list[float] = []
 
@@ -243,6 +247,60 @@ def test_lifecycle_gives_the_online_answers(
             assert isinstance(by_status, dict) and by_status.get("404") == 1
 
     _run(provider, clock, tmp_path, scenario)
+
+
+@pytest.mark.parametrize("provider", ["openai", "anthropic"])
+def test_files_stream_over_the_httpx_transport_too(
+    provider: str, clock: FakeClock, tmp_path: Path
+) -> None:
+    """A streamed upload (OpenAI's multipart, Anthropic's joined lines) goes with its
+    Content-Length on either transport, and a results file streams back."""
+
+    async def scenario(rig: Rig) -> tuple[SubmissionStatus, dict[str, Any]]:
+        return await rig.ended_results(3)
+
+    status, results = _run(provider, clock, tmp_path, scenario, transport="httpx")
+    assert status.state == SubmissionState.ENDED
+    assert {key for key, result in results.items() if result.completion} == {"r0", "r1", "r2"}
+
+
+@pytest.mark.parametrize("transport", ["aiohttp", "httpx"])
+def test_streamed_bodies_go_with_their_length_never_chunked(transport: Transport) -> None:
+    """Upload endpoints want a Content-Length; a file is sent as it is read, with it."""
+    seen: list[tuple[str | None, str | None, bytes]] = []
+
+    async def handler(request: web.Request) -> web.Response:
+        headers = request.headers
+        seen.append(
+            (headers.get("Content-Length"), headers.get("Transfer-Encoding"), await request.read())
+        )
+        return web.json_response({})
+
+    async def main() -> None:
+        app = web.Application()
+        app.router.add_post("/", handler)
+        runner = web.AppRunner(app)
+        await runner.setup()
+        site = web.TCPSite(runner, "127.0.0.1", 0)
+        await site.start()
+        url = f"http://127.0.0.1:{runner.addresses[0][1]}/"
+        sender = make_http_client(transport, 2, 10.0, url)
+
+        async def chunks() -> AsyncIterator[bytes]:
+            yield b"abc"
+            yield b"defg"
+
+        try:
+            async with sender.stream(
+                "POST", url, {"content-type": "a/b"}, BodyStream(chunks(), 7)
+            ) as answer:
+                assert answer.status == 200 and await answer.read() == b"{}"
+        finally:
+            await sender.aclose()
+            await runner.cleanup()
+
+    asyncio.run(main())
+    assert seen == [("7", None, b"abcdefg")]
 
 
 # Partial failures
