@@ -21,7 +21,15 @@ from __future__ import annotations
 import json
 import ssl
 import urllib.request
-from collections.abc import Mapping
+from collections.abc import (
+    AsyncGenerator,
+    AsyncIterable,
+    AsyncIterator,
+    Awaitable,
+    Callable,
+    Mapping,
+)
+from contextlib import AbstractAsyncContextManager, asynccontextmanager
 from dataclasses import dataclass
 from functools import cache
 from typing import Literal, Protocol
@@ -37,6 +45,8 @@ Transport = Literal["aiohttp", "httpx"]
 
 #: Seconds to open a connection; the per-read timeout is the teacher's ``timeout_s``.
 CONNECT_TIMEOUT_S = 10.0
+#: Bytes read at a time from a streamed answer (:meth:`HttpSender.stream`).
+STREAM_CHUNK = 1 << 16
 
 
 @dataclass(frozen=True, slots=True)
@@ -46,6 +56,50 @@ class HttpAnswer:
     status: int
     headers: dict[str, str]
     content: bytes
+
+
+@dataclass(frozen=True, slots=True)
+class BodyStream:
+    """A request body sent while it is read — a batch input file of up to 2 GB — of a length
+    known up front: it goes with a ``Content-Length``, never chunked, as upload endpoints
+    expect, and never whole in memory. One use: a retry needs a new one."""
+
+    chunks: AsyncIterable[bytes]
+    length: int
+
+
+@dataclass(frozen=True, slots=True)
+class StreamedAnswer:
+    """An answer whose body is read as it arrives (a batch's results file, gigabytes at
+    most), inside :meth:`HttpSender.stream`'s block."""
+
+    status: int
+    headers: dict[str, str]
+    chunks: AsyncIterator[bytes]
+
+    async def read(self) -> bytes:
+        """The whole body: for the small ones (an error, a JSON object)."""
+        return b"".join([chunk async for chunk in self.chunks])
+
+
+#: What a streamed request sends: bytes, a :class:`BodyStream`, or nothing.
+Body = bytes | BodyStream | None
+
+
+@asynccontextmanager
+async def _streamed(
+    status: int,
+    headers: Mapping[str, str],
+    chunks: AsyncGenerator[bytes],
+    release: Callable[[], Awaitable[None]],
+) -> AsyncIterator[StreamedAnswer]:
+    """An answer for :meth:`HttpSender.stream`'s block; after it, its chunks are closed and
+    its connection ``release``d (back to the pool if read to the end, else closed)."""
+    try:
+        yield StreamedAnswer(status, {k.lower(): v for k, v in headers.items()}, chunks)
+    finally:
+        await chunks.aclose()
+        await release()
 
 
 class HttpTransportError(Exception):
@@ -71,6 +125,13 @@ class HttpSender(Protocol):
         """Send one request; raises :class:`HttpTransportError` when no answer came."""
         ...
 
+    def stream(
+        self, method: str, url: str, headers: Mapping[str, str], body: Body = None
+    ) -> AbstractAsyncContextManager[StreamedAnswer]:
+        """Send one request and read its answer's body as it arrives, inside the block;
+        raises :class:`HttpTransportError` as :meth:`request` does, also while reading."""
+        ...
+
     async def aclose(self) -> None:
         """Close every pooled connection."""
         ...
@@ -90,11 +151,14 @@ def json_body(body: object) -> bytes:
         return json.dumps(body, ensure_ascii=False, separators=(",", ":"), allow_nan=False).encode()
 
 
-def _json_content_type(headers: Mapping[str, str], body: bytes | None) -> Mapping[str, str]:
+def _json_content_type(headers: Mapping[str, str], body: Body) -> Mapping[str, str]:
     """``headers``, with a JSON Content-Type when a body goes without one (the providers set
-    it; neither sender should fall back to its own default, octet-stream for aiohttp)."""
+    it; neither sender should fall back to its own default, octet-stream for aiohttp), and
+    the length of a streamed body."""
     if body is not None and "content-type" not in {k.lower() for k in headers}:
-        return {**headers, "Content-Type": "application/json"}
+        headers = {**headers, "Content-Type": "application/json"}
+    if isinstance(body, BodyStream):
+        headers = {**headers, "Content-Length": str(body.length)}
     return headers
 
 
@@ -174,18 +238,52 @@ class AiohttpSender:
                 content = await response.read()
                 lowered = {k.lower(): v for k, v in response.headers.items()}
                 return HttpAnswer(response.status, lowered, content)
-        except (aiohttp.ClientConnectorError, aiohttp.ConnectionTimeoutError) as exc:
-            # Never connected (refused, DNS, connect timeout, proxy down): nothing was sent.
-            raise HttpTransportError("connection_error", False, describe_error(exc)) from exc
-        except TimeoutError as exc:  # aiohttp's read timeouts are TimeoutErrors too
-            raise HttpTransportError("timeout", True, describe_error(exc)) from exc
         except (aiohttp.ClientError, OSError) as exc:
-            raise HttpTransportError("connection_error", True, describe_error(exc)) from exc
+            raise _aiohttp_failure(exc) from exc
+
+    @asynccontextmanager
+    async def stream(
+        self, method: str, url: str, headers: Mapping[str, str], body: Body = None
+    ) -> AsyncIterator[StreamedAnswer]:
+        session = self._session or self._open()
+        headers = _json_content_type(headers, body)
+        data = body.chunks if isinstance(body, BodyStream) else body
+        try:
+            response = await session.request(
+                method, url, headers=headers, data=data, proxy=self._proxy, allow_redirects=False
+            )
+        except (aiohttp.ClientError, OSError) as exc:
+            raise _aiohttp_failure(exc) from exc
+
+        async def release() -> None:
+            response.release()
+
+        chunks = _aiohttp_chunks(response)
+        async with _streamed(response.status, response.headers, chunks, release) as answer:
+            yield answer
 
     async def aclose(self) -> None:
         if self._session is not None:
             await self._session.close()
             self._session = None
+
+
+def _aiohttp_failure(exc: BaseException) -> HttpTransportError:
+    """What an aiohttp exception says about the request: never sent, or perhaps received."""
+    if isinstance(exc, (aiohttp.ClientConnectorError, aiohttp.ConnectionTimeoutError)):
+        # Never connected (refused, DNS, connect timeout, proxy down): nothing was sent.
+        return HttpTransportError("connection_error", False, describe_error(exc))
+    if isinstance(exc, TimeoutError):  # aiohttp's read timeouts are TimeoutErrors too
+        return HttpTransportError("timeout", True, describe_error(exc))
+    return HttpTransportError("connection_error", True, describe_error(exc))
+
+
+async def _aiohttp_chunks(response: aiohttp.ClientResponse) -> AsyncGenerator[bytes]:
+    try:
+        async for chunk in response.content.iter_chunked(STREAM_CHUNK):
+            yield chunk
+    except (aiohttp.ClientError, OSError) as exc:
+        raise _aiohttp_failure(exc) from exc
 
 
 class _Cookies(httpx.Cookies):
@@ -235,17 +333,49 @@ class HttpxSender:
             response = await self._client.request(
                 method, self._url(url), headers=dict(headers), content=body
             )
-        except (httpx.ConnectError, httpx.ConnectTimeout, httpx.ProxyError) as exc:
-            raise HttpTransportError("connection_error", False, describe_error(exc)) from exc
-        except httpx.TimeoutException as exc:
-            raise HttpTransportError("timeout", True, describe_error(exc)) from exc
         except httpx.TransportError as exc:
-            raise HttpTransportError("connection_error", True, describe_error(exc)) from exc
+            raise _httpx_failure(exc) from exc
         lowered = {k.lower(): v for k, v in response.headers.items()}
         return HttpAnswer(response.status_code, lowered, response.content)
 
+    @asynccontextmanager
+    async def stream(
+        self, method: str, url: str, headers: Mapping[str, str], body: Body = None
+    ) -> AsyncIterator[StreamedAnswer]:
+        headers = _json_content_type(headers, body)
+        content = body.chunks if isinstance(body, BodyStream) else body
+        request = self._client.build_request(
+            method, self._url(url), headers=dict(headers), content=content
+        )
+        try:
+            response = await self._client.send(request, stream=True)
+        except httpx.TransportError as exc:
+            raise _httpx_failure(exc) from exc
+        chunks = _httpx_chunks(response)
+        async with _streamed(
+            response.status_code, response.headers, chunks, response.aclose
+        ) as answer:
+            yield answer
+
     async def aclose(self) -> None:
         await self._client.aclose()
+
+
+def _httpx_failure(exc: httpx.TransportError) -> HttpTransportError:
+    """What an httpx exception says about the request: never sent, or perhaps received."""
+    if isinstance(exc, (httpx.ConnectError, httpx.ConnectTimeout, httpx.ProxyError)):
+        return HttpTransportError("connection_error", False, describe_error(exc))
+    if isinstance(exc, httpx.TimeoutException):
+        return HttpTransportError("timeout", True, describe_error(exc))
+    return HttpTransportError("connection_error", True, describe_error(exc))
+
+
+async def _httpx_chunks(response: httpx.Response) -> AsyncGenerator[bytes]:
+    try:
+        async for chunk in response.aiter_bytes(STREAM_CHUNK):
+            yield chunk
+    except httpx.TransportError as exc:
+        raise _httpx_failure(exc) from exc
 
 
 def make_http_client(

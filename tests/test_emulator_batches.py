@@ -604,7 +604,7 @@ def test_gemini_failed_cancelled_and_expired_batches(clock: FakeClock) -> None:
         assert per_line.state == genai_types.JobState.JOB_STATE_SUCCEEDED
         assert per_line.dest is not None and per_line.dest.inlined_responses is not None
         error = per_line.dest.inlined_responses[0].error
-        assert error is not None and error.code == 500
+        assert error is not None and error.code == 13  # google.rpc.Code INTERNAL, not HTTP 500
         cancelled = _gemini_ended(client, running.name)
         assert cancelled.state == genai_types.JobState.JOB_STATE_CANCELLED
         assert cancelled.dest is None  # as the real API: no results to retrieve

@@ -14,7 +14,7 @@ counts the thinking (billed in full even when the trace is summarised).
 from __future__ import annotations
 
 import json
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from distillery.config import TeacherConfig
 from distillery.generators.providers.base import (
@@ -37,6 +37,9 @@ from distillery.generators.providers.registry import register
 from distillery.generators.providers.traces import Visibility
 from distillery.generators.ratelimit_headers import RateLimitHeaders, reset_at
 from distillery.generators.retry import parse_retry_after, status_is_retryable
+
+if TYPE_CHECKING:
+    from distillery.generators.providers.base import SubmissionsFactory
 
 API_VERSION = "2023-06-01"
 DEFAULT_MAX_TOKENS = 4096
@@ -159,6 +162,11 @@ class AnthropicProvider(Provider):
             reasoning_text=trace,
             reasoning_visibility=shown,
         )
+
+    def submissions(self) -> SubmissionsFactory | None:
+        from distillery.generators.providers.anthropic_submissions import AnthropicSubmissions
+
+        return AnthropicSubmissions
 
     def classify_error(self, status: int, headers: dict[str, str], body: bytes) -> ErrorVerdict:
         kind, message = _error_fields(body)

@@ -10,14 +10,35 @@ so a new wire format is one module plus one registration (docs/extending.md).
 
 from __future__ import annotations
 
+import asyncio
+import time
 from abc import ABC, abstractmethod
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field, replace
-from typing import Any, ClassVar, Literal
+from typing import TYPE_CHECKING, Any, ClassVar, Literal
 
 from distillery.config import SubmissionOptions, TeacherConfig
 from distillery.generators.providers.traces import Visibility
 from distillery.generators.ratelimit_headers import RateLimitHeaders
 from distillery.generators.tokens import count_message_tokens
+
+if TYPE_CHECKING:
+    from distillery.generators.http import HttpSender
+    from distillery.generators.providers.submissions import SubmissionApi
+
+    #: What makes a provider's batch API: its class, called as
+    #: ``(provider, teacher, sender, api_key, clock, sleep)``.
+    SubmissionsFactory = Callable[
+        [
+            "Provider",
+            TeacherConfig,
+            HttpSender,
+            str | None,
+            Callable[[], float],
+            Callable[[float], Awaitable[None]],
+        ],
+        SubmissionApi,
+    ]
 
 Message = dict[str, str]
 FinishReason = Literal["stop", "length", "content_filter", "refusal", "other"]
@@ -211,6 +232,31 @@ class Provider(ABC):
         into the body, nested mappings key by key); see :mod:`distillery.generators.structured`.
         """
         raise NotImplementedError(f"provider {self.name!r} does not support response_schema")
+
+    # ------------------------------------------------------------------ batch API
+
+    def submission_api(
+        self,
+        teacher: TeacherConfig,
+        sender: HttpSender,
+        api_key: str | None,
+        *,
+        clock: Callable[[], float] = time.time,
+        sleep: Callable[[float], Awaitable[None]] = asyncio.sleep,
+    ) -> SubmissionApi | None:
+        """The provider's batch API for ``teacher`` over ``sender``
+        (:mod:`~distillery.generators.providers.submissions`), or None when the wire format
+        has none (an OpenAI-compatible server: llama.cpp, vLLM...).
+
+        ``clock`` (unix seconds) and ``sleep`` (between retries) are injected by tests.
+        """
+        make = self.submissions()
+        return None if make is None else make(self, teacher, sender, api_key, clock, sleep)
+
+    def submissions(self) -> SubmissionsFactory | None:
+        """The class implementing this wire format's batch API, imported only when asked
+        for (a run without batch teachers never loads it); None: there is none."""
+        return None
 
     # ------------------------------------------------------------------ estimates for the plan
 

@@ -16,7 +16,7 @@ thinking; ``thoughtsTokenCount`` is billed as output beside ``candidatesTokenCou
 from __future__ import annotations
 
 import json
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from distillery.config import TeacherConfig
 from distillery.generators.durations import parse_go_duration
@@ -35,6 +35,9 @@ from distillery.generators.providers.reasoning import asked
 from distillery.generators.providers.registry import register
 from distillery.generators.providers.traces import visibility
 from distillery.generators.retry import status_is_retryable
+
+if TYPE_CHECKING:
+    from distillery.generators.providers.base import SubmissionsFactory
 
 DEFAULT_API_VERSION = "v1beta"
 _FILTERED = {"SAFETY", "RECITATION", "BLOCKLIST", "PROHIBITED_CONTENT", "SPII", "IMAGE_SAFETY"}
@@ -166,6 +169,11 @@ class GeminiProvider(Provider):
                 thoughts or None, usage.get("thoughtsTokenCount"), summary=True
             ),
         )
+
+    def submissions(self) -> SubmissionsFactory | None:
+        from distillery.generators.providers.gemini_submissions import GeminiSubmissions
+
+        return GeminiSubmissions
 
     def classify_error(self, status: int, headers: dict[str, str], body: bytes) -> ErrorVerdict:
         code_name, message, details = _error_fields(body)

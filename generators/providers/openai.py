@@ -11,7 +11,7 @@ inline ``<think>`` tags. ``completion_tokens`` includes ``reasoning_tokens``.
 from __future__ import annotations
 
 import json
-from typing import Any, ClassVar
+from typing import TYPE_CHECKING, Any, ClassVar
 
 from distillery.config import TeacherConfig
 from distillery.generators.providers.base import (
@@ -29,6 +29,9 @@ from distillery.generators.providers.registry import register
 from distillery.generators.providers.traces import visibility
 from distillery.generators.ratelimit_headers import RateLimitHeaders, reset_after
 from distillery.generators.retry import parse_retry_after, status_is_retryable
+
+if TYPE_CHECKING:
+    from distillery.generators.providers.base import SubmissionsFactory
 
 _FINISH: dict[str, FinishReason] = {
     "stop": "stop",
@@ -132,6 +135,11 @@ class OpenAIProvider(Provider):
             reasoning_visibility=visibility(trace, reasoning_tokens),
         )
 
+    def submissions(self) -> SubmissionsFactory | None:
+        from distillery.generators.providers.openai_submissions import OpenAISubmissions
+
+        return OpenAISubmissions
+
     def classify_error(self, status: int, headers: dict[str, str], body: bytes) -> ErrorVerdict:
         message, code, kind = _error_fields(body)
         retryable = status_is_retryable(status, headers)
@@ -196,6 +204,11 @@ class LocalProvider(OpenAIProvider):
     """
 
     submission_limits = None  # llama.cpp's server has no batch API
+
+    def submissions(self) -> SubmissionsFactory | None:
+        """None: llama.cpp's server, as OpenAI-compatible servers generally, has no batch
+        API."""
+        return None
 
     def build_call(
         self, teacher: TeacherConfig, messages: list[Message], api_key: str | None

@@ -10,8 +10,9 @@ then ``SUCCEEDED``, ``FAILED`` (an input file that is not valid JSONL), ``CANCEL
 ``EXPIRED``; the SDK shows these as ``JOB_STATE_*``. A succeeded batch holds its responses
 inline (``inlinedResponses``, one per request, with its ``metadata``) or in a generated file
 (``responsesFile``, downloaded with ``files/{id}:download?alt=media``), in input order, each a
-``response`` or an ``error``. As the Gemini docs say, a cancelled or expired batch has no
-results to retrieve: its requests must be sent again.
+``response`` or an ``error`` (a ``google.rpc.Status``: its ``code`` is a gRPC code, 13 for
+an internal error, not an HTTP status). As the Gemini docs say, a cancelled or expired batch
+has no results to retrieve: its requests must be sent again.
 """
 
 from __future__ import annotations
@@ -26,7 +27,15 @@ from aiohttp import web
 
 from distillery.emulator.batch_api import common
 from distillery.emulator.batch_api.common import Context, Handler, Parsed
-from distillery.emulator.batch_api.store import TERMINAL, Job, Phase, Result, Spool, new_id
+from distillery.emulator.batch_api.store import (
+    TERMINAL,
+    Job,
+    Phase,
+    Rendered,
+    Result,
+    Spool,
+    new_id,
+)
 from distillery.emulator.formats.anthropic import rfc3339
 from distillery.emulator.formats.base import ApiError, Problem
 from distillery.emulator.formats.gemini import GeminiFormat
@@ -46,6 +55,25 @@ _STATES = {
     Phase.EXPIRED: "BATCH_STATE_EXPIRED",
 }
 _UPLOAD_STATUS = "x-goog-upload-status"
+#: google.rpc.Code numbers of the status names the online errors use.
+GRPC_CODES = {
+    "CANCELLED": 1,
+    "UNKNOWN": 2,
+    "INVALID_ARGUMENT": 3,
+    "DEADLINE_EXCEEDED": 4,
+    "NOT_FOUND": 5,
+    "ALREADY_EXISTS": 6,
+    "PERMISSION_DENIED": 7,
+    "RESOURCE_EXHAUSTED": 8,
+    "FAILED_PRECONDITION": 9,
+    "ABORTED": 10,
+    "OUT_OF_RANGE": 11,
+    "UNIMPLEMENTED": 12,
+    "INTERNAL": 13,
+    "UNAVAILABLE": 14,
+    "DATA_LOSS": 15,
+    "UNAUTHENTICATED": 16,
+}
 _FORMAT = GeminiFormat()
 _ID = "{id:[^/:]+}"
 
@@ -410,6 +438,17 @@ def _record(result: Result) -> dict[str, Any]:
     if result.answer is not None and result.chat is not None:
         return {"response": common.answer_body(_FORMAT, result.chat, result.answer, None).body}
     if result.fault is not None and result.chat is not None:
-        return {"error": common.fault_body(_FORMAT, result.fault, result.chat, None).body["error"]}
+        return {"error": _status(common.fault_body(_FORMAT, result.fault, result.chat, None))}
     assert line.invalid is not None
-    return {"error": line.invalid.body["error"]}
+    return {"error": _status(line.invalid)}
+
+
+def _status(rendered: Rendered) -> dict[str, Any]:
+    """The online error answer as the ``google.rpc.Status`` a batch result holds: ``code``
+    is the gRPC code its ``status`` names (13 for ``INTERNAL``), not the HTTP status the
+    online answer went with, and there is no ``status`` string."""
+    error = rendered.body["error"]
+    status: dict[str, Any] = {"code": GRPC_CODES[error["status"]], "message": error["message"]}
+    if error.get("details"):
+        status["details"] = error["details"]
+    return status
