@@ -60,6 +60,7 @@ from distillery.storage.spool import spool_root
 if TYPE_CHECKING:
     from distillery.generators.batch import WorkItem
     from distillery.generators.prompts import Prompt
+    from distillery.generators.providers.base import SubmissionLimits
 
 TABLE_DIR = "submissions"
 Step = Literal["prepared", "uploaded", "created", "ended", "collected", "abandoned"]
@@ -74,13 +75,6 @@ _NUMBER = re.compile(r"^s(\d{5})-")
 
 class JournalError(FatalRunError):
     """A journal file is unreadable or contradicts the protocol: one line naming the file."""
-
-
-class SubmissionLimits(NamedTuple):
-    """A provider's caps on one submission (``generators/providers`` defines the values)."""
-
-    max_requests: int
-    max_bytes: int
 
 
 class SubmissionRecord(BaseModel):
@@ -302,7 +296,7 @@ class Journal:
         self, teacher: str, provider: str, model: str, limits: SubmissionLimits
     ) -> SubmissionWriter:
         """A writer of one teacher's requests into as many submissions as its caps need."""
-        if limits.max_requests < 1 or limits.max_bytes < 1:
+        if (limits.max_requests is not None and limits.max_requests < 1) or limits.max_bytes < 1:
             raise ValueError(f"submission limits must be positive, not {limits}")
         return SubmissionWriter(self, teacher, provider, model, limits)
 
@@ -501,7 +495,8 @@ class _Open:
         self.cost = 0.0
 
     def fits(self, line: bytes, limits: SubmissionLimits) -> bool:
-        return self.count + 1 <= limits.max_requests and self.bytes + len(line) <= limits.max_bytes
+        requests_fit = limits.max_requests is None or self.count + 1 <= limits.max_requests
+        return requests_fit and self.bytes + len(line) <= limits.max_bytes
 
     def add(self, line: bytes, entry: Entry) -> None:
         self.requests.write(line)

@@ -24,7 +24,7 @@ import httpx
 import pytest
 from aiohttp import web
 
-from distillery.config import GenerationParams, TeacherConfig
+from distillery.config import GenerationParams, SubmissionOptions, TeacherConfig
 from distillery.emulator import EmulatorOptions, RunningEmulator
 from distillery.generators.client import TeacherClient, TeacherUnusable
 from distillery.generators.http import (
@@ -668,9 +668,25 @@ def test_each_provider_declares_its_caps_and_local_has_none() -> None:
     assert caps == {
         "openai": (50_000, 200_000_000),
         "anthropic": (100_000, 256_000_000),
-        "gemini": (100_000, 2_000_000_000),
+        "gemini": (None, 2_000_000_000),  # Gemini documents no request count
     }
     assert _api("local") is None
+
+
+def test_a_teachers_submissions_block_lowers_the_caps_its_client_splits_at() -> None:
+    """One SubmissionLimits: the provider's (checked at config load), narrowed per teacher."""
+    teacher = TeacherConfig(
+        name="t",
+        provider="gemini",
+        model="m",
+        base_url="http://x.test",
+        delivery="batch",
+        submissions=SubmissionOptions(max_requests=1000, max_bytes="1 MB"),  # type: ignore[arg-type]
+    )
+    api = get_provider("gemini").submission_api(teacher, make_http_client("httpx", 1, 1.0), None)
+    assert api is not None
+    assert (api.limits.max_requests, api.limits.max_bytes) == (1000, 1_000_000)
+    assert api.limits.inline_max_bytes == 20_000_000 and api.limits.one_model
 
 
 # Splitting a run into submissions

@@ -23,6 +23,7 @@ import pytest
 from distillery.config import TeacherConfig
 from distillery.generators.batch import WorkItem
 from distillery.generators.prompts import Prompt
+from distillery.generators.providers.base import SubmissionLimits
 from distillery.generators.records import _json
 from distillery.storage.failpoints import ENV, KILLED
 from distillery.storage.location import Location, as_location
@@ -31,7 +32,6 @@ from distillery.storage.submissions import (
     Journal,
     JournalError,
     SubmissionItem,
-    SubmissionLimits,
     SubmissionRecord,
 )
 
@@ -209,7 +209,8 @@ def test_a_corrupt_record_is_one_line_naming_the_file(tmp_path: Path) -> None:
 # uploaded, abandoned; 10-11 s0 ended, collected.
 DRIVER = """
 import sys
-from distillery.storage.submissions import Entry, Journal, SubmissionItem, SubmissionLimits
+from distillery.storage.submissions import Entry, Journal, SubmissionItem
+from distillery.generators.providers.base import SubmissionLimits
 journal = Journal(sys.argv[1], "r1")
 def entries():
     for i in range(10):

@@ -43,7 +43,6 @@ from distillery.generators.providers.submissions import (
     FindHints,
     SubmissionCounts,
     SubmissionError,
-    SubmissionLimits,
     SubmissionResult,
     SubmissionState,
     SubmissionStatus,
@@ -51,7 +50,6 @@ from distillery.generators.providers.submissions import (
 
 #: 100,000 requests; 256 MB of lines in decimal megabytes, which leaves the JSON around them
 #: well under the API's 256 MiB.
-LIMITS = SubmissionLimits(max_requests=100_000, max_bytes=256_000_000)
 _CUSTOM_ID = re.compile(r"^[a-zA-Z0-9_-]{1,64}$")
 _COUNTS = ("processing", "succeeded", "errored", "canceled", "expired")
 #: The HTTP status each error type comes with online (Anthropic's errors page): a result's
@@ -71,7 +69,6 @@ _STATUS_OF = {
 
 
 class AnthropicSubmissions(HttpSubmissionApi):
-    limits = LIMITS
     finds_by_id = False
     listing = Listing("limit", "after_id", "data", last_id)
 

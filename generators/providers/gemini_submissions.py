@@ -44,7 +44,6 @@ from distillery.generators.providers.submissions import (
     FindHints,
     SubmissionCounts,
     SubmissionError,
-    SubmissionLimits,
     SubmissionResult,
     SubmissionState,
     SubmissionStatus,
@@ -52,7 +51,6 @@ from distillery.generators.providers.submissions import (
 
 #: 2 GB per input file (decimal, under the API's 2 GiB). Gemini documents no request cap;
 #: ours keeps a submission's fate (an expired batch returns nothing) to 100,000 requests.
-LIMITS = SubmissionLimits(max_requests=100_000, max_bytes=2_000_000_000)
 #: The inline cap on the whole create call (Gemini: "under 20 MB").
 INLINE_MAX_BYTES = 20_000_000
 #: Requests inline at most: their answers come back in one JSON object read whole.
@@ -97,7 +95,6 @@ def display_name(submission_id: str) -> str:
 
 
 class GeminiSubmissions(HttpSubmissionApi):
-    limits = LIMITS
     listing = Listing(
         "pageSize", "pageToken", "operations", lambda page, items: page.get("nextPageToken")
     )

@@ -35,7 +35,6 @@ from distillery.generators.providers.submission_http import LinesFile
 from distillery.generators.providers.submissions import (
     FindHints,
     SubmissionCounts,
-    SubmissionLimits,
     SubmissionResult,
     SubmissionState,
     SubmissionStatus,
@@ -46,7 +45,6 @@ ENDPOINT = "/v1/chat/completions"
 METADATA_KEY = "distillery_submission"
 #: 50,000 requests; 200 MB, counted in decimal megabytes so the file is under the cap
 #: whichever megabyte OpenAI means.
-LIMITS = SubmissionLimits(max_requests=50_000, max_bytes=200_000_000)
 _STATES = {
     "validating": SubmissionState.VALIDATING,
     "in_progress": SubmissionState.IN_PROGRESS,
@@ -65,7 +63,6 @@ _SHOWN_ERRORS = 5
 
 
 class OpenAISubmissions(HttpSubmissionApi):
-    limits = LIMITS
     listing = Listing("limit", "after", "data", last_id)
 
     def key_headers(self, api_key: str) -> dict[str, str]:

@@ -78,6 +78,10 @@ class HttpSubmissionApi(SubmissionApi):
         self.provider = provider
         self.teacher = teacher
         self.clock = clock
+        caps = provider.submission_limits
+        assert caps is not None, f"provider {provider.name} has no batch API"
+        #: The provider's caps, lowered where the teacher's ``submissions:`` block asks.
+        self.limits = caps.within(teacher.submission_options)
         headers = self.key_headers(api_key) if api_key else {}
         self.http = SubmissionHttp(provider, teacher, sender, headers, api_key, sleep)
 

@@ -31,17 +31,9 @@ from enum import StrEnum
 from pathlib import Path
 from typing import Any
 
-from distillery.generators.providers.base import Completion, HttpCall
+from distillery.generators.providers.base import Completion, HttpCall, SubmissionLimits
 
-
-@dataclass(frozen=True)
-class SubmissionLimits:
-    """A provider's caps on one submission: requests, and bytes of request lines (each
-    line's bytes, its newline included). A run is cut into submissions at whichever cap a
-    line would break first (:func:`split_lines`)."""
-
-    max_requests: int
-    max_bytes: int
+__all__ = ["SubmissionLimits"]  # the provider's caps, narrowed per teacher: base.py
 
 
 class SubmissionState(StrEnum):
@@ -290,7 +282,7 @@ class Splitter:
                 f"{self.limits.max_bytes:,} bytes per submission"
             )
         cut = self.requests > 0 and (
-            self.requests + 1 > self.limits.max_requests
+            (self.limits.max_requests is not None and self.requests + 1 > self.limits.max_requests)
             or self.bytes + size > self.limits.max_bytes
         )
         if cut:
