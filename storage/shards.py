@@ -286,10 +286,15 @@ def read_shard(
     location = as_location(shard)
     if location.local_path is not None:
         file = pq.ParquetFile(location.local_path)
+        present = set(file.schema_arrow.names)
         if schema is None:
+            # ParquetFile.read leaves out a missing column where read_table refused: refuse
+            # as it did (a shard written before the column existed; callers catch it).
+            missing = [name for name in columns or [] if name not in present]
+            if missing:
+                raise pa.ArrowInvalid(f"{location.uri}: no column {missing[0]!r}")
             return file.read(columns=columns, use_threads=False)
         names = columns if columns is not None else schema.names
-        present = set(file.schema_arrow.names)
         table = file.read(columns=[n for n in names if n in present], use_threads=False)
         rows = file.metadata.num_rows
         fields = [schema.field(name) for name in names]

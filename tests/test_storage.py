@@ -18,6 +18,7 @@ from distillery.storage.shards import (
     next_part_number,
     read_column,
     read_manifest,
+    read_shard,
     reconcile,
     replace_shards,
     write_shard,
@@ -475,3 +476,19 @@ def test_shards_before_delivery_read_as_online_beside_batch_ones(
     write_catalog(tmp_path, database)
     with duckdb.connect(str(database), read_only=True) as con:
         check(con)
+
+
+def test_read_shard_refuses_a_missing_column_and_fills_it_from_a_schema(tmp_path: Path) -> None:
+    """Shards written before a column existed: asked for it alone, read_shard raises (the
+    recipes' stage reader skips such shards); with the table's schema it reads it as nulls."""
+    shard = tmp_path / "old.parquet"
+    pq.write_table(pa.table({"sample_id": ["a", "b"]}), shard)
+    with pytest.raises(pa.ArrowInvalid, match="no column 'stage'"):
+        read_shard(shard, columns=["sample_id", "stage"])
+    schema = pa.schema([("stage", pa.string()), ("sample_id", pa.large_string())])
+    table = read_shard(shard, schema=schema)
+    assert table.schema == schema
+    assert table.to_pylist() == [
+        {"stage": None, "sample_id": "a"},
+        {"stage": None, "sample_id": "b"},
+    ]
