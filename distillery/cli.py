@@ -433,36 +433,41 @@ def _print_summary(summary: RunSummary, ui: str) -> None:
     ended = summary.samples + sum(summary.rejected.values()) + summary.failures
     sent = summary.http_requests or ended
     rate = sent / summary.elapsed_s if summary.elapsed_s else 0.0
-    table.add_row("prompts", f"{summary.prompts}")
-    # A conversation of three turns is one planned request and five HTTP requests; retries
-    # are more HTTP requests too. The line says both when they differ.
-    over_http = (
-        f" as {summary.http_requests} HTTP requests (counting turns and retries)"
-        if summary.http_requests > summary.requests_planned
-        else ""
-    )
-    table.add_row(
-        "requests",
-        f"{summary.requests_planned} sent{over_http}, "
-        f"{summary.requests_skipped} already answered earlier",
-    )
-    table.add_row("samples", f"{summary.samples} kept")
-    if summary.rejected:
-        reasons = ", ".join(f"{k} {v}" for k, v in sorted(summary.rejected.items()))
-        table.add_row("rejected", f"{sum(summary.rejected.values())} ({reasons})")
-    failures = ", ".join(f"{k} {v}" for k, v in sorted(summary.failures_by_class.items()))
-    if summary.fell_back:
-        failures += f"{'; ' if failures else ''}{summary.fell_back} then sent to the next teacher"
-    table.add_row("failures", f"{summary.failures}" + (f" ({failures})" if failures else ""))
-    for name, why in sorted(summary.unusable.items()):
-        table.add_row("skipped teacher", f"{name}: {why}")
     answered = summary.samples + sum(summary.rejected.values())
     # A failure followed by a fallback is not where its prompt ended.
     unsent = summary.requests_planned - answered - (summary.failures - summary.fell_back)
+    table.add_row("prompts", f"{summary.prompts:,}")
+    # A conversation of three turns is one planned request and five HTTP requests; retries
+    # are more HTTP requests too. The line says both when they differ.
+    over_http = (
+        f" as {summary.http_requests:,} HTTP requests (counting turns and retries)"
+        if summary.http_requests > summary.requests_planned
+        else ""
+    )
+    # A stopped run sent only part of its plan: say that part, not the plan.
+    sent_line = (
+        f"{summary.requests_planned - unsent:,} sent of {summary.requests_planned:,} planned"
+        if unsent > 0
+        else f"{summary.requests_planned:,} sent"
+    )
+    table.add_row(
+        "requests",
+        f"{sent_line}{over_http}, {summary.requests_skipped:,} already answered earlier",
+    )
+    table.add_row("samples", f"{summary.samples:,} kept")
+    if summary.rejected:
+        reasons = ", ".join(f"{k} {v:,}" for k, v in sorted(summary.rejected.items()))
+        table.add_row("rejected", f"{sum(summary.rejected.values()):,} ({reasons})")
+    failures = ", ".join(f"{k} {v:,}" for k, v in sorted(summary.failures_by_class.items()))
+    if summary.fell_back:
+        failures += f"{'; ' if failures else ''}{summary.fell_back:,} then sent to the next teacher"
+    table.add_row("failures", f"{summary.failures:,}" + (f" ({failures})" if failures else ""))
+    for name, why in sorted(summary.unusable.items()):
+        table.add_row("skipped teacher", f"{name}: {why}")
     if unsent > 0:
         why = "budget reached; raise budget_usd and " if summary.status == "budget_reached" else ""
         table.add_row(
-            "not sent", f"{unsent} ({why}re-run with --run-id {summary.run_id} to finish)"
+            "not sent", f"{unsent:,} ({why}re-run with --run-id {summary.run_id} to finish)"
         )
     table.add_row("tokens", f"{summary.prompt_tokens:,} in, {summary.completion_tokens:,} out")
     table.add_row("cost", f"${summary.cost_usd:.4f} (models without a price count as $0)")

@@ -263,7 +263,36 @@ def test_summary_counts_rejected_answers_as_sent(tmp_path: Path) -> None:
         cli_module.out = original
     text = console.export_text()
     assert "3 (repetition 3)" in text and "9 kept" in text
-    assert "not sent" not in text
+    assert "not sent" not in text and "12 sent, 0 already answered" in text
+
+
+def test_a_stopped_runs_summary_says_what_it_sent_not_what_it_planned() -> None:
+    """A run of 1,000,000 prompts stopped after 153,328 answers printed "1000000 sent"."""
+    from rich.console import Console
+
+    import distillery.cli as cli_module
+    from distillery.flows.generate import RunSummary
+
+    summary = RunSummary(
+        run_id="big",
+        dataset="d",
+        output="o",
+        status="stopped",
+        prompts=1_000_000,
+        requests_planned=1_000_000,
+        requests_skipped=0,
+        samples=153_328,
+    )
+    console = Console(record=True, width=120)
+    original, cli_module.out = cli_module.out, console
+    try:
+        cli_module._print_summary(summary, "http://ui")
+    finally:
+        cli_module.out = original
+    text = console.export_text()
+    assert "153,328 sent of 1,000,000 planned, 0 already answered earlier" in text
+    assert "153,328 kept" in text and "1,000,000" in text
+    assert "846,672 (re-run with --run-id big to finish)" in text
 
 
 def test_a_reasoning_style_without_with_reasoning_is_refused(tmp_path: Path) -> None:
