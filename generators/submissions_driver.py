@@ -48,6 +48,7 @@ from distillery.generators.client import Failure, Outcome, merge_body, request_h
 from distillery.generators.pricing import PriceEntry, cost_usd
 from distillery.generators.providers.base import Completion, Provider
 from distillery.generators.providers.submissions import (
+    AmbiguousSubmission,
     FindHints,
     SubmissionApi,
     SubmissionError,
@@ -138,26 +139,36 @@ async def advance(
 
     ``now`` is unix seconds by the clock the provider's creation times are compared with
     (``create_started_at``). A record that has ended (or is settled) is returned as it is.
-    A refusal that no retry mends (a bad file, a file gone) abandons the submission with
-    the provider's error; a retryable :class:`SubmissionError` is raised, the record
-    unchanged, for a later try; :class:`~distillery.generators.client.TeacherUnusable`
-    (a bad key) is raised for the run to stop.
+    An upload or a create refused for good (a bad file, a file gone: no batch was made)
+    abandons the submission with the provider's error. Any other :class:`SubmissionError`
+    is raised, the record unchanged, for a later try or a person: a retryable one, a create
+    that may have made a batch, a search that cannot tell which batch is the submission's
+    (:class:`AmbiguousSubmission`), a batch the provider no longer shows.
+    :class:`~distillery.generators.client.TeacherUnusable` (a bad key) is raised for the
+    run to stop. After a raise, take the record again from the journal (``journal.read``):
+    the ``creating`` mark may have been saved before the create failed, and a later try
+    without it would create a second batch.
     """
     if record.step in _WAITED:
         return record
-    try:
-        if record.step == "created":
-            return await _poll(journal, api, record)
-        if record.step == "prepared" and record.create_started_at is None:
+    if record.step == "created":
+        return await _poll(journal, api, record)
+    if record.step == "prepared" and record.create_started_at is None:
+        try:
             with journal.local_requests(record.submission_id) as lines:
                 file_id = await api.upload(record.submission_id, lines)
-            if file_id is not None:
-                return journal.advance(record, "uploaded", file_id=file_id)
-        return await _create(journal, api, record, now)
-    except SubmissionError as exc:
-        if exc.retryable or exc.maybe_created:
-            raise
-        return journal.advance(record, "abandoned", error=f"{exc.error_class}: {exc}")
+        except SubmissionError as exc:
+            return _refused(journal, record, exc)
+        if file_id is not None:
+            return journal.advance(record, "uploaded", file_id=file_id)
+    return await _create(journal, api, record, now)
+
+
+def _refused(journal: Journal, record: SubmissionRecord, exc: SubmissionError) -> SubmissionRecord:
+    """Abandon ``record`` for a refusal no retry mends; raise ``exc`` if it may yet."""
+    if exc.retryable or exc.maybe_created or isinstance(exc, AmbiguousSubmission):
+        raise exc
+    return journal.advance(record, "abandoned", error=f"{exc.error_class}: {exc}")
 
 
 async def _create(
@@ -185,8 +196,11 @@ async def _create(
         record = journal.advance(
             record, record.step, provider_state="creating", create_started_at=now
         )
-    with journal.local_requests(record.submission_id) as lines:
-        batch_id = await api.create(record.submission_id, lines, record.file_id, record.model)
+    try:
+        with journal.local_requests(record.submission_id) as lines:
+            batch_id = await api.create(record.submission_id, lines, record.file_id, record.model)
+    except SubmissionError as exc:
+        return _refused(journal, record, exc)
     return journal.advance(record, "created", provider_batch_id=batch_id, provider_state="created")
 
 
@@ -245,7 +259,8 @@ async def _as_far_as_it_goes(
             if not exc.retryable:
                 raise
             logger.warning("submission %s: %s (tried again)", record.submission_id, exc)
-            return record
+            # As saved: a create that raised may have marked it first (create_started_at).
+            return journal.read(record.submission_id)
         if moved.step == record.step:  # polled, still running
             return moved
         record = moved

@@ -34,11 +34,13 @@ from distillery.generators.submissions_driver import (
 from distillery.storage.submissions import Journal, SubmissionItem, SubmissionRecord
 from tests.test_emulator_batches import FakeClock
 from tests.test_submission_api import (  # noqa: F401  (_key: the autouse key fixture)
+    _SERVER_ERROR,
     KEY,
     KEY_ENV,
     MODES,
     PROVIDERS,
     WINDOW_S,
+    LosesCreateAnswer,
     Rig,
     _key,
     _messages,
@@ -232,6 +234,42 @@ def test_a_crash_before_the_create_was_sent_creates_one_batch(
         assert len(rig.listed()) == 1
 
     _run(provider, clock, tmp_path, scenario)
+
+
+@pytest.mark.parametrize("provider", PROVIDERS)
+def test_a_lost_create_answer_is_adopted_by_the_next_round(
+    provider: str, clock: FakeClock, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    async def scenario(rig: Rig) -> None:
+        [ended] = await _wait(rig, _prepare(rig, _items(rig, 3)))
+        assert ended.step == "ended" and ended.create_started_at is not None
+        assert len(rig.listed()) == 1
+        samples, failures = _rows(await _collect(rig, ended))
+        assert (len(samples), failures) == (3, [])
+
+    _run(provider, clock, tmp_path, scenario, wrap=LosesCreateAnswer)
+    # OpenAI and Gemini find their batch inside create; Anthropic's caller does, a round later.
+    tried_again = [r for r in caplog.records if "tried again" in r.getMessage()]
+    assert len(tried_again) == (provider == "anthropic")
+
+
+# Rows of requests that failed on their own
+
+
+@pytest.mark.parametrize("provider", PROVIDERS)
+def test_per_request_errors_become_failure_rows_classed_as_online(
+    provider: str, clock: FakeClock, tmp_path: Path
+) -> None:
+    async def scenario(rig: Rig) -> tuple[list[Any], list[Any]]:
+        [ended] = await _wait(rig, _prepare(rig, _items(rig, 16)))
+        return _rows(await _collect(rig, ended))
+
+    samples, failures = _run(provider, clock, tmp_path, scenario, fault_rate=0.5, faults="500")
+
+    assert samples and failures and len(samples) + len(failures) == 16
+    assert {(r["error_class"], r["http_status"]) for r in failures} == {_SERVER_ERROR[provider]}
+    assert {tuple(r["attempt_statuses"]) for r in failures} == {("500",)}
+    assert all(r["message"] and r["delivery"] == "batch" for r in failures)
 
 
 # A collection that stopped halfway
