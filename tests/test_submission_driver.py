@@ -10,6 +10,7 @@ emulator's own thread writing an ended batch's result files (milliseconds).
 from __future__ import annotations
 
 import asyncio
+import json
 from collections.abc import Iterable
 from contextlib import aclosing
 from datetime import date
@@ -24,6 +25,7 @@ from distillery.generators.pricing import PriceEntry, answer_cost
 from distillery.generators.prompts import Prompt
 from distillery.generators.providers import gemini_submissions
 from distillery.generators.records import RunContext, TeacherFacts
+from distillery.generators.routing import sample_teacher
 from distillery.generators.submissions_driver import (
     CollectedRows,
     advance,
@@ -31,8 +33,16 @@ from distillery.generators.submissions_driver import (
     prepare,
     wait_for,
 )
-from distillery.storage.submissions import Journal, SubmissionItem, SubmissionRecord
+from distillery.storage.location import as_location
+from distillery.storage.spool import spool_root
+from distillery.storage.submissions import (
+    Journal,
+    JournalError,
+    SubmissionItem,
+    SubmissionRecord,
+)
 from tests.test_emulator_batches import FakeClock
+from tests.test_object_storage import bucket, keys, s3, s3_endpoint  # noqa: F401  (fixtures)
 from tests.test_submission_api import (  # noqa: F401  (_key: the autouse key fixture)
     _SERVER_ERROR,
     KEY,
@@ -351,3 +361,65 @@ def test_a_bad_key_stops_the_run_and_is_never_shown(
     message, record = _run(provider, clock, tmp_path, scenario, key=wrong, require_key=KEY)
     assert wrong not in message and KEY not in message and KEY_ENV in message
     assert record.step == "prepared" and record.provider_batch_id is None
+
+
+# A teacher asked with each sample's own parameters
+
+
+def test_each_samples_parameters_make_its_row_and_a_changed_teacher_is_refused(
+    clock: FakeClock, tmp_path: Path
+) -> None:
+    async def scenario(rig: Rig) -> tuple[list[Any], str]:
+        asked = [sample_teacher(rig.teacher, index, [0.2, 0.9]) for index in range(3)]
+        prompt = Prompt("p0", _messages(0))
+        items = [WorkItem(prompt, teacher, index) for index, teacher in enumerate(asked)]
+        records = prepare(_journal(rig), rig.teacher, rig.provider, rig.api, items, PRICE)
+        [ended] = await _wait(rig, records)
+
+        def as_asked(item: SubmissionItem) -> Any:
+            return asked[item.sample_index]
+
+        gen = collect(_journal(rig), rig.api, ended, _ctx(), as_asked, ())
+        rows = [row async for chunk in gen for row in chunk.samples]
+        assert sorted(r["sample_id"] for r in rows) == sorted(i.sample_id for i in items)
+        with pytest.raises(JournalError) as changed:
+            await _collect(rig, ended)  # every sample as the teacher's own parameters
+        return rows, str(changed.value)
+
+    rows, message = _run("openai", clock, tmp_path, scenario)
+    assert {json.loads(r["params"])["temperature"] for r in rows} == {0.2, 0.9}
+    assert "is not as it was when the submission was made" in message
+
+
+# A journal in object storage
+
+
+def test_a_journal_in_object_storage_uploads_from_a_spool_copy(
+    clock: FakeClock,
+    tmp_path: Path,
+    bucket: str,  # noqa: F811
+    s3: Any,  # noqa: F811
+) -> None:
+    output = f"s3://{bucket}/data"
+
+    async def scenario(rig: Rig) -> list[Any]:
+        journal = Journal(output, RUN)
+        items = _items(rig, 3)
+        records = prepare(journal, rig.teacher, rig.provider, rig.api, items, PRICE)
+
+        async def sleep(seconds: float) -> None:
+            clock.advance(seconds)
+            await asyncio.sleep(0.01)
+
+        apis = {"t": rig.api}
+        [ended] = await wait_for(journal, apis, records, 10.0, 50 * WINDOW_S, clock, sleep)
+        assert ended.step == "ended" and ended.file_id
+        teacher = rig.teacher
+        gen = collect(journal, rig.api, ended, _ctx(), lambda item: teacher, ())
+        return [row async for chunk in gen for row in chunk.samples]
+
+    rows = _run("openai", clock, tmp_path, scenario)
+    assert len(rows) == 3 and all(r["response_text"] for r in rows)
+    assert any(k.endswith(".requests.jsonl") for k in keys(s3, bucket))
+    copies = spool_root(as_location(output)).glob("submissions/**/*.jsonl")
+    assert list(copies) == []  # the uploaded copy and the lookup's are gone
