@@ -21,7 +21,7 @@ import pytest
 
 from distillery.generators.batch import WorkItem
 from distillery.generators.client import Outcome, TeacherClient, TeacherUnusable
-from distillery.generators.pricing import PriceEntry, answer_cost
+from distillery.generators.pricing import PriceEntry, answer_cost, cost_usd
 from distillery.generators.prompts import Prompt
 from distillery.generators.providers import gemini_submissions
 from distillery.generators.records import RunContext, TeacherFacts
@@ -133,7 +133,11 @@ def test_items_become_the_online_rows_at_the_batch_price(
         items = _items(rig, 4)
         records = _prepare(rig, items)
         assert [(r.step, r.requests) for r in records] == [("prepared", 4)]
-        assert records[0].estimated_cost_usd > 0
+        estimates = [
+            cost_usd(PRICE, rig.provider.prompt_tokens(_messages(i), rig.teacher.model), 300)
+            for i in range(4)
+        ]  # prompt tokens and max_tokens, online; the record holds them at the batch price
+        assert records[0].estimated_cost_usd == pytest.approx(sum(estimates) / 2)  # type: ignore[arg-type]
         lines = _journal(rig).requests_location(records[0].submission_id).read_bytes()
         assert lines is not None and KEY.encode() not in lines
 
