@@ -99,6 +99,11 @@ class SubmissionRecord(BaseModel):
     #: The provider's counts as it reports them (succeeded, errored, expired, ...).
     counts: dict[str, int] = Field(default_factory=dict)
     error: str | None = None
+    #: Set just before the provider is asked to create the batch (unix seconds, by the clock
+    #: the provider's creation times are compared with; kept through later attempts): a
+    #: record holding it may have a batch the crash kept it from naming, which a resume looks
+    #: for (``SubmissionApi.find``) before creating one.
+    create_started_at: float | None = None
     #: When each step was reached (UTC).
     timestamps: dict[Step, datetime]
 
@@ -139,9 +144,11 @@ class SubmissionItem(BaseModel):
     messages: list[dict[str, str]]
     meta: dict[str, Any] = Field(default_factory=dict)
     lineage: dict[str, Any] = Field(default_factory=dict)
+    #: The fingerprint of the request body sent (``client.request_hash``), for the row.
+    request_hash: str | None = None
 
     @classmethod
-    def of(cls, work: WorkItem) -> SubmissionItem:
+    def of(cls, work: WorkItem, request_hash: str | None = None) -> SubmissionItem:
         """The item of a flow's work item (its sample id becomes the custom id)."""
         return cls(
             custom_id=work.sample_id,
@@ -153,6 +160,7 @@ class SubmissionItem(BaseModel):
             messages=[dict(m) for m in work.prompt.messages],
             meta=dict(work.prompt.meta),
             lineage=dict(work.prompt.lineage),
+            request_hash=request_hash,
         )
 
     def prompt(self) -> Prompt:
@@ -334,6 +342,20 @@ class Journal:
             except (ValueError, KeyError, TypeError):
                 raise JournalError(f"{location}:{number}: not a submission item") from None
 
+    @contextlib.contextmanager
+    def local_requests(self, submission_id: str) -> Iterator[Path]:
+        """The request lines as a local file, for an upload: the file itself when the output
+        is local, else a copy in the spool, deleted afterwards."""
+        location = self.requests_location(submission_id)
+        if location.local_path is not None:
+            yield location.local_path
+            return
+        path = self._local_copy(location)
+        try:
+            yield path
+        finally:
+            path.unlink(missing_ok=True)
+
     def lookup(self, submission_id: str) -> ItemLookup:
         """custom id -> item of one submission, for results that come in any order.
 
@@ -344,13 +366,18 @@ class Journal:
         location = self.items_location(submission_id)
         if location.local_path is not None:
             return ItemLookup(location.local_path, str(location))
+        return ItemLookup(self._local_copy(location), str(location), delete=True)
+
+    def _local_copy(self, location: Location) -> Path:
+        """A copy of a journal file of object storage in the run's spool (the caller deletes
+        it), streamed a MiB at a time."""
         cache = spool_root(self.output) / TABLE_DIR / f"run_id={self.run_id}"
         cache.mkdir(parents=True, exist_ok=True)
-        path = cache / f"{submission_id}.items.jsonl"
+        path = cache / location.name
         source = location.filesystem.open_input_stream(location.fs_path)
         with source, path.open("wb") as target:
             shutil.copyfileobj(cast(IO[bytes], source), target, 1 << 20)
-        return ItemLookup(path, str(location), delete=True)
+        return path
 
     # --- after a crash -----------------------------------------------------------------------
 
@@ -572,6 +599,11 @@ class ItemLookup:
             handle.close()
         if self._delete:
             self.path.unlink(missing_ok=True)
+
+    def position(self, custom_id: str) -> int | None:
+        """Where ``custom_id`` is in the index (0 .. ``len - 1``; None if absent): a caller
+        marking the ids it has seen needs a byte an item, not a set of strings."""
+        return self._at(custom_id)
 
     def _at(self, custom_id: str) -> int | None:
         key = custom_id.encode()

@@ -206,14 +206,23 @@ def _same_answer(batched: Completion | None, online: Completion) -> None:
 
 # The whole life of a submission, for each provider
 
+#: Each provider, Gemini both with its requests inline and in an uploaded file.
+MODES = ["openai", "anthropic", "gemini-inline", "gemini-file"]
 
-@pytest.mark.parametrize("mode", ["openai", "anthropic", "gemini-inline", "gemini-file"])
+
+def provider_of(mode: str, monkeypatch: pytest.MonkeyPatch) -> str:
+    """The provider of a :data:`MODES` entry; for ``gemini-file``, an inline cap of two
+    requests, so that a few go through the File API."""
+    if mode == "gemini-file":
+        monkeypatch.setattr(gemini_submissions, "INLINE_MAX_REQUESTS", 2)
+    return mode.split("-")[0]
+
+
+@pytest.mark.parametrize("mode", MODES)
 def test_lifecycle_gives_the_online_answers(
     mode: str, clock: FakeClock, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    provider = mode.split("-")[0]
-    if mode == "gemini-file":
-        monkeypatch.setattr(gemini_submissions, "INLINE_MAX_REQUESTS", 2)
+    provider = provider_of(mode, monkeypatch)
 
     async def scenario(rig: Rig) -> None:
         batch_id, file_id = await rig.submit("sub-1", 6)
