@@ -4,12 +4,15 @@ import asyncio
 import json
 import subprocess
 import time
+from collections.abc import Iterator
+from dataclasses import dataclass
 from pathlib import Path
 
 import httpx
 import pytest
 
 from distillery.emulator import EmulatorOptions, RunningEmulator
+from distillery.errors import RunInterruptedError
 from distillery.flows import server
 from distillery.generators.http import HttpTransportError, make_http_client
 
@@ -250,48 +253,70 @@ def _session_environs(leader: int) -> list[bytes]:
     return found
 
 
+@dataclass(frozen=True)
+class FreshStart:
+    """What this module's one fresh start of the managed server left to check."""
+
+    interrupted: RunInterruptedError | None  # the start asked to stop at its first health check
+    asked: int  # how often that start asked whether to stop
+    starting_pid: int | None  # the server it had launched (the state file's pid)
+    adopted: server.ServerInfo  # what the next ensure_server() returned
+    started_now: bool
+
+
+@pytest.fixture(scope="module")
+def fresh_start(tmp_path_factory: pytest.TempPathFactory) -> Iterator[FreshStart]:
+    """A managed server started from scratch once for the two start-up tests below (a start
+    costs 15-60 s of CPU): by a process whose environment holds secrets, stopped as it starts,
+    then adopted by the next command. Each test checks its own part of that one start."""
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setenv("DISTILLERY_HOME", str(tmp_path_factory.mktemp("fresh") / "home"))
+        for name, value in SECRETS.items():
+            patch.setenv(name, value)
+        asked: list[float] = []
+
+        def stop() -> bool:
+            asked.append(time.monotonic())
+            return True
+
+        interrupted: RunInterruptedError | None = None
+        try:
+            try:
+                server.ensure_server(stop)
+            except RunInterruptedError as exc:
+                interrupted = exc
+            state = server._read_state()
+            info, started_now = server.ensure_server()  # the next command adopts it
+            yield FreshStart(
+                interrupted, len(asked), state.pid if state else None, info, started_now
+            )
+        finally:
+            server.stop()
+
+
 @pytest.mark.slow
 @pytest.mark.skipif(not Path("/proc/self/environ").exists(), reason="needs /proc")
-def test_the_server_keeps_no_secret_of_the_run_that_started_it(
-    monkeypatch: pytest.MonkeyPatch, tmp_path
-) -> None:
-    monkeypatch.setenv("DISTILLERY_HOME", str(tmp_path / "home"))
-    for name, value in SECRETS.items():
-        monkeypatch.setenv(name, value)
-    info, started = server.ensure_server()
-    try:
-        assert started
-        environs = _session_environs(info.pid)
-        assert environs  # the server itself at least
-        for environ in environs:
-            assert b"PATH=" in environ
-            for value in SECRETS.values():
-                assert value.encode() not in environ
-    finally:
-        server.stop()
+def test_the_server_keeps_no_secret_of_the_run_that_started_it(fresh_start: FreshStart) -> None:
+    # Started by ensure_server() in this process, its environment holding SECRETS.
+    assert fresh_start.starting_pid is not None
+    assert fresh_start.adopted.pid == fresh_start.starting_pid
+    environs = _session_environs(fresh_start.adopted.pid)
+    assert environs  # the server itself at least
+    for environ in environs:
+        assert b"PATH=" in environ
+        for value in SECRETS.values():
+            assert value.encode() not in environ
 
 
 @pytest.mark.slow
 def test_a_stop_while_the_server_starts_ends_the_wait_and_the_next_run_adopts_it(
-    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+    fresh_start: FreshStart,
 ) -> None:
     # A SIGTERM while a fresh server started held the command until the server answered
     # (15 s and more on a loaded machine): the wait now asks between health checks.
-    from distillery.errors import RunInterruptedError
-
-    monkeypatch.setenv("DISTILLERY_HOME", str(tmp_path / "home"))
-    asked: list[float] = []
-
-    def stop() -> bool:
-        asked.append(time.monotonic())
-        return True
-
-    try:
-        with pytest.raises(RunInterruptedError, match="nothing was sent"):
-            server.ensure_server(stop)
-        assert len(asked) == 1  # asked after the first health check, not after it answered
-        starting = json.loads((tmp_path / "home" / "prefect-server.json").read_text())["pid"]
-        info, started_now = server.ensure_server()  # the next command adopts it
-        assert not started_now and info.pid == starting
-    finally:
-        server.stop()
+    assert fresh_start.interrupted is not None
+    assert "nothing was sent" in str(fresh_start.interrupted)
+    assert fresh_start.asked == 1  # asked after the first health check, not after it answered
+    # The next command adopts the server that was starting instead of starting another.
+    assert not fresh_start.started_now
+    assert fresh_start.adopted.pid == fresh_start.starting_pid
