@@ -16,10 +16,10 @@ import secrets
 import signal
 import sys
 import tempfile
-from collections.abc import Callable, Coroutine, Iterator
+from collections.abc import Callable, Iterator
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import TYPE_CHECKING, Annotated, Any, Literal, ParamSpec, TypeVar, cast
+from typing import TYPE_CHECKING, Annotated, Any, Literal, ParamSpec, TypeVar
 
 import typer
 from rich.console import Console
@@ -385,10 +385,9 @@ def _run_with_progress(
     committed; a second one aborts at once (whatever arrived is in the spool, replayed on resume).
     """
     _quiet_prefect_console(verbose)
-    from prefect.client.schemas.objects import State
     from prefect.exceptions import TerminationSignal
 
-    from distillery.flows.generate import generate, summary_of
+    from distillery.flows.generate import generate
     from distillery.flows.progress import STOP, set_listener
     from distillery.flows.signals import cancel_deadline, grace_s, on_stop_signal
     from distillery.flows.terminal import ProgressBar
@@ -405,17 +404,14 @@ def _run_with_progress(
     try:
         with ProgressBar(err) as bar:
             set_listener(bar)
-            ending = generate(
-                job=job,
-                run_id=run_id,
-                config_path=config_path,
-                allow_changed_job=allow_changed_job,
-                return_state=True,
+            return asyncio.run(
+                generate(
+                    job=job,
+                    run_id=run_id,
+                    config_path=config_path,
+                    allow_changed_job=allow_changed_job,
+                )
             )
-            # The final state carries the summary: Prefect shows a stopped run as Cancelled
-            # and an all-failed one as Failed (flows/generate.py, ended_state).
-            state: State[Any] = asyncio.run(cast(Coroutine[Any, Any, State[Any]], ending))
-            return summary_of(state)
     except (KeyboardInterrupt, TerminationSignal):
         # A second signal, the grace period running out, or a signal in the instant Prefect's
         # engine holds SIGTERM (before the flow body takes it back).
@@ -437,7 +433,9 @@ def _print_summary(summary: RunSummary, ui: str) -> None:
     ended = summary.samples + sum(summary.rejected.values()) + summary.failures
     sent = summary.http_requests or ended
     rate = sent / summary.elapsed_s if summary.elapsed_s else 0.0
-    unsent = summary.left_unsent
+    answered = summary.samples + sum(summary.rejected.values())
+    # A failure followed by a fallback is not where its prompt ended.
+    unsent = summary.requests_planned - answered - (summary.failures - summary.fell_back)
     table.add_row("prompts", f"{summary.prompts:,}")
     # A conversation of three turns is one planned request and five HTTP requests; retries
     # are more HTTP requests too. The line says both when they differ.

@@ -26,8 +26,6 @@ import pyarrow as pa
 import pyarrow.compute as pc
 from prefect import flow, get_run_logger, task
 from prefect.cache_policies import NO_CACHE
-from prefect.client.schemas.objects import State
-from prefect.states import Cancelled, Failed
 from pydantic import BaseModel, Field
 
 from distillery import __version__
@@ -115,13 +113,6 @@ class RunSummary(BaseModel):
         default_factory=list, description="host:pid of every process that ran a batch."
     )
 
-    @property
-    def left_unsent(self) -> int:
-        """Planned requests that ended neither answered nor failed for good: what a re-run of
-        the run id sends. A failure followed by a fallback is not where its prompt ended."""
-        answered = self.samples + sum(self.rejected.values())
-        return max(0, self.requests_planned - answered - (self.failures - self.fell_back))
-
 
 @task(name="generate-batch", task_run_name="{label}", cache_policy=NO_CACHE)
 async def generate_batch(
@@ -165,33 +156,7 @@ async def generate(
     with graceful_stop(), run_writer(as_location(job.output), run_id):
         if not allow_changed_job:
             refuse_changed_job(as_location(job.output), run_id, job)
-        summary = await _generate(job, run_id, config_path)
-    return ended_state(summary)  # type: ignore[return-value]  # a State carrying the summary
-
-
-def ended_state(summary: RunSummary) -> RunSummary | State[RunSummary]:
-    """What Prefect shows the run ended as: a stopped run (SIGTERM from a worker, Ctrl-C) as
-    Cancelled and a run whose every request failed as Failed — both with the summary as their
-    data and a one-line message — instead of Completed, so the UI tells what the exit code
-    does. Read the summary back with :func:`summary_of`."""
-    if summary.status == "stopped":
-        message = f"stopped: {summary.left_unsent:,} requests not sent; run the same run id again"
-        return Cancelled(message=message, data=summary)
-    if summary.status == "failed":
-        message = "every request failed; see the failures view"
-        return Failed(message=message, data=summary)
-    return summary
-
-
-def summary_of(state: State[Any]) -> RunSummary:
-    """The summary a run's final state carries (see :func:`ended_state`); an exception the
-    run ended with is raised again."""
-    result = state.result(raise_on_failure=False)
-    if isinstance(result, RunSummary):
-        return result
-    if isinstance(result, BaseException):
-        raise result
-    raise RuntimeError(f"the generate flow ended {state.type.value} without a summary")
+        return await _generate(job, run_id, config_path)
 
 
 async def _generate(job: JobConfig, run_id: str, config_path: str | None) -> RunSummary:

@@ -167,10 +167,6 @@ def test_a_run_in_which_every_request_failed_exits_1(prefect_api: str, tmp_path:
     assert "run down — failed" in result.stdout
     runs = cli("query", "-d", str(tmp_path / "out"), "-f", "csv", "SELECT status FROM runs")
     assert runs.stdout.splitlines() == ["status", "failed"]
-    # And the Prefect UI says so too, instead of Completed.
-    from .test_signals import flow_run_states
-
-    assert [state for _, state, _ in flow_run_states(tmp_path / "out", prefect_api)] == ["FAILED"]
 
 
 @pytest.mark.slow
