@@ -5,6 +5,7 @@ import os
 import subprocess
 import sys
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -235,61 +236,41 @@ def test_plan_estimates_tokens_cost_and_time(tmp_path: Path) -> None:
     assert not (tmp_path / "out").exists()  # a plan writes nothing
 
 
-def test_summary_counts_rejected_answers_as_sent(tmp_path: Path) -> None:
-    from distillery.cli import _print_summary
-    from distillery.flows.generate import RunSummary
-
-    summary = RunSummary(
-        run_id="r",
-        dataset="d",
-        output="o",
-        status="completed",
-        prompts=12,
-        requests_planned=12,
-        requests_skipped=0,
-        samples=9,
-        rejected={"repetition": 3},
-    )
+def summary_text(width: int = 120, **fields: Any) -> str:
+    """What the CLI prints for a run summary of ``fields`` (on a recording console)."""
     from rich.console import Console
 
     import distillery.cli as cli_module
+    from distillery.flows.generate import RunSummary
 
-    console = Console(record=True, width=120)
-    original = cli_module.out
-    cli_module.out = console
+    defaults: dict[str, Any] = {"run_id": "r", "dataset": "d", "output": "o"}
+    summary = RunSummary(**{**defaults, "requests_skipped": 0, **fields})
+    console = Console(record=True, width=width)
+    original, cli_module.out = cli_module.out, console
     try:
-        _print_summary(summary, "http://ui")
+        cli_module._print_summary(summary, "http://ui")
     finally:
         cli_module.out = original
-    text = console.export_text()
+    return console.export_text()
+
+
+def test_summary_counts_rejected_answers_as_sent() -> None:
+    text = summary_text(
+        status="completed", prompts=12, requests_planned=12, samples=9, rejected={"repetition": 3}
+    )
     assert "3 (repetition 3)" in text and "9 kept" in text
     assert "not sent" not in text and "12 sent, 0 already answered" in text
 
 
 def test_a_stopped_runs_summary_says_what_it_sent_not_what_it_planned() -> None:
     """A run of 1,000,000 prompts stopped after 153,328 answers printed "1000000 sent"."""
-    from rich.console import Console
-
-    import distillery.cli as cli_module
-    from distillery.flows.generate import RunSummary
-
-    summary = RunSummary(
+    text = summary_text(
         run_id="big",
-        dataset="d",
-        output="o",
         status="stopped",
         prompts=1_000_000,
         requests_planned=1_000_000,
-        requests_skipped=0,
         samples=153_328,
     )
-    console = Console(record=True, width=120)
-    original, cli_module.out = cli_module.out, console
-    try:
-        cli_module._print_summary(summary, "http://ui")
-    finally:
-        cli_module.out = original
-    text = console.export_text()
     assert "153,328 sent of 1,000,000 planned, 0 already answered earlier" in text
     assert "153,328 kept" in text and "1,000,000" in text
     assert "846,672 (re-run with --run-id big to finish)" in text

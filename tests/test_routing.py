@@ -150,32 +150,19 @@ def test_plan_counts_requests_as_routed(tmp_path: Path) -> None:
 
 
 def test_summary_counts_a_failure_followed_by_a_fallback_as_not_final() -> None:
-    from rich.console import Console
+    from .test_cli import summary_text
 
-    import distillery.cli as cli_module
-    from distillery.flows.generate import RunSummary
-
-    summary = RunSummary(
-        run_id="r",
-        dataset="d",
-        output="o",
+    text = summary_text(
+        width=160,
         status="completed",
         prompts=10,
         requests_planned=10,
-        requests_skipped=0,
         samples=8,
         failures=5,
         fell_back=4,
         failures_by_class={"server_error": 5},
         unusable={"locked": "teacher 'locked': HTTP 401 (key from X_KEY)"},
     )
-    console = Console(record=True, width=160)
-    original, cli_module.out = cli_module.out, console
-    try:
-        cli_module._print_summary(summary, "http://ui")
-    finally:
-        cli_module.out = original
-    text = console.export_text()
     # 8 answered + 1 final failure = 9 of 10: one request was not sent.
     assert "5 (server_error 5; 4 then sent to the next teacher)" in text
     assert "not sent" in text and "1 (re-run" in text
