@@ -26,12 +26,13 @@ from rich.console import Console
 from rich.table import Table
 
 from distillery.cli_app import DistilleryApp
-from distillery.config import JobConfig, load_config, require_api_keys, require_online_delivery
+from distillery.config import JobConfig, load_config, require_api_keys
 from distillery.entry import Interrupted, arm, disarm
 from distillery.errors import (
     DistilleryError,
     FatalRunError,
     RunInterruptedError,
+    RunWaitingError,
     UserInputError,
     UserInputErrors,
     output_errors,
@@ -189,7 +190,6 @@ def _check_before_starting(job: JobConfig, emulator: bool) -> None:
         lambda: check_prompts(job.prompts),
         lambda: _output_is_no_file(job.output),
         lambda: teacher_facts(job),
-        lambda: require_online_delivery(job),
     ]
     if not emulator:  # the emulator needs no key: every teacher is retargeted to it
         local = [t for t in job.teachers if t.provider == "local"]
@@ -261,6 +261,11 @@ def _run(
     if summary.status == "stopped":
         raise RunInterruptedError(
             f"stopped before the end; resume with: distillery run {config} --run-id {run_id}"
+        )
+    if summary.status == "waiting":
+        raise RunWaitingError(
+            f"{summary.requests_at_provider:,} requests are with the provider's batch API; "
+            f"collect them later with: distillery run {config} --run-id {run_id}"
         )
 
 
@@ -436,6 +441,9 @@ def _print_summary(summary: RunSummary, ui: str) -> None:
     answered = summary.samples + sum(summary.rejected.values())
     # A failure followed by a fallback is not where its prompt ended.
     unsent = summary.requests_planned - answered - (summary.failures - summary.fell_back)
+    # Rows collected from an earlier invocation's submissions were not planned by this one;
+    # requests this one submitted that have not ended were sent, not left unsent.
+    unsent += summary.collected_earlier - summary.open_planned_now
     table.add_row("prompts", f"{summary.prompts:,}")
     # A conversation of three turns is one planned request and five HTTP requests; retries
     # are more HTTP requests too. The line says both when they differ.
@@ -464,6 +472,15 @@ def _print_summary(summary: RunSummary, ui: str) -> None:
     table.add_row("failures", f"{summary.failures:,}" + (f" ({failures})" if failures else ""))
     for name, why in sorted(summary.unusable.items()):
         table.add_row("skipped teacher", f"{name}: {why}")
+    if summary.submissions_open:
+        table.add_row(
+            "submitted",
+            f"{summary.requests_at_provider:,} requests in {summary.submissions_open:,} "
+            f"provider submissions, not ended yet (distillery submissions {summary.run_id} "
+            f"--data {summary.output})",
+        )
+    for submission, why in sorted(summary.submission_problems.items()):
+        table.add_row("submission", f"{submission}: {why}")
     if unsent > 0:
         why = "budget reached; raise budget_usd and " if summary.status == "budget_reached" else ""
         table.add_row(

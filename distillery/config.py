@@ -999,19 +999,6 @@ def load_config(path: Path) -> JobConfig:
     )
 
 
-def require_online_delivery(job: JobConfig) -> None:
-    """Refuse to run a job with a ``delivery: batch`` teacher, naming it, until runs send
-    through the providers' batch APIs (issue 18): its requests would otherwise go online at
-    twice the price the job file asks for. ``distillery plan`` already prices both ways."""
-    for index, teacher in enumerate(job.teachers):
-        if teacher.delivery == "batch":
-            raise ConfigError(
-                f"teachers[{index}].delivery: batch (teacher {teacher.name!r}): runs do not "
-                "send through provider batch APIs yet; use delivery: online (distillery plan "
-                "shows what batch would cost)"
-            )
-
-
 def require_api_keys(job: JobConfig) -> None:
     """Fail before anything is sent if a teacher's key variable is unset (naming the variable)."""
     teachers = [(f"teachers[{i}]", t) for i, t in enumerate(job.teachers)]

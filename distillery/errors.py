@@ -7,8 +7,10 @@
     │   └── ConfigError             a config field or an environment variable it names
     ├── FatalRunError    (exit 1)   the run cannot go on (bad API key, output unwritable, ...)
     │   └── OutputUnwritable        a disk error mid-run (full, read-only, quota); resumable
-    └── RunInterruptedError (130)   stopped by Ctrl-C / SIGTERM; the same command with the run id
-                                    resumes it
+    ├── RunInterruptedError (130)   stopped by Ctrl-C / SIGTERM; the same command with the run id
+    │                               resumes it
+    └── RunWaitingError   (75)      provider submissions are still open; the same command later
+                                    collects them (75 is sysexits' EX_TEMPFAIL: try again later)
 
 Provider-level failures of one request are *not* exceptions at this level: they become failure
 rows (``storage.schema.FAILURE_SCHEMA``) and the run goes on. Only what makes every further
@@ -71,6 +73,13 @@ class RunInterruptedError(DistilleryError):
     """The user stopped the run; what was received is kept and the run can be resumed."""
 
     exit_code = 130
+
+
+class RunWaitingError(DistilleryError):
+    """The run did all it could now; its provider submissions (``delivery: batch``) end later
+    and the same command collects them. Not a failure, not done: a script loops on 75."""
+
+    exit_code = 75
 
 
 class UserInputErrors(UserInputError):

@@ -15,7 +15,7 @@ import os
 import socket
 import time
 from collections import Counter
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field, replace
 from typing import Any, TypeVar
 
@@ -38,7 +38,7 @@ from distillery.generators.curation.apply import Curator
 from distillery.generators.records import RunContext, TeacherFacts
 from distillery.generators.structured import StructuredOutput
 from distillery.storage.location import Location
-from distillery.storage.rows import RejectedRow, Row, SampleRow
+from distillery.storage.rows import FailureRow, RejectedRow, Row, SampleRow
 from distillery.storage.shards import write_shard
 from distillery.storage.spool import Spool
 
@@ -258,7 +258,6 @@ async def send_and_commit(
         failures = rows.failures if "failures" in committed else []
         rows = replace(rows, failures=failures)
     elapsed = time.perf_counter() - started
-    by_class = Counter(str(row["error_class"]) for row in rows.failures)
     rate_limited = sum(
         (row["attempt_statuses"] or []).count("429") for row in (*rows.samples, *rows.failures)
     )
@@ -276,22 +275,38 @@ async def send_and_commit(
         (len(rows.samples) + len(rows.failures)) / elapsed if elapsed > 0 else 0.0,
         process,
     )
+    summary = tally(index, kept, rejected, rows.samples, rows.failures, process)
+    return summary.model_copy(
+        update={
+            "not_sent": rows.not_sent,
+            "fell_back": rows.fell_back,
+            "fatal": str(pool.fatal) if pool.fatal is not None else None,
+            "unusable": {name: str(exc) for name, exc in pool.unusable.items()},
+        }
+    )
+
+
+def tally(
+    index: int,
+    kept: Sequence[SampleRow],
+    rejected: Sequence[RejectedRow],
+    answered: Sequence[SampleRow],
+    failures: Sequence[FailureRow],
+    process: str,
+) -> BatchSummary:
+    """What a batch's rows add up to: ``kept`` and ``rejected`` are what curation made of
+    ``answered`` (whose tokens and cost were paid either way)."""
     return BatchSummary(
         index=index,
         samples=len(kept),
         rejected=dict(Counter(str(row["reason"]) for row in rejected)),
-        failures=len(rows.failures),
-        not_sent=rows.not_sent,
-        fell_back=rows.fell_back,
-        failures_by_class=dict(by_class),
-        prompt_tokens=sum(int(r["prompt_tokens"] or 0) for r in rows.samples),
-        completion_tokens=sum(int(r["completion_tokens"] or 0) for r in rows.samples),
-        maybe_billed_twice=sum(
-            int(r["maybe_billed_twice"] or 0) for r in (*rows.samples, *rows.failures)
-        ),
-        http_requests=sum(int(r["attempts"] or 0) for r in (*rows.samples, *rows.failures)),
-        cost_usd=sum(float(r["cost_usd"] or 0.0) for r in rows.samples),
+        failures=len(failures),
+        not_sent=0,
+        failures_by_class=dict(Counter(str(row["error_class"]) for row in failures)),
+        prompt_tokens=sum(int(r["prompt_tokens"] or 0) for r in answered),
+        completion_tokens=sum(int(r["completion_tokens"] or 0) for r in answered),
+        maybe_billed_twice=sum(int(r["maybe_billed_twice"] or 0) for r in (*answered, *failures)),
+        http_requests=sum(int(r["attempts"] or 0) for r in (*answered, *failures)),
+        cost_usd=sum(float(r["cost_usd"] or 0.0) for r in answered),
         process=process,
-        fatal=str(pool.fatal) if pool.fatal is not None else None,
-        unusable={name: str(exc) for name, exc in pool.unusable.items()},
     )

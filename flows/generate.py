@@ -29,12 +29,7 @@ from prefect.cache_policies import NO_CACHE
 from pydantic import BaseModel, Field
 
 from distillery import __version__
-from distillery.config import (
-    JobConfig,
-    load_config,
-    require_api_keys,
-    require_online_delivery,
-)
+from distillery.config import JobConfig, load_config, require_api_keys
 from distillery.errors import FatalRunError, output_errors
 from distillery.flows.artifacts import Progress, publish_run_artifacts
 from distillery.flows.batches import (
@@ -50,6 +45,7 @@ from distillery.flows.dask_runner import DaskBatches
 from distillery.flows.job_changes import refuse_changed_job
 from distillery.flows.progress import STOP, get_listener
 from distillery.flows.signals import graceful_stop
+from distillery.flows.submissions import Submissions, batch_teachers
 from distillery.generators.batch import Batch, TeacherPool, WorkItem
 from distillery.generators.budget import Budget
 from distillery.generators.curation.apply import Curator, build_curator
@@ -73,6 +69,7 @@ from distillery.storage.shards import (
     write_shard,
 )
 from distillery.storage.spool import Replay, replay
+from distillery.storage.submissions import Journal
 
 
 class RunSummary(BaseModel):
@@ -111,6 +108,21 @@ class RunSummary(BaseModel):
     flow_run_id: str | None = None
     processes: list[str] = Field(
         default_factory=list, description="host:pid of every process that ran a batch."
+    )
+    submissions_open: int = Field(
+        default=0, description="Provider submissions (delivery: batch) left for a later run."
+    )
+    requests_at_provider: int = Field(
+        default=0, description="Requests those submissions hold: not yet answered, paid for."
+    )
+    open_planned_now: int = Field(
+        default=0, description="Of those, requests this invocation planned and submitted."
+    )
+    collected_earlier: int = Field(
+        default=0, description="Rows collected from submissions an earlier invocation made."
+    )
+    submission_problems: dict[str, str] = Field(
+        default_factory=dict, description="Submissions that could not go on, and why."
     )
 
 
@@ -152,7 +164,6 @@ async def generate(
     or sends a request (``storage/run_lock.py``).
     """
     check_run_id(run_id, "run_id")
-    require_online_delivery(job)
     with graceful_stop(), run_writer(as_location(job.output), run_id):
         if not allow_changed_job:
             refuse_changed_job(as_location(job.output), run_id, job)
@@ -162,6 +173,9 @@ async def generate(
 async def _generate(job: JobConfig, run_id: str, config_path: str | None) -> RunSummary:
     """The run's steps: load, replay, plan, send the stages, curate, record, publish."""
     run = _load(job, run_id)
+    repaired = run.journal.repair()
+    if repaired.orphan_files:
+        run.logger.info("removed %d unsent submission files", len(repaired.orphan_files))
     await _replay(run)
     plans = _plan(run)
     first = next(plans)
@@ -210,6 +224,11 @@ class RunState:
     next_part: int = 0
     budget: Budget | None = None
     teacher_budgets: dict[str, Budget] = field(default_factory=dict)
+    journal: Journal = field(init=False)
+    submissions: Submissions | None = None
+
+    def __post_init__(self) -> None:
+        self.journal = Journal(self.output, self.run_id)
 
     async def planned(self, plan: StagePlan) -> None:
         """A stage is planned: count its requests and tell whoever watches."""
@@ -234,6 +253,7 @@ class RunState:
         return part
 
     async def finished(self, result: BatchSummary, requests: int) -> None:
+        """A batch (or a chunk of a collected submission) is committed."""
         self.totals.add(result)
         if self.progress is not None:
             await self.progress.advance(requests)
@@ -263,12 +283,13 @@ class StagePlan:
             planned += len(todo)
         return cls(stage, stage.curator(curator), done, prompts, planned)
 
-    def batches(self, batch_size: int) -> Iterator[list[WorkItem]]:
+    def batches(self, batch_size: int, leave_out: Container[str] = ()) -> Iterator[list[WorkItem]]:
         """``batch_size`` prompts per batch (those with requests left), each with its requests
-        to every teacher."""
+        to every teacher but those in ``leave_out`` (sent as submissions)."""
         batch: list[WorkItem] = []
         prompts = 0
-        for todo in self.stage.plan(self.done):
+        for planned in self.stage.plan(self.done):
+            todo = [item for item in planned if item.teacher.name not in leave_out]
             if not todo:
                 continue
             batch += todo
@@ -278,6 +299,11 @@ class StagePlan:
                 batch, prompts = [], 0
         if batch:
             yield batch
+
+    def items_for(self, teacher: str) -> Iterator[WorkItem]:
+        """The stage's requests to ``teacher``, read again from the prompts."""
+        for planned in self.stage.plan(self.done):
+            yield from (item for item in planned if item.teacher.name == teacher)
 
 
 def _load(job: JobConfig, run_id: str) -> RunState:
@@ -365,7 +391,8 @@ def _plan(run: RunState) -> Iterator[StagePlan]:
     What a resume skips is read once: the sample ids already answered (``storage/done_ids.py``).
     Without a recipe there is a single stage: prompts routed to teachers (``routing``, ``n``).
     """
-    done = DoneIds.of_run(run.output, run.run_id)
+    # Requests held by open submissions are paid for (or about to be): not planned again.
+    done = DoneIds.of_run(run.output, run.run_id).union(run.journal.open_sample_ids())
     run.next_part = max(
         next_part_number(partition_dir(run.output, table, run.run_id))
         for table in ("samples", "rejected", "failures")
@@ -407,13 +434,86 @@ async def _send(run: RunState, first: StagePlan, later: Iterator[StagePlan]) -> 
         for t in run.job.teachers
         if t.budget_usd is not None
     }
+    async with Submissions.open(
+        run.job,
+        run.journal,
+        run.ctx,
+        first.curator,
+        first.stage.router,
+        budget=run.budget,
+        teacher_budgets=run.teacher_budgets,
+        logger=run.logger,
+        take_part=run.take_part,
+    ) as submissions:
+        run.submissions = submissions
+        if submissions is None:
+            await _send_online(run, first, later)
+            return
+        submissions.reserve_open()
+        await asyncio.to_thread(submissions.prepare, first.items_for, run.structured, _stopping)
+        await _with_submissions(run, submissions, _send_online(run, first, later, submissions))
+
+
+def _stopping() -> bool:
+    return STOP.requested
+
+
+async def _send_online(
+    run: RunState,
+    first: StagePlan,
+    later: Iterator[StagePlan],
+    submissions: Submissions | None = None,
+) -> None:
+    """Every stage's online requests (a batch teacher's go as submissions)."""
+    leave_out = {t.name for t in batch_teachers(run.job)} if submissions is not None else set()
     if run.job.task_runner.type == "dask":  # one stage: recipes are refused with dask
         await _run_on_dask(run, first)
     else:
-        await _run_here(run, itertools.chain([first], later))
+        await _run_here(run, itertools.chain([first], later), leave_out)
 
 
-async def _run_here(run: RunState, plans: Iterator[StagePlan]) -> None:
+async def _with_submissions(
+    run: RunState, submissions: Submissions, online: Coroutine[Any, Any, None]
+) -> None:
+    """The online requests and the submissions side by side; the first error stops both."""
+    online_done = asyncio.Event()
+    listener = get_listener()
+
+    async def committed(result: BatchSummary, requests: int) -> None:
+        if listener is not None:
+            listener.advanced(requests, result.failures)
+        await run.finished(result, requests)
+
+    async def send_online() -> None:
+        try:
+            await online
+        finally:
+            online_done.set()
+
+    tasks = [
+        asyncio.create_task(send_online()),
+        asyncio.create_task(submissions.run(online_done, _stopping, committed)),
+    ]
+    try:
+        finished, _ = await asyncio.wait(tasks, return_when=asyncio.FIRST_EXCEPTION)
+        for task in finished:
+            task.result()
+        await asyncio.gather(*tasks)
+    finally:
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+        count, requests, planned_now = submissions.open_requests()
+        run.summary.submissions_open = count
+        run.summary.requests_at_provider = requests
+        run.summary.open_planned_now = planned_now
+        run.summary.collected_earlier = submissions.collected_earlier
+        run.summary.submission_problems = dict(submissions.problems)
+
+
+async def _run_here(
+    run: RunState, plans: Iterator[StagePlan], leave_out: Container[str] = ()
+) -> None:
     """The thread runner: every batch on this event loop, sharing one pool (and the budgets).
 
     A recipe's stages run one after the other through the same pool; a stop, a spent budget
@@ -450,7 +550,7 @@ async def _run_here(run: RunState, plans: Iterator[StagePlan]) -> None:
                 await run.finished(result, len(items))
 
             await _in_flight(
-                plan.batches(run.job.batch_size),
+                plan.batches(run.job.batch_size, leave_out),
                 run.job.max_batches_in_flight,
                 one,
                 lambda: pool.halted,
@@ -543,11 +643,22 @@ def _settle_status(run: RunState) -> None:
     elif spent_teachers and run.totals.not_sent:
         summary.status = "budget_reached"
         logger.warning("budget of %s reached; requests left unsent", ", ".join(spent_teachers))
+    elif run.submissions is not None and run.submissions.over_budget:
+        summary.status = "budget_reached"
+        logger.warning("budget reached: submissions left unsent")
     elif run.totals.all_failed:
         # Nothing answered, only failures (an unreachable base URL, a model that does not
         # exist): not a success, whatever each request's own error was.
         summary.status = "failed"
         logger.error("every request of this invocation failed; see the failures view")
+    elif summary.submissions_open:
+        summary.status = "waiting"
+        logger.info(
+            "%d requests in %d submissions are still with the provider: run the same run id "
+            "again to collect them",
+            summary.requests_at_provider,
+            summary.submissions_open,
+        )
     else:
         summary.status = "completed"
 

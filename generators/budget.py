@@ -40,3 +40,15 @@ class Budget:
         self.reserved_usd = max(0.0, self.reserved_usd - estimate_usd)
         self.spent_usd += actual_usd
         self._settled.set()
+
+    def reserve_now(self, estimate_usd: float) -> bool:
+        """Reserve ``estimate_usd`` if it fits now, without waiting; False leaves nothing
+        reserved.
+
+        For a provider submission: its reservation stands until its results are collected,
+        possibly in another invocation, so waiting for room would wait on itself.
+        """
+        if self.spent_usd + self.reserved_usd + estimate_usd > self.limit_usd:
+            return False
+        self.reserved_usd += estimate_usd
+        return True

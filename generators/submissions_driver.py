@@ -56,6 +56,7 @@ from distillery.generators.providers.submissions import (
     SubmissionState,
 )
 from distillery.generators.records import Delivered, RunContext, failure_row, sample_row
+from distillery.storage.failpoints import failpoint
 from distillery.storage.rows import FailureRow, SampleRow
 from distillery.storage.submissions import (
     Entry,
@@ -201,6 +202,7 @@ async def _create(
             batch_id = await api.create(record.submission_id, lines, record.file_id, record.model)
     except SubmissionError as exc:
         return _refused(journal, record, exc)
+    failpoint("submissions:created-unsaved")  # the batch exists; only the provider knows its id
     return journal.advance(record, "created", provider_batch_id=batch_id, provider_state="created")
 
 

@@ -11,6 +11,8 @@ a list of everything (BENCHMARKS.md, "Memory of a run").
 from __future__ import annotations
 
 import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
 
 from distillery.storage.location import Location
 from distillery.storage.shards import committed_shards, read_shard
@@ -38,6 +40,30 @@ class DoneIds:
         ]
         parts = [part for part in parts if part.size]
         return cls(np.concatenate(parts) if parts else None)
+
+    @classmethod
+    def of_submission(cls, output: Location, run_id: str, provider_batch_id: str) -> DoneIds:
+        """The ids a collection of provider batch ``provider_batch_id`` already committed, as
+        samples, rejections or failures: a collection stopped half-way is taken up again
+        without writing a row twice."""
+        parts = []
+        for table in (*ANSWERED_TABLES, "failures"):
+            for shard in committed_shards(output, table, run_id):
+                rows = read_shard(shard, columns=["sample_id", "provider_batch_id"])
+                # A null provider_batch_id (an online row) compares as null: filtered out.
+                mine = pc.equal(rows.column("provider_batch_id"), pa.scalar(provider_batch_id))
+                ids = rows.filter(mine).column("sample_id").to_pylist()
+                if ids:
+                    parts.append(np.array(ids, dtype="S"))
+        return cls(np.concatenate(parts) if parts else None)
+
+    def union(self, other: DoneIds) -> DoneIds:
+        """The ids of both."""
+        if not other._ids.size:
+            return self
+        if not self._ids.size:
+            return other
+        return DoneIds(np.concatenate([self._ids, other._ids]))
 
     def __contains__(self, sample_id: object) -> bool:
         if not self._ids.size or not isinstance(sample_id, str):

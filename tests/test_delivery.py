@@ -334,28 +334,3 @@ def test_plan_records_hold_every_field_unrounded(tmp_path: Path) -> None:
     assert claude["delivery"] == "batch" and claude["window_h"] == 24
     assert claude["cost_usd"] == claude["batch_cost_usd"] == plans[1].batch_cost_usd
     assert claude["batch_api"] is True and claude["budget_usd"] is None
-
-
-def test_a_run_with_a_batch_teacher_is_refused_before_anything_starts(tmp_path: Path) -> None:
-    """Until runs send through the batch APIs, a batch teacher's requests would go online at
-    twice the price asked for: the run refuses in one line (exit 2), naming the teacher, before
-    the emulator or Prefect starts and before the output is made."""
-    import subprocess
-    import sys
-
-    config = job_file(tmp_path)
-    done = subprocess.run(
-        [sys.executable, "-m", "distillery", "run", str(config), "--emulator"],
-        capture_output=True,
-        text=True,
-        cwd=tmp_path,
-        timeout=120,
-    )
-    assert done.returncode == 2, done.stderr
-    lines = done.stderr.strip().splitlines()
-    assert lines == [
-        "error: teachers[1].delivery: batch (teacher 'claude'): runs do not send through "
-        "provider batch APIs yet; use delivery: online (distillery plan shows what batch would "
-        "cost)"
-    ]
-    assert not (tmp_path / "out").exists() and "emulator" not in done.stdout

@@ -27,12 +27,21 @@ def base_url(url: str, provider: str) -> str:
 def emulated(
     job: JobConfig, options: EmulatorOptions | None = None
 ) -> Iterator[tuple[JobConfig, str]]:
-    """Yield (the job retargeted at a running emulator, the emulator's URL)."""
-    with RunningEmulator(options or EmulatorOptions()) as emulator:
+    """Yield (the job retargeted at a running emulator, the emulator's URL).
+
+    The emulator's batch APIs end a submission in ``batch_seconds`` rather than a day, so a
+    batch teacher polls it at a tenth of that (0.2 s at least) instead of every minute."""
+    options = options or EmulatorOptions()
+    with RunningEmulator(options) as emulator:
 
         def retarget(teacher: TeacherConfig) -> TeacherConfig:
             base = base_url(emulator.url, teacher.provider)
-            return teacher.model_copy(update={"base_url": base, "api_key_env": None})
+            update: dict[str, object] = {"base_url": base, "api_key_env": None}
+            if teacher.delivery == "batch":
+                submissions = teacher.submission_options
+                poll_s = min(submissions.poll_interval_s, max(0.2, options.batch_seconds / 10))
+                update["submissions"] = submissions.model_copy(update={"poll_interval_s": poll_s})
+            return teacher.model_copy(update=update)
 
         update: dict[str, object] = {"teachers": [retarget(t) for t in job.teachers]}
         judge = job.curation.judge
