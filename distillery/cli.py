@@ -472,6 +472,11 @@ def _print_summary(summary: RunSummary, ui: str) -> None:
     table.add_row("failures", f"{summary.failures:,}" + (f" ({failures})" if failures else ""))
     for name, why in sorted(summary.unusable.items()):
         table.add_row("skipped teacher", f"{name}: {why}")
+    if summary.collected_earlier:
+        table.add_row(
+            "collected",
+            f"{summary.collected_earlier:,} answers and failures of submissions made earlier",
+        )
     if summary.submissions_open:
         table.add_row(
             "submitted",

@@ -34,6 +34,7 @@ from distillery.storage.failpoints import ENV, KILLED
 from distillery.storage.submissions import Journal
 
 from .conftest import write_prompts
+from .test_cli import summary_text
 
 pytestmark = pytest.mark.slow
 
@@ -220,6 +221,9 @@ def test_a_run_that_cannot_wait_ends_waiting_and_the_next_collects(
         assert {r.step for r in journal.records()} == {"collected"}
         assert bought(emulator) == PROMPTS
         one_sample_each(Path(job.output), ("b1",))
+        printed = " ".join(summary_text(**second.model_dump()).split())
+        assert "collected 12 answers and failures of submissions made earlier" in printed
+        assert "not sent" not in printed and "submitted" not in printed
         status = rows(Path(job.output), "SELECT status, invocations FROM runs")
         assert status == [("completed", 2)]
 
