@@ -458,9 +458,15 @@ def _print_summary(summary: RunSummary, ui: str) -> None:
         if unsent > 0
         else f"{summary.requests_planned:,} sent"
     )
+    answered_earlier = summary.requests_skipped - summary.held_by_submissions
+    held = (
+        f", {summary.held_by_submissions:,} in submissions made earlier"
+        if summary.held_by_submissions
+        else ""
+    )
     table.add_row(
         "requests",
-        f"{sent_line}{over_http}, {summary.requests_skipped:,} already answered earlier",
+        f"{sent_line}{over_http}, {answered_earlier:,} already answered earlier{held}",
     )
     table.add_row("samples", f"{summary.samples:,} kept")
     if summary.rejected:

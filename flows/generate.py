@@ -115,6 +115,9 @@ class RunSummary(BaseModel):
     requests_at_provider: int = Field(
         default=0, description="Requests those submissions hold: not yet answered, paid for."
     )
+    held_by_submissions: int = Field(
+        default=0, description="Of requests_skipped, those held by earlier open submissions."
+    )
     open_planned_now: int = Field(
         default=0, description="Of those, requests this invocation planned and submitted."
     )
@@ -392,7 +395,9 @@ def _plan(run: RunState) -> Iterator[StagePlan]:
     Without a recipe there is a single stage: prompts routed to teachers (``routing``, ``n``).
     """
     # Requests held by open submissions are paid for (or about to be): not planned again.
-    done = DoneIds.of_run(run.output, run.run_id).union(run.journal.open_sample_ids())
+    held = run.journal.open_sample_ids()
+    run.summary.held_by_submissions = len(held)
+    done = DoneIds.of_run(run.output, run.run_id).union(held)
     run.next_part = max(
         next_part_number(partition_dir(run.output, table, run.run_id))
         for table in ("samples", "rejected", "failures")

@@ -222,6 +222,9 @@ class Submissions:
                     )
                     if record.step == "ended":
                         await self._collect(record, committed)
+                    elif record.step == "abandoned":  # refused as a whole: planned again
+                        self._release(record, paid=0.0)
+                        self._problem(record, f"given up, sent again next run: {record.error}")
                 except SubmissionError as exc:
                     self._problem(record, str(exc))
             await self.publish()
@@ -277,6 +280,12 @@ class Submissions:
         self.reserved[record.submission_id] = estimate
         return True
 
+    def _release(self, record: SubmissionRecord, paid: float) -> None:
+        """Settle the submission's reservation to what it cost."""
+        estimate = self.reserved.pop(record.submission_id, 0.0)
+        for budget in self._budgets(record.teacher):
+            budget.settle(estimate, paid)
+
     def _problem(self, record: SubmissionRecord, why: str) -> None:
         if self.problems.get(record.submission_id) != why:
             self.logger.warning("submission %s: %s", record.submission_id, why)
@@ -311,9 +320,7 @@ class Submissions:
                 await committed(summary, len(chunk))
         self.journal.advance(record, "collected")
         self.problems.pop(record.submission_id, None)
-        estimate = self.reserved.pop(record.submission_id, 0.0)
-        for budget in self._budgets(record.teacher):
-            budget.settle(estimate, paid)
+        self._release(record, paid)
         self.logger.info(
             "submission %s (batch %s) collected: %s",
             record.submission_id,
@@ -337,7 +344,9 @@ class Submissions:
         except OSError as exc:
             raise OutputUnwritable(output.uri, run_id, exc) from exc
         failpoint("submissions:chunk-committed")
-        return tally(part, kept, rejected, chunk.samples, chunk.failures, this_process())
+        summary = tally(part, kept, rejected, chunk.samples, chunk.failures, this_process())
+        # Not an HTTP request each: the submission's few (upload, create, polls) are not rows.
+        return summary.model_copy(update={"http_requests": 0})
 
     # --- showing -----------------------------------------------------------------------------
 

@@ -269,6 +269,33 @@ def test_the_budget_is_reserved_when_a_submission_is_made(prefect_api: str, tmp_
         one_sample_each(Path(job.output), ("b1",))
 
 
+def test_a_submission_the_provider_refuses_is_given_up_and_sent_again(
+    prefect_api: str, tmp_path: Path
+) -> None:
+    with RunningEmulator(EmulatorOptions(seed=7, batch_seconds=0.3)) as emulator:
+        job = batch_job(tmp_path, emulator.url, online=False)
+        journal = Journal(Path(job.output), "r1")
+        run(job.model_copy(update={"budget_usd": 1e-9}))  # prepared, none sent
+        first = journal.records()[0]
+        lines = journal.requests_location(first.submission_id).local_path
+        assert lines is not None
+        with lines.open("rb") as handle:
+            line = handle.readline()
+        with lines.open("ab") as handle:  # a custom id twice: OpenAI refuses the whole file
+            handle.write(line)
+        second = run(job)
+        assert second.status == "completed", second
+        assert list(second.submission_problems) == [first.submission_id]
+        assert "duplicate_custom_id" in second.submission_problems[first.submission_id]
+        assert second.samples == PROMPTS - 5 and bought(emulator) == PROMPTS - 5
+        printed = " ".join(summary_text(**second.model_dump()).split())
+        assert f"submission {first.submission_id}: given up, sent again next run" in printed
+        assert "0 sent, 0 already answered earlier, 12 in submissions made earlier" in printed
+        third = run(job)
+        assert (third.status, third.requests_planned, third.samples) == ("completed", 5, 5)
+        one_sample_each(Path(job.output), ("b1",))
+
+
 # --------------------------------------------------------------------------- kills
 
 
