@@ -637,6 +637,8 @@ def submissions(
 
     csv and json carry every field of each submission, unrounded, ages in seconds.
     """
+    from rich.markup import escape
+
     from distillery.storage.location import as_location
     from distillery.storage.submissions import TABLE_DIR, Journal
     from distillery.submissions_report import (
@@ -648,14 +650,12 @@ def submissions(
         total_line,
     )
 
+    if run_id is not None:
+        check_run_id(run_id, "RUN_ID")
     output = as_location(_dataset(data, TABLE_DIR))
-    runs = [check_run_id(run_id, "RUN_ID")] if run_id is not None else None
+    runs = [run_id] if run_id is not None else runs_with_submissions(output)
     when = now()
-    listed = {
-        run: rows
-        for run in (runs if runs is not None else runs_with_submissions(output))
-        if (rows := Journal(output, run).summary(when))
-    }
+    listed = {run: rows for run in runs if (rows := Journal(output, run).summary(when))}
     if not listed:
         which = f"run {run_id!r} has no" if run_id is not None else "no run has"
         raise UserInputError(
@@ -669,7 +669,7 @@ def submissions(
         for run, rows in listed.items():
             out.print(f"{run}: {total_line(rows)}", highlight=False)
         out.print(
-            f"[bold]one run[/bold]  distillery submissions RUN_ID --data {data}",
+            f"[bold]one run[/bold]  distillery submissions RUN_ID --data {escape(data)}",
             soft_wrap=True,
             highlight=False,
         )

@@ -15,6 +15,8 @@ from collections.abc import Sequence
 from datetime import UTC, datetime
 from typing import Any
 
+from rich.markup import escape
+
 from distillery.storage.location import Location
 from distillery.storage.submissions import TABLE_DIR, Step, SubmissionSummary
 
@@ -75,10 +77,11 @@ def step_text(row: SubmissionSummary) -> str:
 def submission_table(
     rows: Sequence[SubmissionSummary],
 ) -> tuple[list[str], list[tuple[str, ...]]]:
-    """The columns and rows of the table (an ``error`` column only when a row has one)."""
+    """The columns and rows of the table (an ``error`` column only when a row has one), each
+    cell escaped: a provider's message in brackets is text, not rich markup."""
     errors = any(row["error"] for row in rows)
     columns = ["submission", "teacher", "batch id", "step", "counts", "requests", "~USD", "age"]
-    table = [
+    cells = [
         (
             row["submission_id"],
             row["teacher"],
@@ -92,6 +95,7 @@ def submission_table(
         )
         for row in rows
     ]
+    table = [tuple(escape(cell) for cell in row) for row in cells]
     return [*columns, *(["error"] if errors else [])], table
 
 

@@ -33,7 +33,8 @@ NOW = datetime(2026, 3, 1, 12, 0, tzinfo=UTC)
 AGE = timedelta(hours=3, minutes=12, seconds=30)
 OPENAI_BATCH = "batch_67a1b2c3d4e5f60718293a4b5c6d7e8f"
 ANTHROPIC_BATCH = "msgbatch_01HkcTjaV5uDC8jWR4ZsDV8d"
-EXPIRED = "expired: the provider's 24 h window ended before it answered"
+#: Brackets, as a provider's message may have, are printed as they are (not taken as markup).
+EXPIRED = "[expired] the provider's 24 h window ended before it answered"
 
 
 class Clock:
