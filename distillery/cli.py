@@ -328,8 +328,11 @@ _DATA_HELP = "Dataset directory, or s3://bucket/prefix."
 _VIEWS = "samples, rejected, failures, failures_log, runs, teachers"
 
 
-def _dataset(data: str) -> Path | Location:
+def _dataset(data: str, *also: str) -> Path | Location:
     """``--data``: an existing local directory, or an object-storage prefix that has data.
+
+    A local directory must hold one of the tables' folders, or one of ``also`` (``submissions``:
+    a run whose teachers all deliver by batch may have nothing else yet).
 
     Object storage is read with the standard AWS variables (``AWS_ENDPOINT_URL`` for an
     S3-compatible server, ``AWS_ACCESS_KEY_ID``, ...); an unreachable bucket is one line here
@@ -343,10 +346,11 @@ def _dataset(data: str) -> Path | Location:
         path = Path(data)
         if not path.is_dir():
             raise UserInputError(f"--data {data}: no such directory")
-        if not any((path / table).is_dir() for table in TABLES):
+        folders = [*TABLES, *also]
+        if not any((path / folder).is_dir() for folder in folders):
             # Not an error to DuckDB (every view is empty), but never what the user meant.
             raise UserInputError(
-                f"--data {data}: no dataset there (no {', '.join(TABLES)} folder); "
+                f"--data {data}: no dataset there (no {', '.join(folders)} folder); "
                 "name the run's output directory"
             )
         return path
@@ -624,6 +628,67 @@ def lineage(
         labels = ("dataset", "config", "status", "started", "ended", "invocations")
         table.add_row("run", ", ".join(f"{k} {v}" for k, v in zip(labels, run[0], strict=True)))
     out.print(table)
+
+
+@app.command()
+@_reports_errors
+def submissions(
+    run_id: Annotated[
+        str | None,
+        typer.Argument(help="The run; without it, one line per run that has submissions."),
+    ] = None,
+    data: Annotated[str, typer.Option("--data", "-d", help=_DATA_HELP)] = "out",
+    fmt: Annotated[
+        Literal["table", "csv", "json"], typer.Option("--format", "-f", help="Output format.")
+    ] = "table",
+) -> None:
+    """A run's provider submissions (delivery: batch): batch id, step, counts, estimate, age.
+
+    Without RUN_ID: one line per run that has submissions (csv, json: all their rows).
+
+    csv and json carry every field of each submission, unrounded, ages in seconds.
+    """
+    from rich.markup import escape
+
+    from distillery.storage.location import as_location
+    from distillery.storage.submissions import TABLE_DIR, Journal
+    from distillery.submissions_report import (
+        RECORD_FIELDS,
+        now,
+        runs_with_submissions,
+        submission_records,
+        submission_table,
+        total_line,
+    )
+
+    if run_id is not None:
+        check_run_id(run_id, "RUN_ID")
+    output = as_location(_dataset(data, TABLE_DIR))
+    runs = [run_id] if run_id is not None else runs_with_submissions(output)
+    when = now()
+    listed = {run: rows for run in runs if (rows := Journal(output, run).summary(when))}
+    if not listed:
+        which = f"run {run_id!r} has no" if run_id is not None else "no run has"
+        raise UserInputError(
+            f"--data {data}: {which} provider submissions (only delivery: batch teachers make them)"
+        )
+    if fmt != "table":
+        records = [r for run, rows in listed.items() for r in submission_records(run, rows, fmt)]
+        print_rows(out, list(RECORD_FIELDS), records, fmt)
+        return
+    if run_id is None:
+        for run, rows in listed.items():
+            out.print(f"{run}: {total_line(rows)}", highlight=False)
+        out.print(
+            f"[bold]one run[/bold]  distillery submissions RUN_ID --data {escape(data)}",
+            soft_wrap=True,
+            highlight=False,
+        )
+        return
+    columns, table = submission_table(listed[run_id])
+    right = frozenset({"requests", "~USD", "age"})
+    print_table(out, f"submissions of run {run_id}", columns, table, right=right)
+    out.print(total_line(listed[run_id]), highlight=False)
 
 
 @app.command()
