@@ -102,7 +102,18 @@ def dataset(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
 
 
 def invoke(*args: str, columns: int = 80) -> Result:
-    return CliRunner().invoke(app, ["submissions", *args], env={"COLUMNS": str(columns)})
+    """The command in this process, printing ``columns`` wide: the CLI's consoles are made at
+    import, with whatever width the process had then (another test's, under xdist)."""
+    from rich.console import Console
+
+    from distillery import cli
+
+    saved = cli.out, cli.err
+    cli.out, cli.err = Console(width=columns), Console(width=columns, stderr=True)
+    try:
+        return CliRunner().invoke(app, ["submissions", *args], env={"COLUMNS": str(columns)})
+    finally:
+        cli.out, cli.err = saved
 
 
 def lines(text: str) -> list[str]:
