@@ -210,7 +210,12 @@ def measure(
     split = " + ".join(f"{r.requests:,}" for r in submissions)
     print(
         f"{provider} {requests:,} requests: peak {run.peak_mb:.0f} MB, {run.wall_s:.0f} s, "
-        f"submissions {split}; " + ", ".join(f"{p} {measured.phase_s(p):.1f} s" for p in PHASES),
+        f"submissions {split}; "
+        + ", ".join(
+            f"{p} {measured.phase_s(p):.1f} s ({_peak(measured.phase_peak_mb(p))} MB)"
+            for p in PHASES
+        )
+        + f"; rows {rows}, exactly once: {exactly_once}",
         flush=True,
     )
     samples = ", ".join(
