@@ -202,3 +202,18 @@ def append_section(title: str, table: str, conclusion: str, notes: list[str]) ->
         text = "\n" + text
     with BENCHMARKS_MD.open("a") as handle:
         handle.write(text)
+
+
+def report_section(
+    title: str, table: str, conclusion: str, notes: list[str], *, append: bool
+) -> None:
+    """Print a benchmark's result (command, machine, notes, table, conclusion); with
+    ``append`` also append it to ``BENCHMARKS.md`` as a dated section."""
+    if append:
+        append_section(title, table, conclusion, notes)
+    print(f"Command: `{command_line()}`")
+    print("\n".join(machine_lines()))
+    print(f"- {NOISE_NOTE}")
+    print("\n".join(f"- {note}" for note in notes))
+    print(table)
+    print(conclusion)

@@ -40,12 +40,9 @@ from pathlib import Path
 import pyarrow.parquet as pq
 from _common import (
     DISTILLERY,
-    NOISE_NOTE,
-    append_section,
-    command_line,
     exit_cleanly_on_sigterm,
-    machine_lines,
     markdown_table,
+    report_section,
 )
 from _flow_runs import TOPICS, PrefectServer
 
@@ -66,6 +63,8 @@ class Ended:
     wall_s: float
     stopped: bool
     rss_mb: list[tuple[float, float]] = field(default_factory=list)
+    #: Unix time of the launch: ``rss_mb``'s seconds count from it.
+    launched_at: float = 0.0
 
     def shown(self) -> str:
         return f"{self.peak_mb:.0f}" + (" (stopped)" if self.stopped else "")
@@ -119,16 +118,30 @@ def _rss_mb(pid: int) -> float | None:
     return None
 
 
-def run_once(config: Path, run_id: str, env: dict[str, str], stop_after_s: float | None) -> Ended:
-    """One ``distillery run --emulator``: peak RSS (MB) and wall seconds; raises on failure.
+def run_once(
+    config: Path,
+    run_id: str,
+    env: dict[str, str],
+    stop_after_s: float | None,
+    *,
+    emulator: bool = True,
+    sample_s: float = 5.0,
+) -> Ended:
+    """One ``distillery run`` (``--emulator`` by default): peak RSS (MB) and wall seconds;
+    raises on failure.
+
+    Without ``emulator`` the job's own ``base_url`` is used (an emulator in another process,
+    so its memory is not the run's). RSS is sampled every ``sample_s`` seconds.
 
     With ``stop_after_s`` a run still going then gets SIGTERM (a graceful stop: what is in
     flight lands and is committed) so a size too large to finish on the machine at hand is
     still measured over its start — every prompt read and planned — and its first requests.
     """
-    command = [str(DISTILLERY), "run", str(config), "--emulator", "--run-id", run_id]
+    command = [str(DISTILLERY), "run", str(config), "--run-id", run_id]
+    command += ["--emulator"] if emulator else []
     log = config.parent / f"{run_id}.log"
     clock = time.perf_counter()
+    launched_at = time.time()
     with log.open("a") as output:
         process = subprocess.Popen(
             command,
@@ -138,7 +151,7 @@ def run_once(config: Path, run_id: str, env: dict[str, str], stop_after_s: float
             stdout=output,
             stderr=subprocess.STDOUT,
         )
-    ended = Ended(0.0, 0.0, False)
+    ended = Ended(0.0, 0.0, False, launched_at=launched_at)
     next_sample = 0.0
     try:
         while True:
@@ -150,7 +163,7 @@ def run_once(config: Path, run_id: str, env: dict[str, str], stop_after_s: float
                 rss = _rss_mb(process.pid)
                 if rss is not None:
                     ended.rss_mb.append((elapsed, rss))
-                next_sample = elapsed + 5.0
+                next_sample = elapsed + sample_s
             if elapsed > RUN_TIMEOUT_S:
                 raise RuntimeError(f"{run_id}: no end after {RUN_TIMEOUT_S:.0f} s")
             if stop_after_s is not None and elapsed > stop_after_s and not ended.stopped:
@@ -256,13 +269,9 @@ def main() -> None:
         f"One teacher, max_tokens {args.max_tokens}, batch_size {args.batch_size}, "
         "dedup off, emulator in the run's process; peak RSS from os.wait4 (ru_maxrss).",
     ]
-    if args.append:
-        append_section("Memory of a run (bench/run_memory.py)", table, conclusion, notes)
-    print(f"Command: `{command_line()}`")
-    print("\n".join(machine_lines()))
-    print(f"- {NOISE_NOTE}")
-    print(table)
-    print(conclusion)
+    report_section(
+        "Memory of a run (bench/run_memory.py)", table, conclusion, notes, append=args.append
+    )
 
 
 if __name__ == "__main__":
