@@ -383,7 +383,9 @@ async def collect(
                     yield full
         message = f"the provider returned no result: the submission ended {status.raw_state}"
         lost = Failure(unreturned, message, None)
-        for item in journal.items_of(record.submission_id):
+        # Every request returned (the usual end): no second read of the items file.
+        missing = journal.items_of(record.submission_id) if not seen.all() else iter(())
+        for item in missing:
             at = lookup.position(item.custom_id)
             if at is None or seen[at] or item.custom_id in done:
                 continue
