@@ -1,0 +1,1 @@
+"""The release export's pieces."""
