@@ -331,13 +331,11 @@ def _distinct(values: U64) -> U64:
 
 
 def _merge(per_set: list[U64]) -> tuple[U64, U64]:
-    """One sorted array of the distinct keys, and for each the mask of the sets holding it."""
-    keys = np.concatenate([np.zeros(0, np.uint64), *per_set])
-    sizes = [len(k) for k in per_set]
-    bits = np.repeat(np.uint64(1) << np.arange(len(per_set), dtype=np.uint64), sizes)
-    order = np.argsort(keys, kind="stable")
-    keys, bits = keys[order], bits[order]
-    if not len(keys):
-        return keys, bits
-    first = np.flatnonzero(np.r_[True, keys[1:] != keys[:-1]])
-    return keys[first], np.bitwise_or.reduceat(bits, first)
+    """One sorted array of the distinct keys of all sets (each sorted and distinct already),
+    and for each key the mask of the sets holding it; no argsort, whose index array would
+    double the peak memory."""
+    keys = _distinct(np.concatenate([np.zeros(0, np.uint64), *per_set]))
+    masks = np.zeros(len(keys), np.uint64)
+    for i, set_keys in enumerate(per_set):
+        masks[np.searchsorted(keys, set_keys)] |= np.uint64(1) << np.uint64(i)
+    return keys, masks
