@@ -36,7 +36,8 @@ from typing import Any
 import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
-from dedup_quality import TextMaker, append_section, markdown_table
+from _common import append_section, markdown_table
+from dedup_quality import TextMaker
 
 from distillery.storage.release.decontam import DEFAULT_NGRAM, Contamination, EvalSet
 
@@ -246,6 +247,7 @@ def main() -> None:
             "13-25-word slice of an evaluation item, re-cased and re-punctuated.",
             "Evaluation items: 40-120 words, half JSON Lines, half Parquet; n = 13.",
             "Row generation is not timed; peak RSS includes it (a 10,000-row batch).",
+            f"numpy {np.__version__}, pyarrow {pa.__version__}; 2 matching threads.",
         ],
     )
 

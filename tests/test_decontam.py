@@ -127,6 +127,12 @@ def test_jsonl_and_parquet_give_the_same_answers(tmp_path: Path) -> None:
     assert (from_jsonl.keys == from_parquet.keys).all()
 
 
+def test_a_jsonl_file_may_start_with_a_byte_order_mark(tmp_path: Path) -> None:
+    path = tmp_path / "bom.jsonl"
+    path.write_text("\ufeff" + json.dumps({"question": GSM}) + "\n", encoding="utf-8")
+    assert Contamination.build([EvalSet("bom", path, "question")]).matches([GSM]) == [["bom"]]
+
+
 def test_two_threads_keep_each_text_its_own_answer(tmp_path: Path) -> None:
     contamination = one_set(tmp_path, [GSM])
     texts = [f"row {i}: " + (GSM if i % 7 == 3 else "clips in May " * 20) for i in range(300)]
