@@ -3,12 +3,13 @@
 A released training set must not contain benchmark test items, or a model trained on it
 scores well for the wrong reason. The test used here is the one GPT-3 made common (Brown et
 al. 2020, appendix C): a training text is contaminated by an evaluation item when both contain
-the same sequence of ``n`` words, with ``n = 13`` by default (``DEFAULT_NGRAM``); GPT-3 used 13
-and lowered ``n`` only for very short items, to no fewer than 8 words. Llama 2 (Touvron et al.
-2023, §A.6) scores instead the share of an item's *tokens* covered by such matches and calls
-an item contaminated above a threshold; that answers "which evaluation items are tainted",
-while a release needs "which training rows to leave out", for which any long shared n-gram is
-the usual rule (it is also what ``lm-evaluation-harness``'s decontamination does).
+the same sequence of ``n`` words. GPT-3 chose ``n`` between 8 and 13 per dataset, from its
+items' lengths; lm-evaluation-harness's decontamination uses 13 throughout, as does the default
+here (``DEFAULT_NGRAM``, configurable). Llama 2 (Touvron et al. 2023, appendix A.6) measures
+instead the share of an item's *tokens* covered by shared token n-grams of at least 10 tokens
+and calls the item contaminated above a threshold; that answers "which evaluation items are
+tainted", while a release needs "which training rows to leave out", for which any shared long
+n-gram is the usual rule.
 
 **Words.** Both sides are normalised the same way: Unicode NFKC, case folding, and words are
 the maximal runs of letters and digits (``[^\\W_]`` in Python's Unicode-aware ``re``, i.e.
@@ -20,24 +21,25 @@ Python regular expression: a 256-entry table maps each byte in numpy.
 
 **Short items.** An evaluation item with fewer than ``n`` words has no ``n``-gram. If it has
 at least ``MIN_WORDS`` (8) words, its whole word sequence is its one gram, and a text
-containing that sequence is flagged (GPT-3's floor: a shorter sequence, e.g. "what is the
-capital of france", is common phrasing, not evidence of a leak). Items of fewer words are
-read and counted in ``skipped`` but cannot flag anything.
+containing that sequence is flagged (8 is GPT-3's smallest ``n``: a shorter sequence, e.g.
+"what is the capital of france", is common phrasing, not evidence of a leak). Items of fewer
+words are read and counted in ``skipped`` but cannot flag anything.
 
 **Hashing.** Every word is hashed to 64 bits (``minhash.word_hashes``: splitmix64 over the
-word's UTF-8 blocks), a gram of ``m`` words is ``mix64`` of the Horner polynomial of its word
-hashes, computed for every position of a batch at once with ``m`` shifted numpy views. The
-evaluation side is kept as one sorted ``uint64`` array of distinct gram hashes plus, for each,
-a 64-bit mask of the evaluation sets it came from (so at most 64 sets). A text is looked up
-with one ``np.searchsorted`` over all its grams. A false match needs two different word
-sequences with the same 64-bit hash: with ``G`` evaluation grams and ``Q`` looked-up grams the
-expected number of such accidents is about ``G·Q / 2^64`` — for 10^7 × 10^9 that is 0.0005,
-i.e. negligible; a missed match cannot happen (equal words give equal hashes).
+word's UTF-8 blocks); a gram of ``m`` words is ``mix64`` of the Horner polynomial of its word
+hashes, computed for every position of a batch at once with ``m`` shifted numpy views (texts
+are separated, so no gram spans two). The evaluation side is one sorted ``uint64`` array of
+distinct gram hashes plus, for each, a 64-bit mask of the evaluation sets it came from (so at
+most 64 sets). A batch of texts is looked up with one sorted ``np.searchsorted``. A false
+match needs two different word sequences with one 64-bit hash: with ``G`` evaluation grams
+and ``Q`` looked-up grams the expected number of such accidents is about ``G·Q / 2^64``, for
+10^7 × 10^9 about 0.0005: negligible. A missed match cannot happen (equal words, equal hashes).
 
-Memory is the evaluation side (16 bytes per distinct gram: ~10^7 grams for 100,000 items of
-100 words, 160 MB) plus one batch of texts; evaluation files are read in batches
-(JSONL line by line, Parquet a record batch at a time). Speed: ``BENCHMARKS.md``,
-"Decontamination".
+**Memory** is the evaluation side, 16 bytes per distinct gram (100,000 items of 40-120 words:
+6.8 million grams, 108 MB; about three times that while :meth:`Contamination.build` sorts),
+plus one batch of texts: it does not grow with the rows looked up. Evaluation files are read
+in batches (JSONL line by line, Parquet a record batch at a time). Speed and RSS measured:
+``BENCHMARKS.md``, "Decontamination".
 """
 
 from __future__ import annotations
