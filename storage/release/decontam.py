@@ -38,13 +38,13 @@ and ``Q`` looked-up grams the expected number of such accidents is about ``G·Q 
 **Memory** is the evaluation side, 16 bytes per distinct gram (100,000 items of 40-120 words:
 6.8 million grams, 108 MB; about three times that while :meth:`Contamination.build` sorts),
 plus one batch of texts: it does not grow with the rows looked up. Evaluation files are read
-in batches (JSONL line by line, Parquet a record batch at a time). Speed and RSS measured:
+in batches: JSON Lines and CSV line by line (the prompt files' reader), Parquet a record batch
+of the one column at a time. Speed and RSS measured:
 ``BENCHMARKS.md``, "Decontamination".
 """
 
 from __future__ import annotations
 
-import json
 import os
 import re
 import unicodedata
@@ -59,6 +59,7 @@ import pyarrow.parquet as pq
 
 from distillery.errors import UserInputError
 from distillery.generators.curation.minhash import map_batches, mix64, utf8_buffer, word_hashes
+from distillery.generators.prompts import records
 
 U64 = npt.NDArray[np.uint64]
 I64 = npt.NDArray[np.int64]
@@ -68,7 +69,8 @@ DEFAULT_NGRAM = 13
 MIN_WORDS = 8
 #: The sets a gram came from are bits of a uint64.
 MAX_SETS = 64
-JSONL_SUFFIXES = (".jsonl", ".ndjson", ".json")  # .json: JSON Lines too (one object a line)
+# What generators.prompts.records reads: .json is JSON Lines too (one object a line).
+RECORD_SUFFIXES = (".jsonl", ".ndjson", ".json", ".csv")
 PARQUET_SUFFIXES = (".parquet", ".pq")
 _READ_ROWS = 8192  # evaluation items hashed per batch
 _POLY = np.uint64(0x9E3779B97F4A7C15)
@@ -95,8 +97,9 @@ def parse_eval_set(spec: str) -> EvalSet:
     """``PATH:FIELD`` or ``NAME=PATH:FIELD`` (the name defaults to the file's stem).
 
     The field is what follows the last colon; the name is what precedes the first ``=`` when
-    that part holds no path separator. The suffix decides the format (``JSONL_SUFFIXES``,
-    ``PARQUET_SUFFIXES``); the file itself is only read by :meth:`Contamination.build`.
+    that part holds no path separator. The suffix decides the format (``RECORD_SUFFIXES``,
+    ``PARQUET_SUFFIXES``: JSON Lines, CSV or Parquet); the file itself is only read by
+    :meth:`Contamination.build`.
     """
     usage = "expected PATH:FIELD or NAME=PATH:FIELD, e.g. gsm8k=test.jsonl:question"
     location, colon, field_name = spec.rpartition(":")
@@ -108,79 +111,63 @@ def parse_eval_set(spec: str) -> EvalSet:
     if not path_text:
         raise UserInputError(f"evaluation set {spec!r}: {usage}")
     path = Path(path_text)
-    if not path.name.lower().endswith(JSONL_SUFFIXES + PARQUET_SUFFIXES):
+    if not path.name.lower().endswith(RECORD_SUFFIXES + PARQUET_SUFFIXES):
         raise UserInputError(
-            f"evaluation set {path}: unknown format {path.suffix or '(no suffix)'}; "
-            f"use JSON Lines ({', '.join(JSONL_SUFFIXES)}) or Parquet "
-            f"({', '.join(PARQUET_SUFFIXES)})"
+            f"{path}: unknown evaluation set format {path.suffix or '(no suffix)'} "
+            f"(use {', '.join(RECORD_SUFFIXES + PARQUET_SUFFIXES)})"
         )
     return EvalSet(name=name.strip() or path.stem, path=path, field=field_name.strip())
 
 
-def _one_line(text: str) -> str:
-    return " ".join(text.split())
+def _checked(where: str, es: EvalSet, value: object) -> str | None:
+    if value is not None and not isinstance(value, str):
+        raise UserInputError(f"{where}: field {es.field!r} is {type(value).__name__}, not text")
+    return value
 
 
-def _jsonl_texts(es: EvalSet) -> Iterator[list[str | None]]:
+def _record_texts(es: EvalSet) -> Iterator[list[str | None]]:
+    """JSON Lines or CSV, through the prompt files' reader (its one-line ``file:line`` errors
+    for bad JSON, bad UTF-8, a byte-order mark, an unreadable file)."""
     batch: list[str | None] = []
-    try:
-        with es.path.open(encoding="utf-8-sig") as handle:  # a BOM is not JSON
-            for number, line in enumerate(handle, 1):
-                if not line.strip():
-                    continue
-                where = f"evaluation set {es.path}, line {number}"
-                try:
-                    item = json.loads(line)
-                except json.JSONDecodeError as exc:
-                    raise UserInputError(f"{where}: not JSON ({exc.msg})") from None
-                if not isinstance(item, dict):
-                    raise UserInputError(f"{where}: not a JSON object")
-                if es.field not in item:
-                    raise UserInputError(f"{where}: no field {es.field!r}")
-                value = item[es.field]
-                if value is not None and not isinstance(value, str):
-                    kind = type(value).__name__
-                    raise UserInputError(f"{where}: field {es.field!r} is a {kind}, not text")
-                batch.append(value)
-                if len(batch) >= _READ_ROWS:
-                    yield batch
-                    batch = []
-    except UnicodeDecodeError as exc:
-        raise UserInputError(f"evaluation set {es.path}: not UTF-8 text ({exc.reason})") from None
-    except OSError as exc:
-        raise UserInputError(
-            f"cannot read evaluation set {es.path}: {exc.strerror or type(exc).__name__}"
-        ) from None
+    for where, record in records(es.path, what="evaluation set"):
+        if es.field not in record:
+            raise UserInputError(f"{where}: no field {es.field!r} (evaluation set {es.name})")
+        batch.append(_checked(where, es, record[es.field]))
+        if len(batch) >= _READ_ROWS:
+            yield batch
+            batch = []
     if batch:
         yield batch
 
 
 def _parquet_texts(es: EvalSet) -> Iterator[list[str | None]]:
+    """Only the field's column, a record batch at a time. The file is opened by Python, whose
+    error for a missing one is short ("No such file or directory"), unlike pyarrow's."""
     try:
-        parquet = pq.ParquetFile(es.path)
-    except (OSError, pa.ArrowException) as exc:  # a missing file, or not Parquet
-        reason = getattr(exc, "strerror", None) or _one_line(str(exc)) or type(exc).__name__
-        raise UserInputError(f"cannot read evaluation set {es.path}: {reason}") from None
-    schema = parquet.schema_arrow
-    if es.field not in schema.names:
-        columns = ", ".join(schema.names)
-        raise UserInputError(f"evaluation set {es.path}: no column {es.field!r} ({columns})")
-    kind = schema.field(es.field).type
-    if not (pa.types.is_string(kind) or pa.types.is_large_string(kind)):
-        raise UserInputError(f"evaluation set {es.path}: column {es.field!r} is {kind}, not text")
-    try:
-        for record_batch in parquet.iter_batches(batch_size=_READ_ROWS, columns=[es.field]):
-            yield record_batch.column(0).to_pylist()
-    except (OSError, pa.ArrowException) as exc:  # a corrupt page
-        reason = _one_line(str(exc)) or type(exc).__name__
-        raise UserInputError(f"cannot read evaluation set {es.path}: {reason}") from None
+        with es.path.open("rb") as handle:
+            parquet = pq.ParquetFile(handle)
+            schema = parquet.schema_arrow
+            if es.field not in schema.names:
+                columns = ", ".join(schema.names)
+                raise UserInputError(f"{es.path}: no column {es.field!r} (columns: {columns})")
+            kind = schema.field(es.field).type
+            if not (pa.types.is_string(kind) or pa.types.is_large_string(kind)):
+                raise UserInputError(f"{es.path}: column {es.field!r} is {kind}, not text")
+            for batch in parquet.iter_batches(batch_size=_READ_ROWS, columns=[es.field]):
+                yield batch.column(0).to_pylist()
+    except (OSError, pa.ArrowException) as exc:  # missing, not Parquet, a corrupt page
+        raise UserInputError(f"{es.path}: cannot read evaluation set ({_reason(exc)})") from None
+
+
+def _reason(exc: Exception) -> str:
+    return getattr(exc, "strerror", None) or " ".join(str(exc).split()) or type(exc).__name__
 
 
 def read_eval_texts(es: EvalSet) -> Iterator[list[str | None]]:
     """The field's values, a batch at a time (``None`` where an item's field is null)."""
     if es.path.name.lower().endswith(PARQUET_SUFFIXES):
         return _parquet_texts(es)
-    return _jsonl_texts(es)
+    return _record_texts(es)
 
 
 def _prepared(text: str) -> str:
