@@ -31,7 +31,11 @@ T0 = datetime(2026, 11, 30, 12, tzinfo=UTC)
 
 def row(sample_id: str, prompt_id: str, teacher: str = "smol", **extra: Any) -> dict[str, Any]:
     """A sample as the flow writes it, with a teacher, its terms tag and some usage."""
-    models = {"smol": ("local", "SmolLM2-135M", "apache-2.0"), "gpt": ("openai", "gpt-4o", "")}
+    models = {
+        "smol": ("local", "SmolLM2-135M", "apache-2.0"),
+        "gpt": ("openai", "gpt-4o", "openai-no-competing-models"),
+        "anon": ("openai", "mystery-model", ""),
+    }
     provider, model, tag = models[teacher]
     base = sample(sample_id)
     base.update(
@@ -51,12 +55,17 @@ def row(sample_id: str, prompt_id: str, teacher: str = "smol", **extra: Any) -> 
     return base
 
 
-def build(root: Path, prompts: int = 40, gpt: bool = False) -> Path:
+def build(root: Path, prompts: int = 40, others: bool = False) -> Path:
     """A dataset: plain prompts answered twice, a conversation, an evol-instruct family, a
     self-instruct family, rejected rows, and the run's record."""
     rows = [
-        row(f"s{i}-{k}", f"p{i}", sample_index=k, reasoning_text="think " * (i + 1) if k else None,
-            reasoning_visibility="full" if k else None)
+        row(
+            f"s{i}-{k}",
+            f"p{i}",
+            sample_index=k,
+            reasoning_text="think " * (i + 1) if k else None,
+            reasoning_visibility="full" if k else None,
+        )
         for i in range(prompts)
         for k in range(2)
     ]
@@ -67,19 +76,43 @@ def build(root: Path, prompts: int = 40, gpt: bool = False) -> Path:
         {"role": "assistant", "content": "last answer"},
     ]
     rows.append(
-        row("conv", "c1", recipe="conversation", conversation=conversation,
-            messages=conversation[:1], response_text="last answer")
+        row(
+            "conv",
+            "c1",
+            recipe="conversation",
+            conversation=conversation,
+            messages=conversation[:1],
+            response_text="last answer",
+        )
     )
     evol = dict(recipe="evol_instruct")
     rows += [
         row("e-seed", "q7", **evol, stage="answer", generation=0),
         row("e-evolve1", "evolve/q7>deepen", **evol, stage="evolve", generation=1),
-        row("e-answer1", "q7>deepen", **evol, stage="answer", generation=1,
-            parent_sample_id="e-evolve1"),
-        row("e-evolve2", "evolve/q7>deepen>constrain", **evol, stage="evolve", generation=2,
-            parent_sample_id="e-evolve1"),
-        row("e-answer2", "q7>deepen>constrain", **evol, stage="answer", generation=2,
-            parent_sample_id="e-evolve2"),
+        row(
+            "e-answer1",
+            "q7>deepen",
+            **evol,
+            stage="answer",
+            generation=1,
+            parent_sample_id="e-evolve1",
+        ),
+        row(
+            "e-evolve2",
+            "evolve/q7>deepen>constrain",
+            **evol,
+            stage="evolve",
+            generation=2,
+            parent_sample_id="e-evolve1",
+        ),
+        row(
+            "e-answer2",
+            "q7>deepen>constrain",
+            **evol,
+            stage="answer",
+            generation=2,
+            parent_sample_id="e-evolve2",
+        ),
     ]
     selfi = dict(recipe="self_instruct")
     rows += [
@@ -87,8 +120,9 @@ def build(root: Path, prompts: int = 40, gpt: bool = False) -> Path:
         row("i-a", "inst-a", **selfi, stage="answer", parent_sample_id="i-list"),
         row("i-b", "inst-b", **selfi, stage="answer", parent_sample_id="i-list"),
     ]
-    if gpt:
-        rows += [row(f"g{i}", f"p{i}", "gpt") for i in range(3)]
+    if others:
+        rows += [row(f"g{i}", f"p{i}", "gpt", sample_index=5) for i in range(3)]
+        rows += [row("anon1", "p0", "anon", sample_index=6)]
     write_shard(root, "samples", "r1", rows, 0)
     rejected = [
         {**row(f"x{i}", f"p{i}"), "filter": "length", "reason": "too_short"} for i in range(3)
@@ -96,9 +130,15 @@ def build(root: Path, prompts: int = 40, gpt: bool = False) -> Path:
     write_shard(root, "rejected", "r1", rejected, 0)
     job = {"curation": {"filters": [{"type": "language", "languages": ["en"]}]}}
     run = {
-        "run_id": "r1", "invocation_id": "i1", "dataset": "demo", "config_hash": "cfg1",
-        "started_at": T0 - timedelta(hours=1), "ended_at": T0, "status": "done",
-        "distillery_version": "0.1.0", "job_shape": json.dumps(job),
+        "run_id": "r1",
+        "invocation_id": "i1",
+        "dataset": "demo",
+        "config_hash": "cfg1",
+        "started_at": T0 - timedelta(hours=1),
+        "ended_at": T0,
+        "status": "done",
+        "distillery_version": "0.1.0",
+        "job_shape": json.dumps(job),
     }
     write_shard(root, "runs", "r1", [run], 0)
     return root
@@ -140,7 +180,10 @@ def test_split_shares_are_close_and_stable() -> None:
         "print(''.join(split_of(f'prompt:{i}', {'a': 0.5, 'b': 0.5}) for i in range(64)))"
     )
     other = subprocess.run(
-        [sys.executable, "-c", code], capture_output=True, text=True, check=True,
+        [sys.executable, "-c", code],
+        capture_output=True,
+        text=True,
+        check=True,
         env={**os.environ, "PYTHONHASHSEED": "123"},
     ).stdout.strip()
     assert other == "".join(split_of(f"prompt:{i}", {"a": 0.5, "b": 0.5}) for i in range(64))
@@ -157,3 +200,220 @@ def test_recipe_families_share_a_key(tmp_path: Path) -> None:
     assert keys["i-a"] == keys["i-b"] == "self-instruct:i-list"
     assert keys["conv"] == "prompt:c1"
     assert len({keys["s1-0"], keys["s2-0"], keys["conv"], keys["e-seed"]}) == 4
+
+
+# --- the export -----------------------------------------------------------------------------
+
+
+def cli(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "distillery", "export", "--format", "hf", *args],
+        capture_output=True,
+        text=True,
+        env={**os.environ, "COLUMNS": "200", **(env or {})},
+        timeout=240,
+        check=False,
+    )
+
+
+def one_error_line(result: subprocess.CompletedProcess[str]) -> str:
+    lines = [line for line in result.stderr.splitlines() if line.strip()]
+    assert len(lines) == 1, result.stderr
+    assert result.returncode == 2, result.stderr
+    return lines[0]
+
+
+def card_header(folder: Path) -> dict[str, Any]:
+    text = (folder / "README.md").read_text()
+    assert text.startswith("---\n")
+    header = yaml.safe_load(text.split("---\n")[1])
+    assert isinstance(header, dict)
+    return header
+
+
+@pytest.fixture(scope="module")
+def dataset(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return build(tmp_path_factory.mktemp("dataset"), prompts=60, others=True)
+
+
+def test_export_loads_with_datasets_and_duckdb(dataset: Path, tmp_path: Path) -> None:
+    """The folder as users read it: ``load_dataset`` finds the splits from the card, DuckDB
+    reads the shards, no prompt family straddles two splits, the card names every teacher."""
+    import datasets
+
+    from distillery.storage.release.hf import HfOptions, export_hf
+
+    folder = tmp_path / "release"
+    options = HfOptions(
+        use="research",
+        splits=SPLITS,
+        reasoning="field",
+        reasoning_key="thinking",
+        accept=frozenset({"unknown"}),
+        shard_rows=30,
+    )
+    result = export_hf(dataset, folder, options)
+    # 60 prompts answered twice, 1 with a trace each; plus gpt, conversation, evol and self-
+    # instruct answers with no trace: only the traced rows are exported.
+    assert sum(result.written.rows.values()) == 60
+    assert result.skipped["none"] > 0
+    files = sorted(p.name for p in (folder / "data").iterdir())
+    assert "train-00000-of-00002.parquet" in files and "train-00001-of-00002.parquet" in files
+    assert not list(tmp_path.glob(".release.*"))
+
+    loaded = datasets.load_dataset(str(folder))
+    assert set(loaded) == {"train", "validation"}
+    assert sum(loaded[name].num_rows for name in loaded) == 60
+    first = loaded["train"][0]
+    assert first["messages"][-1]["role"] == "assistant"
+    assert first["messages"][-1]["thinking"].startswith("think")
+    assert first["messages"][0]["thinking"] is None
+
+    con = open_catalog(dataset)
+    families = dict(con.execute(f"SELECT sample_id, {FAMILY_KEY_SQL} FROM samples").fetchall())
+    split_of_family: dict[str, set[str]] = {}
+    for split in ("train", "validation"):
+        ids = duckdb.sql(f"SELECT sample_id FROM '{folder}/data/{split}-*.parquet'").fetchall()
+        for (sample_id,) in ids:
+            split_of_family.setdefault(families[sample_id], set()).add(split)
+    assert all(len(splits) == 1 for splits in split_of_family.values())
+
+    header = card_header(folder)
+    assert header["configs"][0]["data_files"] == [
+        {"split": "train", "path": "data/train-*"},
+        {"split": "validation", "path": "data/validation-*"},
+    ]
+    assert header["license"] == "apache-2.0"
+    assert header["language"] == ["en"]
+    assert header["size_categories"] == ["n<1K"]
+    assert header["tags"] == ["synthetic", "distillation"]
+    assert [t["name"] for t in header["distillery"]["teachers"]] == ["smol"]
+    for png in ("response_length", "teachers", "rejections", "reasoning_length"):
+        assert (folder / "plots" / f"{png}.png").read_bytes().startswith(PNG)
+        assert f"(plots/{png}.png)" in (folder / "README.md").read_text()
+
+
+def test_card_tells_terms_gate_and_decontamination(dataset: Path, tmp_path: Path) -> None:
+    """Every teacher, accepted and excluded tags, obligations, rejections and the rows an
+    evaluation set removed, listed in a table DuckDB reads."""
+    from distillery.storage.release.decontam import parse_eval_set
+    from distillery.storage.release.hf import HfOptions, export_hf
+
+    evals = tmp_path / "bench.jsonl"
+    # Shares a 5-word n-gram ("p5 by smol s5 0") with one answer only.
+    leaked = "p5 by smol s5-0 and then some words to make it long"
+    evals.write_text(json.dumps({"question": leaked}) + "\n" + json.dumps({"question": "x"}))
+    folder = tmp_path / "release"
+    options = HfOptions(
+        use="competing-model",
+        splits={"train": 1.0},
+        accept=frozenset({"unknown"}),
+        exclude_restricted=True,
+        eval_sets=[parse_eval_set(f"bench={evals}:question")],
+        ngram=5,
+        today=date(2026, 12, 3),
+    )
+    result = export_hf(dataset, folder, options)
+    assert [g.tag for g in result.gate.excluded] == ["openai-no-competing-models"]
+    assert result.written.decontaminated == Counter({"bench": 1})
+    listed = duckdb.sql(
+        f"SELECT sample_id, eval_set, side FROM '{folder}/decontamination.parquet'"
+    ).fetchall()
+    assert listed == [("s5-0", "bench", "answer")]
+    header = card_header(folder)
+    names = {t["name"] for t in header["distillery"]["teachers"]}
+    assert names == {"smol", "anon"}
+    assert header["license"] == "other" and header["license_name"] == "mixed-teacher-terms"
+    card = (folder / "README.md").read_text()
+    assert "accepted by the exporter on 2026-12-03" in card
+    assert "| gpt | gpt-4o | openai-no-competing-models | 3 |" in card
+    assert "| bench | `" in card and "| 2 | 1 |" in card
+    assert "| length | too_short | 3 |" in card and "| dedup | exact_duplicate | 1 |" in card
+    assert "Reasoning length per teacher*: not drawn" in card
+    count = duckdb.sql(f"SELECT count(*) FROM '{folder}/data/*.parquet'").fetchall()[0][0]
+    # 60 prompts x 2 smol samples, 1 anon, conversation, 3 evol and 2 self-instruct answers,
+    # minus the decontaminated one; gpt's 3 rows excluded by their terms.
+    assert count == 120 + 1 + 1 + 3 + 2 - 1
+    conversation = duckdb.sql(
+        f"SELECT messages FROM '{folder}/data/*.parquet' WHERE sample_id = 'conv'"
+    ).fetchall()[0][0]
+    assert [m["content"] for m in conversation][-2:] == ["and then?", "last answer"]
+
+
+def test_gate_refusal_is_a_table_and_exit_2(dataset: Path, tmp_path: Path) -> None:
+    folder = tmp_path / "release"
+    result = cli("--data", str(dataset), "-o", str(folder), "--use", "competing-model")
+    assert result.returncode == 2, result.stderr
+    assert "openai-no-competing-models" in result.stderr and "gpt-4o" in result.stderr
+    assert "unknown" in result.stderr and "--exclude-restricted" in result.stderr
+    assert "Traceback" not in result.stderr
+    assert not folder.exists() and not list(tmp_path.iterdir())
+
+
+def test_bad_input_is_one_line_and_writes_nothing(dataset: Path, tmp_path: Path) -> None:
+    folder = tmp_path / "release"
+    data = ["--data", str(dataset), "-o", str(folder)]
+    assert "needs --use" in one_error_line(cli(*data))
+    assert "--use 'sharing': not an intended use" in one_error_line(cli(*data, "--use", "sharing"))
+    research = [*data, "--use", "research"]
+    bad_split = one_error_line(cli(*research, "--split", "train=0.9,test=0.2"))
+    assert "sum to 1.1, not 1" in bad_split
+    missing = tmp_path / "nope.jsonl"
+    unreadable = one_error_line(cli(*research, "--decontaminate", f"{missing}:question"))
+    assert str(missing) in unreadable
+    assert not folder.exists()
+    folder.mkdir()
+    (folder / "keep.txt").write_text("mine")
+    full = one_error_line(cli(*research, "--accept-terms", "unknown", "--exclude-restricted"))
+    assert "not empty (add --overwrite" in full
+    assert (folder / "keep.txt").read_text() == "mine"
+    chat = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "distillery",
+            "export",
+            "-o",
+            str(tmp_path / "x.jsonl"),
+            "--data",
+            str(dataset),
+            "--use",
+            "research",
+        ],
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    assert "--use: only for --format hf" in one_error_line(chat)
+
+
+def test_a_killed_export_leaves_no_folder_and_overwrite_replaces(
+    dataset: Path, tmp_path: Path
+) -> None:
+    folder = tmp_path / "release"
+    args = [
+        "--data",
+        str(dataset),
+        "-o",
+        str(folder),
+        "--use",
+        "internal",
+        "--accept-terms",
+        "unknown",
+    ]
+    killed = cli(*args, env={ENV: "export-hf:before-publish"})
+    assert killed.returncode == KILLED, killed.stderr
+    assert not folder.exists()
+    done = cli(*args)
+    assert done.returncode == 0, done.stderr
+    assert "wrote" in done.stdout and not list(tmp_path.glob(".release.*"))
+    before = card_header(folder)["distillery"]["exported_at"]
+    # Killed between moving the old release aside and renaming the new one in: the next
+    # export puts the old one back, then replaces it.
+    killed = cli(*args, "--overwrite", env={ENV: "export-hf:swapped-out"})
+    assert killed.returncode == KILLED and not folder.exists()
+    again = cli(*args, "--overwrite", "--split", "train=0.5,test=0.5")
+    assert again.returncode == 0, again.stderr
+    assert sorted(p.name.split("-")[0] for p in (folder / "data").iterdir()) == ["test", "train"]
+    assert card_header(folder)["distillery"]["exported_at"] >= before
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["release"]
