@@ -75,6 +75,18 @@ def training_messages(
     return shaped
 
 
+def select_samples(
+    con: duckdb.DuckDBPyConnection, columns: str, where: str | None, rest: str = ""
+) -> list[tuple[Any, ...]]:
+    """``SELECT columns FROM samples [WHERE where] rest``: the rows an export reads, filtered
+    by the user's ``--where`` (whose SQL error becomes their one-line error)."""
+    sql = f"SELECT {columns} FROM samples" + (f" WHERE {where}" if where else "") + f" {rest}"
+    try:
+        return con.execute(sql).fetchall()
+    except duckdb.Error as exc:
+        raise UserInputError(f"--where {where!r}: {str(exc).splitlines()[0]}") from exc
+
+
 def export_chat_jsonl(
     dataset: Path | str | Location,
     target: Path,
@@ -97,15 +109,12 @@ def export_chat_jsonl(
         if "reasoning_visibility" in columns
         else "NULL AS reasoning_text, NULL AS reasoning_visibility"
     )
-    sql = (
-        f"SELECT sample_id, messages, conversation, response_text, {trace_columns} FROM samples"
-        + (f" WHERE {where}" if where else "")
-        + " ORDER BY run_id, prompt_id, teacher_name, sample_index"
+    rows = select_samples(
+        con,
+        f"sample_id, messages, conversation, response_text, {trace_columns}",
+        where,
+        "ORDER BY run_id, prompt_id, teacher_name, sample_index",
     )
-    try:
-        rows = con.execute(sql).fetchall()
-    except duckdb.Error as exc:
-        raise UserInputError(f"--where {where!r}: {str(exc).splitlines()[0]}") from exc
     result = ExportResult()
     partial = target.with_name(f".{target.name}.partial")
     with partial.open("w", encoding="utf-8") as handle:
