@@ -151,6 +151,10 @@ def _mix64(z: U64) -> U64:
     return z
 
 
+#: splitmix64's finaliser under a public name, for other modules that hash word sequences.
+mix64 = _mix64
+
+
 def _utf8_batch(texts: Sequence[str], casefold: bool) -> tuple[npt.NDArray[np.uint8], I64]:
     """Step 1 for a batch: one UTF-8 buffer plus ``len(texts) + 1`` byte offsets.
 
@@ -158,7 +162,13 @@ def _utf8_batch(texts: Sequence[str], casefold: bool) -> tuple[npt.NDArray[np.ui
     below skip runs of whitespace, which gives the words of the normal form without the
     cost of collapsing whitespace in Python.
     """
-    array = pa.array([words_ready(t, casefold) for t in texts], type=pa.large_string())
+    return utf8_buffer([words_ready(t, casefold) for t in texts])
+
+
+def utf8_buffer(texts: list[str]) -> tuple[npt.NDArray[np.uint8], I64]:
+    """The texts' UTF-8 bytes in one read-only buffer plus ``len(texts) + 1`` byte offsets
+    (pyarrow copies them in C, far faster than joining and encoding in Python)."""
+    array = pa.array(texts, type=pa.large_string())
     _, offsets_buffer, data_buffer = array.buffers()
     assert offsets_buffer is not None, "a large_string array always has offsets"
     offsets = np.frombuffer(memoryview(offsets_buffer), dtype=np.int64)[: len(texts) + 1].copy()
@@ -200,6 +210,12 @@ def _word_spans(data: npt.NDArray[np.uint8], offsets: I64) -> tuple[I64, I64, I6
     word_offsets = np.zeros(len(offsets), np.int64)
     np.cumsum(counts, out=word_offsets[1:])
     return starts.astype(np.int64), ends.astype(np.int64), word_offsets
+
+
+def word_hashes(data: npt.NDArray[np.uint8], starts: I64, ends: I64) -> U64:
+    """Step 2 for words given by their start and end bytes in one UTF-8 buffer. Public for
+    :mod:`storage.release.decontam`, which finds its words in its own normal form."""
+    return _word_hashes(data, starts, ends)
 
 
 def _word_hashes(data: npt.NDArray[np.uint8], starts: I64, ends: I64) -> U64:
@@ -325,7 +341,7 @@ def _batches(texts: Sequence[str], parts: int) -> list[tuple[int, int]]:
     return spans
 
 
-def _map_batches(texts: Sequence[str], threads: int, fn: Callable[[Sequence[str]], _R]) -> list[_R]:
+def map_batches(texts: Sequence[str], threads: int, fn: Callable[[Sequence[str]], _R]) -> list[_R]:
     """``fn`` over batches of ``texts`` in order; numpy and pyarrow release the GIL, so
     ``threads=2`` uses both cores for everything but the Python normalisation."""
     spans = _batches(texts, threads)
@@ -346,7 +362,7 @@ def shingle_hashes(texts: Sequence[str], params: MinHashParams = DEFAULT_PARAMS)
         data, offsets = _utf8_batch(batch, params.casefold)
         return _shingles_of_batch(data, offsets, params.shingle_words)
 
-    parts = _map_batches(texts, 1, one)
+    parts = map_batches(texts, 1, one)
     if len(parts) == 1:
         return parts[0]
     hashes = np.concatenate([h for h, _ in parts])
@@ -370,7 +386,7 @@ def signatures(
 
     if not texts:
         return np.empty((0, params.num_perm), np.uint32)
-    return np.concatenate(_map_batches(texts, threads, one))
+    return np.concatenate(map_batches(texts, threads, one))
 
 
 def band_keys_from_signatures(sigs: U32, params: MinHashParams = DEFAULT_PARAMS) -> U64:
@@ -401,7 +417,7 @@ def band_keys(
 
     if not texts:
         return np.empty((0, params.bands), np.uint64)
-    return np.concatenate(_map_batches(texts, threads, one))
+    return np.concatenate(map_batches(texts, threads, one))
 
 
 def _keys_of_bytes(data: npt.NDArray[np.uint8], offsets: I64, params: MinHashParams) -> U64:
