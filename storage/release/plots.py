@@ -34,9 +34,10 @@ class Skipped:
 
 
 def draw_plots(
-    con: duckdb.DuckDBPyConnection, where: str, facts: Facts, folder: Path
+    con: duckdb.DuckDBPyConnection, where: str, facts: Facts, folder: Path, reasoning: bool
 ) -> tuple[list[Plot], list[Skipped]]:
-    """Draw every plot that has something to show into ``folder/plots``."""
+    """Draw every plot that has something to show into ``folder/plots``; the reasoning
+    traces' only if the rows carry them (``reasoning``: exported with their traces)."""
     (folder / "plots").mkdir(parents=True, exist_ok=True)
     drawn: list[Plot] = []
     skipped: list[Skipped] = []
@@ -44,7 +45,9 @@ def draw_plots(
         _lengths(con, where, "response_text", folder, "response_length", "Response length"),
         _per_teacher(facts, folder),
         _rejections(facts, folder),
-        _lengths(con, where, "reasoning_text", folder, "reasoning_length", "Reasoning length"),
+        _lengths(con, where, "reasoning_text", folder, "reasoning_length", "Reasoning length")
+        if reasoning
+        else Skipped("Reasoning length per teacher", "exported without traces (--with-reasoning)"),
     ):
         if isinstance(plot, Plot):
             drawn.append(plot)
@@ -70,7 +73,7 @@ def _lengths(
             GROUP BY ALL ORDER BY 1, 2"""
     ).fetchall()
     if not bins:
-        return Skipped(title, f"no row has a {column.replace('_', ' ')}")
+        return Skipped(f"{title} per teacher", f"no row has a {column.replace('_', ' ')}")
     figure = Figure(figsize=(7, 4), layout="tight")
     axes = figure.subplots()
     low = min(int(index) for _, index, _ in bins)
