@@ -223,6 +223,11 @@ def one_error_line(result: subprocess.CompletedProcess[str]) -> str:
     return lines[0]
 
 
+def query(sql: str) -> list[tuple[Any, ...]]:
+    """A query as any DuckDB user runs it on the folder (no distillery catalog)."""
+    return duckdb.connect().execute(sql).fetchall()
+
+
 def card_header(folder: Path) -> dict[str, Any]:
     text = (folder / "README.md").read_text()
     assert text.startswith("---\n")
@@ -239,7 +244,7 @@ def dataset(tmp_path_factory: pytest.TempPathFactory) -> Path:
 def test_export_loads_with_datasets_and_duckdb(dataset: Path, tmp_path: Path) -> None:
     """The folder as users read it: ``load_dataset`` finds the splits from the card, DuckDB
     reads the shards, no prompt family straddles two splits, the card names every teacher."""
-    import datasets
+    import datasets  # type: ignore[import-untyped]
 
     from distillery.storage.release.hf import HfOptions, export_hf
 
@@ -273,7 +278,7 @@ def test_export_loads_with_datasets_and_duckdb(dataset: Path, tmp_path: Path) ->
     families = dict(con.execute(f"SELECT sample_id, {FAMILY_KEY_SQL} FROM samples").fetchall())
     split_of_family: dict[str, set[str]] = {}
     for split in ("train", "validation"):
-        ids = duckdb.sql(f"SELECT sample_id FROM '{folder}/data/{split}-*.parquet'").fetchall()
+        ids = query(f"SELECT sample_id FROM '{folder}/data/{split}-*.parquet'")
         for (sample_id,) in ids:
             split_of_family.setdefault(families[sample_id], set()).add(split)
     assert all(len(splits) == 1 for splits in split_of_family.values())
@@ -316,9 +321,7 @@ def test_card_tells_terms_gate_and_decontamination(dataset: Path, tmp_path: Path
     result = export_hf(dataset, folder, options)
     assert [g.tag for g in result.gate.excluded] == ["openai-no-competing-models"]
     assert result.written.decontaminated == Counter({"bench": 1})
-    listed = duckdb.sql(
-        f"SELECT sample_id, eval_set, side FROM '{folder}/decontamination.parquet'"
-    ).fetchall()
+    listed = query(f"SELECT sample_id, eval_set, side FROM '{folder}/decontamination.parquet'")
     assert listed == [("s5-0", "bench", "answer")]
     header = card_header(folder)
     names = {t["name"] for t in header["distillery"]["teachers"]}
@@ -330,13 +333,13 @@ def test_card_tells_terms_gate_and_decontamination(dataset: Path, tmp_path: Path
     assert "| bench | `" in card and "| 2 | 1 |" in card
     assert "| length | too_short | 3 |" in card and "| dedup | exact_duplicate | 1 |" in card
     assert "Reasoning length per teacher*: not drawn" in card
-    count = duckdb.sql(f"SELECT count(*) FROM '{folder}/data/*.parquet'").fetchall()[0][0]
+    count = query(f"SELECT count(*) FROM '{folder}/data/*.parquet'")[0][0]
     # 60 prompts x 2 smol samples, 1 anon, conversation, 3 evol and 2 self-instruct answers,
     # minus the decontaminated one; gpt's 3 rows excluded by their terms.
     assert count == 120 + 1 + 1 + 3 + 2 - 1
-    conversation = duckdb.sql(
+    conversation = query(
         f"SELECT messages FROM '{folder}/data/*.parquet' WHERE sample_id = 'conv'"
-    ).fetchall()[0][0]
+    )[0][0]
     assert [m["content"] for m in conversation][-2:] == ["and then?", "last answer"]
 
 

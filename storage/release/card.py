@@ -23,10 +23,9 @@ import yaml
 from distillery.storage.release.facts import Facts
 
 if TYPE_CHECKING:
-    from distillery.storage.release.terms_gate import GateDecision
-
     from distillery.generators.terms import TermsEntry
     from distillery.storage.release.plots import Plot, Skipped
+    from distillery.storage.release.terms_gate import GateDecision
 
 #: Terms tags that are, as such, a license the Hub knows by id. Any other tag, or several
 #: different ones, make the header ``license: other`` with a name and a link.
