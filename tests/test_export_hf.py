@@ -317,6 +317,7 @@ def test_card_tells_terms_gate_and_decontamination(dataset: Path, tmp_path: Path
         eval_sets=[parse_eval_set(f"bench={evals}:question")],
         ngram=5,
         today=date(2026, 12, 3),
+        terms_max_age_days=3,
     )
     result = export_hf(dataset, folder, options)
     assert [g.tag for g in result.gate.excluded] == ["openai-no-competing-models"]
@@ -330,7 +331,11 @@ def test_card_tells_terms_gate_and_decontamination(dataset: Path, tmp_path: Path
     card = (folder / "README.md").read_text()
     assert "accepted by the exporter on 2026-12-03" in card
     assert "| gpt | gpt-4o | openai-no-competing-models | 3 |" in card
-    assert "| bench | `" in card and "| 2 | 1 |" in card
+    assert "| bench | `bench.jsonl` | question | 2 (1 too short to match) | 1 |" in card
+    # Reviewed 4 days before "today", more than the 3 allowed; apache-2.0 on the day.
+    assert "openai-no-competing-models" in result.gate.stale
+    assert "apache-2.0" not in result.gate.stale
+    assert f"**Stale terms entries**: {', '.join(result.gate.stale)}" in card
     assert "| length | too_short | 3 |" in card and "| dedup | exact_duplicate | 1 |" in card
     assert "Reasoning length per teacher*: not drawn" in card
     count = query(f"SELECT count(*) FROM '{folder}/data/*.parquet'")[0][0]

@@ -53,6 +53,7 @@ class EvalSetResult:
     path: str
     field: str
     items: int
+    short: int  # items with fewer words than can identify a match: read, never matched
     removed: int
 
 

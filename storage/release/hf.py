@@ -271,6 +271,7 @@ def _decontamination(
                 str(s.path),
                 s.field,
                 contamination.counts.get(s.name, 0),
+                contamination.skipped.get(s.name, 0),
                 written.decontaminated[s.name],
             )
             for s in options.eval_sets
