@@ -366,6 +366,8 @@ def test_bad_input_is_one_line_and_writes_nothing(dataset: Path, tmp_path: Path)
     research = [*data, "--use", "research"]
     bad_split = one_error_line(cli(*research, "--split", "train=0.9,test=0.2"))
     assert "sum to 1.1, not 1" in bad_split
+    bad_where = one_error_line(cli(*research, "--where", "colour = 'blue'"))
+    assert "--where \"colour = 'blue'\"" in bad_where and "colour" in bad_where
     missing = tmp_path / "nope.jsonl"
     unreadable = one_error_line(cli(*research, "--decontaminate", f"{missing}:question"))
     assert str(missing) in unreadable

@@ -126,10 +126,11 @@ class _SplitWriter:
 
 
 def _select(plan: RowPlan) -> str:
+    """The rows in the order of the committed shards (DuckDB preserves a scan's order), not
+    sorted: an ORDER BY would hold every row's text in DuckDB before the first came out."""
     return f"""SELECT sample_id, {FAMILY_KEY_SQL} AS family, messages, conversation,
                       response_text, reasoning_text
-               FROM samples WHERE {plan.where}
-               ORDER BY run_id, prompt_id, teacher_name, sample_index, sample_id"""
+               FROM samples WHERE {plan.where}"""
 
 
 def write_rows(con: duckdb.DuckDBPyConnection, folder: Path, plan: RowPlan) -> Written:
