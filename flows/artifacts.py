@@ -18,7 +18,7 @@ from prefect.artifacts import (
     aupdate_progress_artifact,
 )
 
-from distillery.generators.terms import TermsEntry, load_terms
+from distillery.generators.terms import TermsEntry, entry_for_tag, load_terms
 from distillery.storage.catalog import open_catalog
 from distillery.storage.location import Location
 from distillery.storage.release.card import render_facts
@@ -116,7 +116,8 @@ def _dataset_card(con: object, dataset: str, run_id: str, rows: list[dict[str, o
     assert isinstance(con, duckdb.DuckDBPyConnection)
     this_run = f"run_id = {sql_string(run_id)}"
     facts = gather_facts(con, this_run, this_run)
-    terms: dict[str, TermsEntry | None] = {entry.tag: entry for entry in load_terms()}
+    entries = load_terms()
+    terms: dict[str, TermsEntry | None] = {tag: entry_for_tag(entries, tag) for tag in facts.tags}
     examples = con.execute(
         "SELECT teacher_name, prompt, response_text FROM samples WHERE run_id = ? "
         "ORDER BY sample_id LIMIT ?",
