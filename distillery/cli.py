@@ -687,33 +687,38 @@ def export(
     use: Annotated[
         str | None,
         typer.Option(
+            metavar="USE",
             help="hf: the intended use, checked against every teacher's terms: research, "
             "internal, commercial or competing-model (training a model that competes with a "
-            "teacher's vendor)."
+            "teacher's vendor).",
         ),
     ] = None,
     split: Annotated[
         str,
         typer.Option(
+            metavar="NAME=SHARE,...",
             help="hf: splits and their shares, assigned by a stable hash of each prompt's "
-            "family, e.g. train=0.98,validation=0.02."
+            "family, e.g. train=0.98,validation=0.02.",
         ),
     ] = "train=1",
     decontaminate: Annotated[
         list[str] | None,
         typer.Option(
+            metavar="[NAME=]PATH:FIELD",
             help="hf: an evaluation set, PATH:FIELD or NAME=PATH:FIELD (JSONL or Parquet); rows "
-            "sharing an n-gram with one of its items are left out. Repeatable."
+            "sharing an n-gram with one of its items are left out. Repeatable.",
         ),
     ] = None,
     ngram: Annotated[
-        int, typer.Option(min=1, help="hf: words per n-gram of --decontaminate.")
-    ] = 13,
+        int | None,
+        typer.Option(min=1, help="hf: words per n-gram of --decontaminate (13 by default)."),
+    ] = None,
     accept_terms: Annotated[
         list[str] | None,
         typer.Option(
+            metavar="TAG",
             help="hf: export rows of this terms tag although its terms do not permit --use "
-            "(recorded in the card with the date). Repeatable."
+            "(recorded in the card with the date). Repeatable.",
         ),
     ] = None,
     exclude_restricted: Annotated[
@@ -815,7 +820,7 @@ def _export_hf(
     use: str,
     split: str,
     decontaminate: list[str],
-    ngram: int,
+    ngram: int | None,
     accept: set[str],
     exclude_restricted: bool,
     terms_max_age_days: int,
@@ -823,7 +828,7 @@ def _export_hf(
 ) -> None:
     """``export --format hf``: every input checked before anything is written; the gate's
     refusal is its table (teacher, model, tag, rows, terms) on stderr and exit code 2."""
-    from distillery.storage.release.decontam import parse_eval_set
+    from distillery.storage.release.decontam import DEFAULT_NGRAM, parse_eval_set
     from distillery.storage.release.hf import (
         HfOptions,
         TermsRefused,
@@ -842,7 +847,7 @@ def _export_hf(
         reasoning_key=reasoning_key,
         where=where,
         eval_sets=[parse_eval_set(spec) for spec in decontaminate],
-        ngram=ngram,
+        ngram=DEFAULT_NGRAM if ngram is None else ngram,
         accept=frozenset(accept),
         exclude_restricted=exclude_restricted,
         terms_max_age_days=terms_max_age_days,
