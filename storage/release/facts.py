@@ -16,6 +16,8 @@ from typing import Any
 
 import duckdb
 
+from distillery.generators.terms import UNKNOWN_TAG
+
 
 @dataclass(frozen=True)
 class TeacherFacts:
@@ -80,6 +82,10 @@ def sql_string(value: str) -> str:
     return "'" + value.replace("'", "''") + "'"
 
 
+#: A row's terms tag as the gate counts it: no tag (null or empty) is unknown terms.
+TAG_SQL = f"coalesce(nullif(usage_terms, ''), {sql_string(UNKNOWN_TAG)})"
+
+
 def _where(condition: str | None) -> str:
     return f" WHERE {condition}" if condition else ""
 
@@ -106,8 +112,7 @@ def gather_facts(
         for row in con.execute(
             f"""SELECT teacher_name, teacher_provider, teacher_model,
                        list(DISTINCT teacher_model_version ORDER BY teacher_model_version),
-                       list(DISTINCT coalesce(nullif(usage_terms, ''), 'unknown')
-                            ORDER BY coalesce(nullif(usage_terms, ''), 'unknown')),
+                       list(DISTINCT {TAG_SQL} ORDER BY {TAG_SQL}),
                        count(*), sum(prompt_tokens), sum(completion_tokens), sum(cost_usd),
                        min(created_at), max(created_at)
                 FROM samples{_where(samples_where)}

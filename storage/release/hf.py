@@ -33,7 +33,7 @@ from distillery.storage.failpoints import failpoint
 from distillery.storage.location import Location
 from distillery.storage.release.card import Card, Decontamination, EvalSetResult, render_card
 from distillery.storage.release.decontam import DEFAULT_NGRAM, Contamination, EvalSet
-from distillery.storage.release.facts import gather_facts, sql_string
+from distillery.storage.release.facts import TAG_SQL, gather_facts, sql_string
 from distillery.storage.release.layout import (
     DECONTAMINATION_FILE,
     SHARD_BYTES,
@@ -43,9 +43,6 @@ from distillery.storage.release.layout import (
     write_rows,
 )
 from distillery.storage.release.terms_gate import GateDecision, decide, refusal_table, tag_rows
-
-#: The terms tag of a row, as the gate counts it (no tag: unknown).
-TAG_SQL = "coalesce(nullif(usage_terms, ''), 'unknown')"
 
 
 class TermsRefused(UserInputError):
