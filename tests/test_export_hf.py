@@ -16,12 +16,14 @@ import duckdb
 import pytest
 import yaml
 
+from distillery.emulator import RunningEmulator
 from distillery.errors import UserInputError
 from distillery.storage.catalog import open_catalog
 from distillery.storage.failpoints import ENV, KILLED
 from distillery.storage.release.splits import FAMILY_KEY_SQL, parse_splits, split_of
 from distillery.storage.shards import write_shard
 
+from .conftest import write_job
 from .test_storage import sample
 
 PNG = b"\x89PNG\r\n\x1a\n"
@@ -266,7 +268,7 @@ def test_export_loads_with_datasets_and_duckdb(dataset: Path, tmp_path: Path) ->
     assert "train-00000-of-00002.parquet" in files and "train-00001-of-00002.parquet" in files
     assert not list(tmp_path.glob(".release.*"))
 
-    loaded = datasets.load_dataset(str(folder))
+    loaded = datasets.load_dataset(str(folder), cache_dir=str(tmp_path / "hf-cache"))
     assert set(loaded) == {"train", "validation"}
     assert sum(loaded[name].num_rows for name in loaded) == 60
     first = loaded["train"][0]
@@ -427,3 +429,56 @@ def test_a_killed_export_leaves_no_folder_and_overwrite_replaces(
     assert sorted(p.name.split("-")[0] for p in (folder / "data").iterdir()) == ["test", "train"]
     assert card_header(folder)["distillery"]["exported_at"] >= before
     assert sorted(p.name for p in tmp_path.iterdir()) == ["release"]
+
+
+@pytest.mark.slow
+def test_an_evol_instruct_run_exports_without_family_leaks(
+    prefect_api: str, emulator: RunningEmulator, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Rows a real run wrote: following ``parent_sample_id`` from any exported answer back to
+    its seed, every seed's family sits in one split (the split key never walks that chain)."""
+    import asyncio
+
+    import datasets
+
+    from distillery.config import load_config
+    from distillery.flows.generate import generate
+    from distillery.storage.release.hf import HfOptions, export_hf
+
+    monkeypatch.setenv("EMULATOR_API_KEY", "test-key-123")
+    recipe = (
+        "recipe: {type: evol_instruct, generations: 2, evolver: t1, answer_seeds: true,\n"
+        "         operations: [deepen, constrain, concretize]}\n"
+    )
+    job = load_config(write_job(tmp_path, emulator.url, prompts=16, teachers=2, extra=recipe))
+    assert asyncio.run(generate(job=job, run_id="evol")).failures == 0
+    folder = tmp_path / "release"
+    split = {"train": 0.5, "validation": 0.5}
+    result = export_hf(job.output, folder, HfOptions(use="research", splits=split))
+    assert min(result.written.rows.values()) > 0
+
+    con = open_catalog(job.output)
+    seed_of: dict[str, str] = {}
+    rows = con.execute(
+        "SELECT sample_id, stage, prompt_id, parent_sample_id, "
+        "recipe_meta->>'parent_prompt_id' FROM samples"
+    ).fetchall()
+    by_id = {r[0]: r for r in rows}
+    for sample_id, stage, prompt_id, parent, _ in rows:
+        if stage != "answer":
+            continue
+        while parent is not None:  # up the evolve rows to the first generation's
+            _, _, _, grand, seed = by_id[parent]
+            prompt_id, parent = seed, grand
+        seed_of[sample_id] = prompt_id
+    splits_of_seed: dict[str, set[str]] = {}
+    loaded = datasets.load_dataset(str(folder), cache_dir=str(tmp_path / "hf-cache"))
+    for name in loaded:
+        for sample_id in loaded[name]["sample_id"]:
+            splits_of_seed.setdefault(seed_of[sample_id], set()).add(name)
+    assert len(splits_of_seed) == 16
+    assert all(len(names) == 1 for names in splits_of_seed.values())
+    assert {n for names in splits_of_seed.values() for n in names} == {"train", "validation"}
+    header = card_header(folder)
+    assert {t["name"] for t in header["distillery"]["teachers"]} == {"t0", "t1"}
+    assert header["distillery"]["runs"][0]["run_id"] == "evol"
