@@ -66,8 +66,12 @@ def template_hash(config: PromptsConfig) -> str | None:
     return hashlib.blake2b(text.encode(), digest_size=8).hexdigest()
 
 
-def _records(path: Path) -> Iterator[tuple[str, dict[str, Any]]]:
-    """Yield (location, record) pairs; location is what an error message points at."""
+def records(path: Path, what: str = "prompts") -> Iterator[tuple[str, dict[str, Any]]]:
+    """Yield (location, record) pairs; location is what an error message points at.
+
+    ``what`` names the file's role in the error for a file that cannot be opened; other
+    readers of record files (evaluation sets, :mod:`storage.release.decontam`) pass their own.
+    """
     suffix = path.suffix.lower()
     try:
         if suffix in {".jsonl", ".ndjson", ".json"}:
@@ -101,7 +105,7 @@ def _records(path: Path) -> Iterator[tuple[str, dict[str, Any]]]:
                 f"{path}: unsupported prompt file type (use .jsonl, .parquet, .csv)"
             )
     except OSError as exc:
-        raise UserInputError(f"{path}: cannot read prompts ({exc.strerror or exc})") from exc
+        raise UserInputError(f"{path}: cannot read {what} ({exc.strerror or exc})") from exc
 
 
 #: Rows of a Parquet prompt file converted to Python at a time.
@@ -268,13 +272,13 @@ def _identified(config: PromptsConfig) -> Iterator[tuple[str, str, list[Message]
     """(location, prompt id, final messages, record) of every record of the source."""
     template = _compile_template(config)
     if config.path is not None:
-        records = _records(config.path)
+        source = records(config.path)
     else:
         from distillery.generators.seeds import query_records
 
         assert config.query is not None and config.data is not None  # PromptsConfig checks
-        records = query_records(config.query, config.data)
-    for where, record in records:
+        source = query_records(config.query, config.data)
+    for where, record in source:
         messages = _messages_of(where, record, template)
         if config.system is not None and messages[0]["role"] != "system":
             messages = [{"role": "system", "content": config.system}, *messages]

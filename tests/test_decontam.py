@@ -115,16 +115,25 @@ def test_several_named_sets_are_reported_in_order(tmp_path: Path) -> None:
     assert contamination.counts == {"gsm8k": 1, "mmlu": 3}
 
 
-def test_jsonl_and_parquet_give_the_same_answers(tmp_path: Path) -> None:
+def test_jsonl_parquet_and_csv_give_the_same_answers(tmp_path: Path) -> None:
     items = [" ".join(WORDS[i : i + 20]) for i in range(0, 140, 20)]
     texts = [f"see {item[:-3]} and more" for item in items] + ["plain text"]
     as_jsonl = write_jsonl(tmp_path / "e.json", "text", list(items))
     as_parquet = write_parquet(tmp_path / "e.parquet", "text", list(items), row_group=3)
     assert pq.ParquetFile(as_parquet).num_row_groups == 3
-    from_jsonl = Contamination.build([EvalSet("e", as_jsonl, "text")])
-    from_parquet = Contamination.build([EvalSet("e", as_parquet, "text")])
-    assert from_jsonl.matches(texts) == from_parquet.matches(texts) == [["e"]] * 7 + [[]]
-    assert (from_jsonl.keys == from_parquet.keys).all()
+    as_csv = tmp_path / "e.csv"
+    as_csv.write_text("id,text\n" + "".join(f'{i},"{item}"\n' for i, item in enumerate(items)))
+    built = [Contamination.build([EvalSet("e", p, "text")]) for p in (as_jsonl, as_parquet, as_csv)]
+    for contamination in built:
+        assert contamination.matches(texts) == [["e"]] * 7 + [[]]
+        assert contamination.counts == {"e": 7}
+        assert (contamination.keys == built[0].keys).all()
+
+
+def test_a_jsonl_file_may_start_with_a_byte_order_mark(tmp_path: Path) -> None:
+    path = tmp_path / "bom.jsonl"
+    path.write_text("\ufeff" + json.dumps({"question": GSM}) + "\n", encoding="utf-8")
+    assert Contamination.build([EvalSet("bom", path, "question")]).matches([GSM]) == [["bom"]]
 
 
 def test_two_threads_keep_each_text_its_own_answer(tmp_path: Path) -> None:
@@ -149,6 +158,7 @@ def test_no_evaluation_items_match_nothing(tmp_path: Path) -> None:
         ("data/gsm8k_test.jsonl:question", "gsm8k_test", "data/gsm8k_test.jsonl", "question"),
         ("gsm=data/test.parquet:prompt", "gsm", "data/test.parquet", "prompt"),
         ("data/a=b.ndjson:text", "a=b", "data/a=b.ndjson", "text"),
+        ("arc=arc.csv:question", "arc", "arc.csv", "question"),
     ],
 )
 def test_parse_eval_set(spec: str, name: str, path: str, field: str) -> None:
@@ -161,7 +171,7 @@ def test_parse_eval_set(spec: str, name: str, path: str, field: str) -> None:
         ("data/test.jsonl", "evaluation set 'data/test.jsonl': expected PATH:FIELD"),
         ("data/test.jsonl:", "evaluation set 'data/test.jsonl:': expected PATH:FIELD"),
         ("name=:question", "evaluation set 'name=:question': expected PATH:FIELD"),
-        ("data/test.csv:question", "evaluation set data/test.csv: unknown format .csv"),
+        ("data/test.txt:question", "data/test.txt: unknown evaluation set format .txt (use .jsonl"),
     ],
 )
 def test_parse_eval_set_rejects_bad_specs(spec: str, expected: str) -> None:
@@ -179,10 +189,10 @@ def bad_jsonl(tmp_path: Path, text: str) -> Path:
 @pytest.mark.parametrize(
     ("content", "expected"),
     [
-        ('{"question": "ok"}\n{"other": "x"}\n', "line 2: no field 'question'"),
-        ('{"question": "ok"}\n\n{"question": 3}\n', "line 3: field 'question' is a int, not text"),
-        ('{"question": "ok"}\n{"question": \n', "line 2: not JSON (Expecting value)"),
-        ('["question"]\n', "line 1: not a JSON object"),
+        ('{"question": "ok"}\n{"other": "x"}\n', "2: no field 'question' (evaluation set bad)"),
+        ('{"question": "ok"}\n\n{"question": 3}\n', "3: field 'question' is int, not text"),
+        ('{"question": "ok"}\n{"question": \n', "2: not valid JSON (Expecting value)"),
+        ('["question"]\n', "1: expected a JSON object per line"),
     ],
 )
 def test_bad_jsonl_gives_one_line_naming_file_line_and_field(
@@ -191,7 +201,7 @@ def test_bad_jsonl_gives_one_line_naming_file_line_and_field(
     path = bad_jsonl(tmp_path, content)
     with pytest.raises(UserInputError) as caught:
         Contamination.build([EvalSet("bad", path, "question")])
-    assert str(caught.value) == f"evaluation set {path}, {expected}"
+    assert str(caught.value) == f"{path}:{expected}"
 
 
 def test_unreadable_files_give_one_line_errors(tmp_path: Path) -> None:
@@ -200,18 +210,16 @@ def test_unreadable_files_give_one_line_errors(tmp_path: Path) -> None:
     not_parquet.write_text('{"question": "hello"}\n')
     latin1 = tmp_path / "latin1.jsonl"
     latin1.write_bytes('{"question": "caf\u00e9"}\n'.encode("latin-1"))
+    absent = tmp_path / "none.jsonl"
     numbers = write_parquet(tmp_path / "numbers.parquet", "question", [])
     pq.write_table(pa.table({"question": [1, 2]}), numbers)
     cases = [
-        (EvalSet("a", missing, "question"), f"cannot read evaluation set {missing}: "),
-        (EvalSet("b", tmp_path / "none.jsonl", "q"), "cannot read evaluation set "),
-        (EvalSet("c", not_parquet, "question"), f"cannot read evaluation set {not_parquet}: "),
-        (EvalSet("d", latin1, "question"), f"evaluation set {latin1}: not UTF-8 text"),
-        (EvalSet("e", numbers, "question"), f"evaluation set {numbers}: column 'question' is"),
-        (
-            EvalSet("f", numbers, "prompt"),
-            f"evaluation set {numbers}: no column 'prompt' (question)",
-        ),
+        (EvalSet("a", missing, "question"), f"{missing}: cannot read evaluation set (No such"),
+        (EvalSet("b", absent, "q"), f"{absent}: cannot read evaluation set (No such file"),
+        (EvalSet("c", not_parquet, "question"), f"{not_parquet}: cannot read evaluation set ("),
+        (EvalSet("d", latin1, "question"), f"{latin1}:1: not valid UTF-8 (byte 0xe9"),
+        (EvalSet("e", numbers, "question"), f"{numbers}: column 'question' is int64, not text"),
+        (EvalSet("f", numbers, "prompt"), f"{numbers}: no column 'prompt' (columns: question)"),
     ]
     for eval_set, start in cases:
         with pytest.raises(UserInputError) as caught:

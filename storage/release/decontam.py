@@ -3,12 +3,13 @@
 A released training set must not contain benchmark test items, or a model trained on it
 scores well for the wrong reason. The test used here is the one GPT-3 made common (Brown et
 al. 2020, appendix C): a training text is contaminated by an evaluation item when both contain
-the same sequence of ``n`` words, with ``n = 13`` by default (``DEFAULT_NGRAM``); GPT-3 used 13
-and lowered ``n`` only for very short items, to no fewer than 8 words. Llama 2 (Touvron et al.
-2023, §A.6) scores instead the share of an item's *tokens* covered by such matches and calls
-an item contaminated above a threshold; that answers "which evaluation items are tainted",
-while a release needs "which training rows to leave out", for which any long shared n-gram is
-the usual rule (it is also what ``lm-evaluation-harness``'s decontamination does).
+the same sequence of ``n`` words. GPT-3 chose ``n`` between 8 and 13 per dataset, from its
+items' lengths; lm-evaluation-harness's decontamination uses 13 throughout, as does the default
+here (``DEFAULT_NGRAM``, configurable). Llama 2 (Touvron et al. 2023, appendix A.6) measures
+instead the share of an item's *tokens* covered by shared token n-grams of at least 10 tokens
+and calls the item contaminated above a threshold; that answers "which evaluation items are
+tainted", while a release needs "which training rows to leave out", for which any shared long
+n-gram is the usual rule.
 
 **Words.** Both sides are normalised the same way: Unicode NFKC, case folding, and words are
 the maximal runs of letters and digits (``[^\\W_]`` in Python's Unicode-aware ``re``, i.e.
@@ -20,29 +21,30 @@ Python regular expression: a 256-entry table maps each byte in numpy.
 
 **Short items.** An evaluation item with fewer than ``n`` words has no ``n``-gram. If it has
 at least ``MIN_WORDS`` (8) words, its whole word sequence is its one gram, and a text
-containing that sequence is flagged (GPT-3's floor: a shorter sequence, e.g. "what is the
-capital of france", is common phrasing, not evidence of a leak). Items of fewer words are
-read and counted in ``skipped`` but cannot flag anything.
+containing that sequence is flagged (8 is GPT-3's smallest ``n``: a shorter sequence, e.g.
+"what is the capital of france", is common phrasing, not evidence of a leak). Items of fewer
+words are read and counted in ``skipped`` but cannot flag anything.
 
 **Hashing.** Every word is hashed to 64 bits (``minhash.word_hashes``: splitmix64 over the
-word's UTF-8 blocks), a gram of ``m`` words is ``mix64`` of the Horner polynomial of its word
-hashes, computed for every position of a batch at once with ``m`` shifted numpy views. The
-evaluation side is kept as one sorted ``uint64`` array of distinct gram hashes plus, for each,
-a 64-bit mask of the evaluation sets it came from (so at most 64 sets). A text is looked up
-with one ``np.searchsorted`` over all its grams. A false match needs two different word
-sequences with the same 64-bit hash: with ``G`` evaluation grams and ``Q`` looked-up grams the
-expected number of such accidents is about ``G·Q / 2^64`` — for 10^7 × 10^9 that is 0.0005,
-i.e. negligible; a missed match cannot happen (equal words give equal hashes).
+word's UTF-8 blocks); a gram of ``m`` words is ``mix64`` of the Horner polynomial of its word
+hashes, computed for every position of a batch at once with ``m`` shifted numpy views (texts
+are separated, so no gram spans two). The evaluation side is one sorted ``uint64`` array of
+distinct gram hashes plus, for each, a 64-bit mask of the evaluation sets it came from (so at
+most 64 sets). A batch of texts is looked up with one sorted ``np.searchsorted``. A false
+match needs two different word sequences with one 64-bit hash: with ``G`` evaluation grams
+and ``Q`` looked-up grams the expected number of such accidents is about ``G·Q / 2^64``, for
+10^7 × 10^9 about 0.0005: negligible. A missed match cannot happen (equal words, equal hashes).
 
-Memory is the evaluation side (16 bytes per distinct gram: ~10^7 grams for 100,000 items of
-100 words, 160 MB) plus one batch of texts; evaluation files are read in batches
-(JSONL line by line, Parquet a record batch at a time). Speed: ``BENCHMARKS.md``,
-"Decontamination".
+**Memory** is the evaluation side, 16 bytes per distinct gram (100,000 items of 40-120 words:
+6.8 million grams, 108 MB; about three times that while :meth:`Contamination.build` sorts),
+plus one batch of texts: it does not grow with the rows looked up. Evaluation files are read
+in batches: JSON Lines and CSV line by line (the prompt files' reader), Parquet a record batch
+of the one column at a time. Speed and RSS measured:
+``BENCHMARKS.md``, "Decontamination".
 """
 
 from __future__ import annotations
 
-import json
 import os
 import re
 import unicodedata
@@ -57,6 +59,7 @@ import pyarrow.parquet as pq
 
 from distillery.errors import UserInputError
 from distillery.generators.curation.minhash import map_batches, mix64, utf8_buffer, word_hashes
+from distillery.generators.prompts import records
 
 U64 = npt.NDArray[np.uint64]
 I64 = npt.NDArray[np.int64]
@@ -66,7 +69,8 @@ DEFAULT_NGRAM = 13
 MIN_WORDS = 8
 #: The sets a gram came from are bits of a uint64.
 MAX_SETS = 64
-JSONL_SUFFIXES = (".jsonl", ".ndjson", ".json")  # .json: JSON Lines too (one object a line)
+# What generators.prompts.records reads: .json is JSON Lines too (one object a line).
+RECORD_SUFFIXES = (".jsonl", ".ndjson", ".json", ".csv")
 PARQUET_SUFFIXES = (".parquet", ".pq")
 _READ_ROWS = 8192  # evaluation items hashed per batch
 _POLY = np.uint64(0x9E3779B97F4A7C15)
@@ -93,8 +97,9 @@ def parse_eval_set(spec: str) -> EvalSet:
     """``PATH:FIELD`` or ``NAME=PATH:FIELD`` (the name defaults to the file's stem).
 
     The field is what follows the last colon; the name is what precedes the first ``=`` when
-    that part holds no path separator. The suffix decides the format (``JSONL_SUFFIXES``,
-    ``PARQUET_SUFFIXES``); the file itself is only read by :meth:`Contamination.build`.
+    that part holds no path separator. The suffix decides the format (``RECORD_SUFFIXES``,
+    ``PARQUET_SUFFIXES``: JSON Lines, CSV or Parquet); the file itself is only read by
+    :meth:`Contamination.build`.
     """
     usage = "expected PATH:FIELD or NAME=PATH:FIELD, e.g. gsm8k=test.jsonl:question"
     location, colon, field_name = spec.rpartition(":")
@@ -106,79 +111,63 @@ def parse_eval_set(spec: str) -> EvalSet:
     if not path_text:
         raise UserInputError(f"evaluation set {spec!r}: {usage}")
     path = Path(path_text)
-    if not path.name.lower().endswith(JSONL_SUFFIXES + PARQUET_SUFFIXES):
+    if not path.name.lower().endswith(RECORD_SUFFIXES + PARQUET_SUFFIXES):
         raise UserInputError(
-            f"evaluation set {path}: unknown format {path.suffix or '(no suffix)'}; "
-            f"use JSON Lines ({', '.join(JSONL_SUFFIXES)}) or Parquet "
-            f"({', '.join(PARQUET_SUFFIXES)})"
+            f"{path}: unknown evaluation set format {path.suffix or '(no suffix)'} "
+            f"(use {', '.join(RECORD_SUFFIXES + PARQUET_SUFFIXES)})"
         )
     return EvalSet(name=name.strip() or path.stem, path=path, field=field_name.strip())
 
 
-def _one_line(text: str) -> str:
-    return " ".join(text.split())
+def _checked(where: str, es: EvalSet, value: object) -> str | None:
+    if value is not None and not isinstance(value, str):
+        raise UserInputError(f"{where}: field {es.field!r} is {type(value).__name__}, not text")
+    return value
 
 
-def _jsonl_texts(es: EvalSet) -> Iterator[list[str | None]]:
+def _record_texts(es: EvalSet) -> Iterator[list[str | None]]:
+    """JSON Lines or CSV, through the prompt files' reader (its one-line ``file:line`` errors
+    for bad JSON, bad UTF-8, a byte-order mark, an unreadable file)."""
     batch: list[str | None] = []
-    try:
-        with es.path.open(encoding="utf-8") as handle:
-            for number, line in enumerate(handle, 1):
-                if not line.strip():
-                    continue
-                where = f"evaluation set {es.path}, line {number}"
-                try:
-                    item = json.loads(line)
-                except json.JSONDecodeError as exc:
-                    raise UserInputError(f"{where}: not JSON ({exc.msg})") from None
-                if not isinstance(item, dict):
-                    raise UserInputError(f"{where}: not a JSON object")
-                if es.field not in item:
-                    raise UserInputError(f"{where}: no field {es.field!r}")
-                value = item[es.field]
-                if value is not None and not isinstance(value, str):
-                    kind = type(value).__name__
-                    raise UserInputError(f"{where}: field {es.field!r} is a {kind}, not text")
-                batch.append(value)
-                if len(batch) >= _READ_ROWS:
-                    yield batch
-                    batch = []
-    except UnicodeDecodeError as exc:
-        raise UserInputError(f"evaluation set {es.path}: not UTF-8 text ({exc.reason})") from None
-    except OSError as exc:
-        raise UserInputError(
-            f"cannot read evaluation set {es.path}: {exc.strerror or type(exc).__name__}"
-        ) from None
+    for where, record in records(es.path, what="evaluation set"):
+        if es.field not in record:
+            raise UserInputError(f"{where}: no field {es.field!r} (evaluation set {es.name})")
+        batch.append(_checked(where, es, record[es.field]))
+        if len(batch) >= _READ_ROWS:
+            yield batch
+            batch = []
     if batch:
         yield batch
 
 
 def _parquet_texts(es: EvalSet) -> Iterator[list[str | None]]:
+    """Only the field's column, a record batch at a time. The file is opened by Python, whose
+    error for a missing one is short ("No such file or directory"), unlike pyarrow's."""
     try:
-        parquet = pq.ParquetFile(es.path)
-    except (OSError, pa.ArrowException) as exc:  # a missing file, or not Parquet
-        reason = getattr(exc, "strerror", None) or _one_line(str(exc)) or type(exc).__name__
-        raise UserInputError(f"cannot read evaluation set {es.path}: {reason}") from None
-    schema = parquet.schema_arrow
-    if es.field not in schema.names:
-        columns = ", ".join(schema.names)
-        raise UserInputError(f"evaluation set {es.path}: no column {es.field!r} ({columns})")
-    kind = schema.field(es.field).type
-    if not (pa.types.is_string(kind) or pa.types.is_large_string(kind)):
-        raise UserInputError(f"evaluation set {es.path}: column {es.field!r} is {kind}, not text")
-    try:
-        for record_batch in parquet.iter_batches(batch_size=_READ_ROWS, columns=[es.field]):
-            yield record_batch.column(0).to_pylist()
-    except (OSError, pa.ArrowException) as exc:  # a corrupt page
-        reason = _one_line(str(exc)) or type(exc).__name__
-        raise UserInputError(f"cannot read evaluation set {es.path}: {reason}") from None
+        with es.path.open("rb") as handle:
+            parquet = pq.ParquetFile(handle)
+            schema = parquet.schema_arrow
+            if es.field not in schema.names:
+                columns = ", ".join(schema.names)
+                raise UserInputError(f"{es.path}: no column {es.field!r} (columns: {columns})")
+            kind = schema.field(es.field).type
+            if not (pa.types.is_string(kind) or pa.types.is_large_string(kind)):
+                raise UserInputError(f"{es.path}: column {es.field!r} is {kind}, not text")
+            for batch in parquet.iter_batches(batch_size=_READ_ROWS, columns=[es.field]):
+                yield batch.column(0).to_pylist()
+    except (OSError, pa.ArrowException) as exc:  # missing, not Parquet, a corrupt page
+        raise UserInputError(f"{es.path}: cannot read evaluation set ({_reason(exc)})") from None
+
+
+def _reason(exc: Exception) -> str:
+    return getattr(exc, "strerror", None) or " ".join(str(exc).split()) or type(exc).__name__
 
 
 def read_eval_texts(es: EvalSet) -> Iterator[list[str | None]]:
     """The field's values, a batch at a time (``None`` where an item's field is null)."""
     if es.path.name.lower().endswith(PARQUET_SUFFIXES):
         return _parquet_texts(es)
-    return _jsonl_texts(es)
+    return _record_texts(es)
 
 
 def _prepared(text: str) -> str:
@@ -280,6 +269,7 @@ class Contamination:
                         short.update([m] if m < n else [])
             per_set.append(_distinct(np.concatenate(parts)) if parts else np.zeros(0, np.uint64))
         keys, masks = _merge(per_set)
+        pa.default_memory_pool().release_unused()  # the file reads' buffers: ~100 MB at 100k
         return cls(n, names, keys, masks, [*sorted(short), n], counts, skipped, threads)
 
     def matches(self, texts: Sequence[str]) -> list[list[str]]:
@@ -331,13 +321,11 @@ def _distinct(values: U64) -> U64:
 
 
 def _merge(per_set: list[U64]) -> tuple[U64, U64]:
-    """One sorted array of the distinct keys, and for each the mask of the sets holding it."""
-    keys = np.concatenate([np.zeros(0, np.uint64), *per_set])
-    sizes = [len(k) for k in per_set]
-    bits = np.repeat(np.uint64(1) << np.arange(len(per_set), dtype=np.uint64), sizes)
-    order = np.argsort(keys, kind="stable")
-    keys, bits = keys[order], bits[order]
-    if not len(keys):
-        return keys, bits
-    first = np.flatnonzero(np.r_[True, keys[1:] != keys[:-1]])
-    return keys[first], np.bitwise_or.reduceat(bits, first)
+    """One sorted array of the distinct keys of all sets (each sorted and distinct already),
+    and for each key the mask of the sets holding it; no argsort, whose index array would
+    double the peak memory."""
+    keys = _distinct(np.concatenate([np.zeros(0, np.uint64), *per_set]))
+    masks = np.zeros(len(keys), np.uint64)
+    for i, set_keys in enumerate(per_set):
+        masks[np.searchsorted(keys, set_keys)] |= np.uint64(1) << np.uint64(i)
+    return keys, masks
