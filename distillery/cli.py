@@ -705,8 +705,8 @@ def export(
         list[str] | None,
         typer.Option(
             metavar="[NAME=]PATH:FIELD",
-            help="hf: an evaluation set, PATH:FIELD or NAME=PATH:FIELD (JSONL or Parquet); rows "
-            "sharing an n-gram with one of its items are left out. Repeatable.",
+            help="hf: an evaluation set, PATH:FIELD or NAME=PATH:FIELD (JSONL, CSV or "
+            "Parquet); rows sharing an n-gram with one of its items are left out. Repeatable.",
         ),
     ] = None,
     ngram: Annotated[
