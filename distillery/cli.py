@@ -16,6 +16,7 @@ import secrets
 import signal
 import sys
 import tempfile
+from collections import Counter
 from collections.abc import Callable, Iterator
 from datetime import UTC, datetime
 from pathlib import Path
@@ -706,13 +707,31 @@ def catalog(
     out.print(f"wrote {db}: views samples, rejected, failures, runs, teachers over {where}")
 
 
+_HF_ONLY = (
+    "--use",
+    "--split",
+    "--decontaminate",
+    "--ngram",
+    "--accept-terms",
+    "--exclude-restricted",
+    "--terms-max-age-days",
+    "--overwrite",
+)
+
+
 @app.command()
 @_reports_errors
 def export(
-    output: Annotated[Path, typer.Option("--output", "-o", help="File to write (JSONL).")],
+    output: Annotated[
+        Path,
+        typer.Option("--output", "-o", help="File to write (chat-jsonl) or folder to create (hf)."),
+    ],
     data: Annotated[str, typer.Option("--data", "-d", help=_DATA_HELP)] = "out",
     fmt: Annotated[
-        Literal["chat-jsonl"], typer.Option("--format", "-f", help="Export format.")
+        Literal["chat-jsonl", "hf"],
+        typer.Option(
+            "--format", "-f", help="chat-jsonl: one file; hf: a Hugging Face dataset folder."
+        ),
     ] = "chat-jsonl",
     with_reasoning: Annotated[
         bool,
@@ -736,10 +755,60 @@ def export(
         str | None,
         typer.Option(help="SQL condition on the samples view, e.g. \"teacher_name = 'r1'\"."),
     ] = None,
+    use: Annotated[
+        str | None,
+        typer.Option(
+            metavar="USE",
+            help="hf: the intended use, checked against every teacher's terms: research, "
+            "internal, commercial or competing-model (training a model that competes with a "
+            "teacher's vendor).",
+        ),
+    ] = None,
+    split: Annotated[
+        str,
+        typer.Option(
+            metavar="NAME=SHARE,...",
+            help="hf: splits and their shares, assigned by a stable hash of each prompt's "
+            "family, e.g. train=0.98,validation=0.02.",
+        ),
+    ] = "train=1",
+    decontaminate: Annotated[
+        list[str] | None,
+        typer.Option(
+            metavar="[NAME=]PATH:FIELD",
+            help="hf: an evaluation set, PATH:FIELD or NAME=PATH:FIELD (JSONL, CSV or "
+            "Parquet); rows sharing an n-gram with one of its items are left out. Repeatable.",
+        ),
+    ] = None,
+    ngram: Annotated[
+        int | None,
+        typer.Option(min=1, help="hf: words per n-gram of --decontaminate (13 by default)."),
+    ] = None,
+    accept_terms: Annotated[
+        list[str] | None,
+        typer.Option(
+            metavar="TAG",
+            help="hf: export rows of this terms tag although its terms do not permit --use "
+            "(recorded in the card with the date). Repeatable.",
+        ),
+    ] = None,
+    exclude_restricted: Annotated[
+        bool,
+        typer.Option(
+            "--exclude-restricted",
+            help="hf: leave out rows whose terms do not permit --use (counted in the card).",
+        ),
+    ] = False,
+    terms_max_age_days: Annotated[
+        int,
+        typer.Option(min=1, help="hf: flag terms entries reviewed longer ago than this."),
+    ] = 180,
+    overwrite: Annotated[
+        bool, typer.Option("--overwrite", help="hf: replace a non-empty --output folder.")
+    ] = False,
 ) -> None:
-    """Write the samples as training data: chat JSONL, optionally with reasoning traces."""
-    from distillery.storage.export import export_chat_jsonl
-
+    """Write the samples as training data: chat JSONL, or a Hugging Face dataset folder with
+    splits, a dataset card and plots (docs/release.md)."""
     given = {arg.split("=")[0] for arg in sys.argv}
     if not with_reasoning and given & {"--reasoning-style", "--reasoning-key"}:
         raise UserInputError(
@@ -751,26 +820,131 @@ def export(
         "content",
     ):
         raise UserInputError(f"--reasoning-key {reasoning_key!r}: use a plain identifier")
+    reasoning = reasoning_style if with_reasoning else None
+    if fmt == "hf":
+        if use is None:
+            raise UserInputError(
+                "--format hf needs --use (research, internal, commercial or competing-model): "
+                "the teachers' terms are checked against it"
+            )
+        _export_hf(
+            output,
+            data,
+            reasoning,
+            reasoning_key,
+            where,
+            use,
+            split,
+            decontaminate or [],
+            ngram,
+            set(accept_terms or []),
+            exclude_restricted,
+            terms_max_age_days,
+            overwrite,
+        )
+        return
+    if given & set(_HF_ONLY):
+        raise UserInputError(f"{', '.join(sorted(given & set(_HF_ONLY)))}: only for --format hf")
+    _export_jsonl(output, data, reasoning, reasoning_key, where, fmt)
+
+
+def _export_jsonl(
+    output: Path,
+    data: str,
+    reasoning: Literal["think", "field"] | None,
+    reasoning_key: str,
+    where: str | None,
+    fmt: str,
+) -> None:
+    from distillery.storage.export import export_chat_jsonl
+
     result = export_chat_jsonl(
-        _dataset(data),
-        output,
-        reasoning=reasoning_style if with_reasoning else None,
-        reasoning_key=reasoning_key,
-        where=where,
-    )
-    skipped = ", ".join(
-        f"{count} {'without a trace' if why == 'none' else why}"
-        for why, count in sorted(result.skipped.items())
+        _dataset(data), output, reasoning=reasoning, reasoning_key=reasoning_key, where=where
     )
     out.print(
         f"wrote {result.written} samples to {output} ({fmt}"
-        + (f", reasoning as {reasoning_style}" if with_reasoning else "")
+        + (f", reasoning as {reasoning}" if reasoning else "")
         + ")"
-        + (
-            f"; skipped {sum(result.skipped.values())} without a usable trace ({skipped})"
-            if result.skipped
-            else ""
-        ),
+        + _skipped_note(result.skipped),
+        highlight=False,
+        soft_wrap=True,
+    )
+
+
+def _skipped_note(skipped: Counter[str]) -> str:
+    """How many samples were left out for want of a usable reasoning trace, and why."""
+    if not skipped:
+        return ""
+    reasons = ", ".join(
+        f"{count} {'without a trace' if why == 'none' else why}"
+        for why, count in sorted(skipped.items())
+    )
+    return f"; skipped {sum(skipped.values())} without a usable trace ({reasons})"
+
+
+def _export_hf(
+    output: Path,
+    data: str,
+    reasoning: Literal["think", "field"] | None,
+    reasoning_key: str,
+    where: str | None,
+    use: str,
+    split: str,
+    decontaminate: list[str],
+    ngram: int | None,
+    accept: set[str],
+    exclude_restricted: bool,
+    terms_max_age_days: int,
+    overwrite: bool,
+) -> None:
+    """``export --format hf``: every input checked before anything is written; the gate's
+    refusal is its table (teacher, model, tag, rows, terms) on stderr and exit code 2."""
+    from distillery.storage.release.decontam import DEFAULT_NGRAM, parse_eval_set
+    from distillery.storage.release.hf import (
+        HfOptions,
+        TermsRefused,
+        check_eval_sets,
+        check_folder,
+        check_use,
+        export_hf,
+    )
+    from distillery.storage.release.splits import parse_splits
+
+    check_use(use)
+    options = HfOptions(
+        use=use,
+        splits=parse_splits(split),
+        reasoning=reasoning,
+        reasoning_key=reasoning_key,
+        where=where,
+        eval_sets=[parse_eval_set(spec) for spec in decontaminate],
+        ngram=DEFAULT_NGRAM if ngram is None else ngram,
+        accept=frozenset(accept),
+        exclude_restricted=exclude_restricted,
+        terms_max_age_days=terms_max_age_days,
+        overwrite=overwrite,
+    )
+    check_folder(output, overwrite)
+    check_eval_sets(options.eval_sets)
+
+    try:
+        result = export_hf(_dataset(data), output, options)
+    except TermsRefused as refused:
+        err.print(refused.table, highlight=False, markup=False, soft_wrap=True)
+        raise typer.Exit(2) from None
+    written = result.written
+    splits = ", ".join(f"{name} {rows:,}" for name, rows in written.rows.items())
+    notes = []
+    if written.decontaminated_rows:
+        notes.append(f"{written.decontaminated_rows:,} left out by decontamination")
+    excluded = sum(group.rows for group in result.gate.excluded)
+    if excluded:
+        notes.append(f"{excluded:,} left out by their terms")
+    out.print(
+        f"wrote {output} ({splits}; use {use})"
+        + (f"; {', '.join(notes)}" if notes else "")
+        + _skipped_note(result.skipped)
+        + f"; the card: {output / 'README.md'}",
         highlight=False,
         soft_wrap=True,
     )

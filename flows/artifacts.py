@@ -18,9 +18,11 @@ from prefect.artifacts import (
     aupdate_progress_artifact,
 )
 
-from distillery.generators.terms import load_terms
+from distillery.generators.terms import TermsEntry, entry_for_tag, load_terms
 from distillery.storage.catalog import open_catalog
 from distillery.storage.location import Location
+from distillery.storage.release.card import render_facts
+from distillery.storage.release.facts import gather_facts, sql_string
 
 EXAMPLES = 3
 
@@ -107,42 +109,25 @@ async def publish_run_artifacts(output: Path | str | Location, dataset: str, run
 
 
 def _dataset_card(con: object, dataset: str, run_id: str, rows: list[dict[str, object]]) -> str:
+    """The run's card: the facts a release card states (storage/release/facts.py, the same
+    template), for this run's rows, plus its failures and a few examples."""
     import duckdb
 
     assert isinstance(con, duckdb.DuckDBPyConnection)
-    terms = {entry.tag: entry for entry in load_terms()}
-    teachers = con.execute(
-        """SELECT teacher_name, teacher_provider, teacher_model,
-                  list(DISTINCT teacher_model_version ORDER BY teacher_model_version),
-                  any_value(usage_terms)
-           FROM samples WHERE run_id = ? GROUP BY ALL ORDER BY 1""",
-        [run_id],
-    ).fetchall()
-    rejected = con.execute(
-        "SELECT reason, count(*) FROM rejected WHERE run_id = ? GROUP BY ALL ORDER BY 2 DESC",
-        [run_id],
-    ).fetchall()
+    this_run = f"run_id = {sql_string(run_id)}"
+    facts = gather_facts(con, this_run, this_run)
+    entries = load_terms()
+    terms: dict[str, TermsEntry | None] = {tag: entry_for_tag(entries, tag) for tag in facts.tags}
     examples = con.execute(
         "SELECT teacher_name, prompt, response_text FROM samples WHERE run_id = ? "
         "ORDER BY sample_id LIMIT ?",
         [run_id, EXAMPLES],
     ).fetchall()
-    lines = [f"# {dataset} — run `{run_id}`", "", "## Teachers", ""]
-    lines += [
-        "| teacher | provider | requested model | returned versions | terms |",
-        "|---|---|---|---|---|",
-    ]
-    for name, provider, model, versions, tag in teachers:
-        entry = terms.get(str(tag))
-        link = f"[{tag}]({entry.url})" if entry is not None and entry.url else str(tag)
-        lines.append(
-            f"| {name} | {provider} | {model} | {', '.join(map(str, versions))} | {link} |"
-        )
-    total = sum(int(str(r["samples"])) for r in rows)
-    lines += ["", "## Counts", "", f"- samples kept: {total}"]
-    lines += [f"- rejected ({reason}): {count}" for reason, count in rejected]
-    lines += [f"- failures, {r['teacher']}: {r['failures']}" for r in rows if r["failures"]]
-    lines += ["", "## Examples", ""]
+    lines = [f"# {dataset} — run `{run_id}`", "", render_facts(facts, terms).strip(), ""]
+    failures = [f"- {r['teacher']}: {r['failures']}" for r in rows if r["failures"]]
+    if failures:
+        lines += ["## Failures", "", *failures, ""]
+    lines += ["## Examples", ""]
     for teacher, prompt, response in examples:
         lines += [f"**{teacher}** — {_clip(str(prompt))}", "", f"> {_clip(str(response), 400)}", ""]
     return "\n".join(lines)

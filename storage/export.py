@@ -1,8 +1,8 @@
 """Training-ready exports of a dataset: chat JSONL for supervised fine-tuning.
 
 Each kept sample becomes one line ``{"messages": [...prompt turns, assistant], "sample_id"}``
-(the id leads back to the sample's lineage). With reasoning, the teacher's trace goes where
-common trainers and chat templates look for it:
+(the id leads back to the sample's lineage); a conversation's line holds all its turns. With
+reasoning, the teacher's trace goes where common trainers and chat templates look for it:
 
 - ``think``: inside the assistant's content, ``<think>\\n{trace}\\n</think>\\n\\n{answer}``
   (DeepSeek-R1 / Qwen3-style SFT data);
@@ -54,6 +54,27 @@ def assistant_message(
     return {"role": "assistant", "content": answer, key: trace}
 
 
+def training_messages(
+    messages: list[dict[str, Any]] | None,
+    conversation: list[dict[str, Any]] | None,
+    answer: str,
+    trace: str | None,
+    style: ReasoningStyle | None,
+    key: str = "reasoning",
+) -> list[dict[str, Any]]:
+    """The chat of one sample as trainers read it: its prompt turns, then the answer.
+
+    A conversation (recipe ``conversation``) is the whole chat, whose last assistant turn is
+    the answer (``response_text``): every turn is kept, the trace goes on that last one.
+    """
+    turns = conversation or messages or []
+    if conversation and conversation[-1]["role"] == "assistant":
+        turns = conversation[:-1]
+    shaped: list[dict[str, Any]] = [{"role": m["role"], "content": m["content"]} for m in turns]
+    shaped.append(assistant_message(answer, trace, style, key))
+    return shaped
+
+
 def select_samples(
     con: duckdb.DuckDBPyConnection, columns: str, where: str | None, rest: str = ""
 ) -> list[tuple[Any, ...]]:
@@ -90,21 +111,20 @@ def export_chat_jsonl(
     )
     rows = select_samples(
         con,
-        f"sample_id, messages, response_text, {trace_columns}",
+        f"sample_id, messages, conversation, response_text, {trace_columns}",
         where,
         "ORDER BY run_id, prompt_id, teacher_name, sample_index",
     )
     result = ExportResult()
     partial = target.with_name(f".{target.name}.partial")
     with partial.open("w", encoding="utf-8") as handle:
-        for sample_id, messages, answer, trace, shown in rows:
+        for sample_id, messages, conversation, answer, trace, shown in rows:
             if reasoning is not None and (shown or "none") not in EXPORTABLE:
                 result.skipped[shown or "none"] += 1
                 continue
-            turns: list[dict[str, Any]] = [
-                {"role": m["role"], "content": m["content"]} for m in messages or []
-            ]
-            turns.append(assistant_message(answer or "", trace, reasoning, reasoning_key))
+            turns = training_messages(
+                messages, conversation, answer or "", trace, reasoning, reasoning_key
+            )
             line = {"messages": turns, "sample_id": sample_id}
             handle.write(json.dumps(line, ensure_ascii=False) + "\n")
             result.written += 1
