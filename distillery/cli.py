@@ -715,6 +715,7 @@ _HF_ONLY = (
     "--accept-terms",
     "--exclude-restricted",
     "--terms-max-age-days",
+    "--terms-file",
     "--overwrite",
 )
 
@@ -803,6 +804,12 @@ def export(
         int,
         typer.Option(min=1, help="hf: flag terms entries reviewed longer ago than this."),
     ] = 180,
+    terms_file: Annotated[
+        Path | None,
+        typer.Option(
+            help="hf: the job's own terms_file: its entries decide its tags (tried first)."
+        ),
+    ] = None,
     overwrite: Annotated[
         bool, typer.Option("--overwrite", help="hf: replace a non-empty --output folder.")
     ] = False,
@@ -840,6 +847,7 @@ def export(
             set(accept_terms or []),
             exclude_restricted,
             terms_max_age_days,
+            terms_file,
             overwrite,
         )
         return
@@ -895,6 +903,7 @@ def _export_hf(
     accept: set[str],
     exclude_restricted: bool,
     terms_max_age_days: int,
+    terms_file: Path | None,
     overwrite: bool,
 ) -> None:
     """``export --format hf``: every input checked before anything is written; the gate's
@@ -922,6 +931,7 @@ def _export_hf(
         accept=frozenset(accept),
         exclude_restricted=exclude_restricted,
         terms_max_age_days=terms_max_age_days,
+        terms_file=terms_file,
         overwrite=overwrite,
     )
     check_folder(output, overwrite)

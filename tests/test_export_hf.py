@@ -482,3 +482,59 @@ def test_an_evol_instruct_run_exports_without_family_leaks(
     header = card_header(folder)
     assert {t["name"] for t in header["distillery"]["teachers"]} == {"t0", "t1"}
     assert header["distillery"]["runs"][0]["run_id"] == "evol"
+
+
+def test_a_jobs_own_terms_file_decides_its_tags(tmp_path: Path) -> None:
+    """A tag the job's ``terms_file:`` defines is unknown to the shipped registry: restricted
+    unless the export is given that file, whose entries then decide it."""
+    root = tmp_path / "data"
+    rows = [row(f"h{i}", f"p{i}", usage_terms="house-terms") for i in range(5)]
+    write_shard(root, "samples", "r1", rows, 0)
+    refused = cli("--data", str(root), "-o", str(tmp_path / "a"), "--use", "research")
+    assert refused.returncode == 2 and "house-terms" in refused.stderr, refused.stderr
+    terms = tmp_path / "terms.yaml"
+    terms.write_text(
+        "- tag: house-terms\n  provider: '*'\n  model: '*'\n  summary: Our own model.\n"
+        "  url: https://example.com/terms\n  reviewed: 2026-12-01\n  permits: [research]\n"
+        "  obligations: [Cite the house model.]\n"
+    )
+    folder = tmp_path / "b"
+    done = cli(
+        "--data", str(root), "-o", str(folder), "--use", "research", "--terms-file", str(terms)
+    )
+    assert done.returncode == 0, done.stderr
+    card = (folder / "README.md").read_text()
+    assert "house-terms" in card and "Cite the house model." in card
+    commercial = cli(
+        "--data",
+        str(root),
+        "-o",
+        str(tmp_path / "c"),
+        "--use",
+        "commercial",
+        "--terms-file",
+        str(terms),
+    )
+    assert commercial.returncode == 2 and "house-terms" in commercial.stderr
+
+
+def test_decontamination_that_leaves_nothing_is_one_line_and_no_folder(tmp_path: Path) -> None:
+    root = build(tmp_path / "data", prompts=3)
+    evals = tmp_path / "eval.jsonl"
+    evals.write_text(json.dumps({"q": "answer to the last answer"}) + "\n")
+    folder = tmp_path / "release"
+    result = cli(
+        "--data",
+        str(root),
+        "-o",
+        str(folder),
+        "--use",
+        "research",
+        "--decontaminate",
+        f"{evals}:q",
+        "--ngram",
+        "2",
+    )
+    line = one_error_line(result)
+    assert "nothing to release" in line and "--decontaminate" in line
+    assert not list(tmp_path.glob("*release*")) and not list(tmp_path.glob(".release*"))

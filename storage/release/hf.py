@@ -65,6 +65,8 @@ class HfOptions:
     accept: frozenset[str] = frozenset()
     exclude_restricted: bool = False
     terms_max_age_days: int = 180
+    #: The job's own ``terms_file:`` (its entries come first, as in the run that tagged rows).
+    terms_file: Path | None = None
     overwrite: bool = False
     today: date | None = None  # None: the day of the export
     shard_rows: int = SHARD_ROWS
@@ -169,7 +171,7 @@ def export_hf(dataset: Path | str | Location, folder: Path, options: HfOptions) 
         raise UserInputError(f"--data {dataset}: no samples{chosen}{usable} to export")
     decision = decide(
         tag_rows(con, selection),
-        load_terms(),
+        load_terms(options.terms_file),
         use,
         set(options.accept),
         options.exclude_restricted,
@@ -201,6 +203,11 @@ def export_hf(dataset: Path | str | Location, folder: Path, options: HfOptions) 
                 shard_bytes=options.shard_bytes,
             ),
         )
+        if not sum(written.rows.values()):
+            raise UserInputError(
+                f"--decontaminate: all {written.decontaminated_rows:,} rows share an n-gram with "
+                "an evaluation item; nothing to release (is --ngram too small?)"
+            )
         released = where
         if contamination is not None:
             listed = str(staging / DECONTAMINATION_FILE).replace("'", "''")
