@@ -20,12 +20,13 @@ from collections.abc import Callable, Container, Coroutine, Iterator
 from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import pyarrow as pa
 import pyarrow.compute as pc
 from prefect import flow, get_run_logger, task
 from prefect.cache_policies import NO_CACHE
+from prefect.states import Completed
 from pydantic import BaseModel, Field
 
 from distillery import __version__
@@ -170,7 +171,24 @@ async def generate(
     with graceful_stop(), run_writer(as_location(job.output), run_id):
         if not allow_changed_job:
             refuse_changed_job(as_location(job.output), run_id, job)
-        return await _generate(job, run_id, config_path)
+        return _final_state(await _generate(job, run_id, config_path))
+
+
+def _final_state(summary: RunSummary) -> RunSummary:
+    """What the flow returns: the summary, or for a run left waiting on provider submissions
+    a Completed state named ``Waiting`` carrying it, so the Prefect UI says so (not a plain
+    Completed) and the message says what is left.
+
+    Prefect takes a returned state as the flow run's final state and hands callers its data,
+    so a direct call (and ``generate_job``, the deployment's flow) still gets the summary.
+    """
+    if summary.status != "waiting":
+        return summary
+    message = (
+        f"{summary.requests_at_provider:,} requests in {summary.submissions_open:,} provider "
+        f"submissions; run {summary.run_id} again to collect them"
+    )
+    return cast(RunSummary, Completed(name="Waiting", message=message, data=summary))
 
 
 async def _generate(job: JobConfig, run_id: str, config_path: str | None) -> RunSummary:

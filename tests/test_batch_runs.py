@@ -117,6 +117,17 @@ def bought(emulator: RunningEmulator, provider: str = "openai") -> int:
     )
 
 
+async def _final_state(flow_run_id: str | None) -> Any:
+    """The flow run's final state as the Prefect UI shows it."""
+    from uuid import UUID
+
+    from prefect import get_client
+
+    async with get_client() as client:
+        flow_run = await client.read_flow_run(UUID(str(flow_run_id)))
+    return flow_run.state
+
+
 async def _submission_artifacts(flow_run_id: str | None) -> list[object]:
     """Every version of the run's submissions table, oldest first."""
     from uuid import UUID
@@ -207,12 +218,18 @@ def test_a_run_that_cannot_wait_ends_waiting_and_the_next_collects(
         first = run(job)
         assert first.status == "waiting", first
         assert (first.submissions_open, first.requests_at_provider) == (3, PROMPTS)
+        state = asyncio.run(_final_state(first.flow_run_id))
+        assert (state.type.value, state.name) == ("COMPLETED", "Waiting")
+        assert (
+            state.message == "12 requests in 3 provider submissions; run r1 again to collect them"
+        )
         assert first.samples == 0 and bought(emulator) == PROMPTS
         journal = Journal(Path(job.output), "r1")
         assert {r.step for r in journal.records()} == {"created"}
         # The next invocation (a scheduled one, say) may wait: wait_s is not the job's shape.
         second = run(batch_job(tmp_path, emulator.url, online=False, wait_s=60))
         assert second.status == "completed", second
+        assert asyncio.run(_final_state(second.flow_run_id)).name == "Completed"
         assert (second.requests_planned, second.samples, second.collected_earlier) == (
             0,
             PROMPTS,
