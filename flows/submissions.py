@@ -52,6 +52,7 @@ from distillery.storage.submissions import (
     JournalError,
     SubmissionItem,
     SubmissionRecord,
+    summarise,
 )
 
 #: Uploads and downloads of up to a few hundred MB: far longer than one request's timeout.
@@ -204,12 +205,13 @@ class Submissions:
         the run stops. ``committed`` hears each collected chunk once its shards are written.
         """
         started = self.clock()
+        records = [r for r in self.journal.records() if not r.settled]
         while True:
-            records = [r for r in self.journal.records() if not r.settled]
             if not records or stop():
                 return
             moving = [r for r in records if self._may_go_on(r)]
             for record in moving:
+                ended_before = record.step == "ended"
                 try:
                     (record,) = await wait_for(
                         self.journal,
@@ -221,16 +223,17 @@ class Submissions:
                         self.sleep,
                     )
                     if record.step == "ended":
-                        await self._collect(record, committed)
+                        await self._collect(record, committed, ended_before)
                     elif record.step == "abandoned":  # refused as a whole: planned again
                         self._release(record, paid=0.0)
                         self._problem(record, f"given up, sent again next run: {record.error}")
                 except SubmissionError as exc:
                     self._problem(record, str(exc))
-            await self.publish()
+            current = self.journal.records()
+            await self.publish(current)
             # Only what the provider holds is worth waiting for: a submission the budget
             # keeps back stays so until an answer settles, which another one would bring.
-            records = [r for r in self.journal.records() if not r.settled]
+            records = [r for r in current if not r.settled]
             if all(r.submission_id in self.over_budget for r in records):
                 return
             options = [self._options(r) for r in records]
@@ -271,12 +274,10 @@ class Submissions:
             return True
         estimate = record.estimated_cost_usd
         budgets = self._budgets(record.teacher)
-        if not force and not all(
-            b.spent_usd + b.reserved_usd + estimate <= b.limit_usd for b in budgets
-        ):
+        if not force and not all(b.room_for(estimate) for b in budgets):
             return False
         for budget in budgets:
-            budget.reserved_usd += estimate
+            budget.hold(estimate)
         self.reserved[record.submission_id] = estimate
         return True
 
@@ -297,12 +298,22 @@ class Submissions:
         self,
         record: SubmissionRecord,
         committed: Callable[[BatchSummary, int], Awaitable[None]],
+        ended_before: bool,
     ) -> None:
-        """Commit an ended submission's rows chunk by chunk, then mark it collected."""
+        """Commit an ended submission's rows chunk by chunk, then mark it collected.
+
+        Only a submission found ended (``ended_before``) may have been collected in part by an
+        invocation that stopped: its committed ids are read from the shards. One this
+        invocation saw end has none, and the run's shards are not read for it.
+        """
         assert record.provider_batch_id is not None
         teachers = {t.name: t for t in self.job.teachers}
         output, run_id = self.journal.output, self.journal.run_id
-        done = DoneIds.of_submission(output, run_id, record.provider_batch_id)
+        done = (
+            DoneIds.of_submission(output, run_id, record.provider_batch_id)
+            if ended_before
+            else DoneIds()
+        )
 
         def teacher_for(item: SubmissionItem) -> TeacherConfig:
             return self.router.asked(teachers[item.teacher], item.sample_index)
@@ -357,7 +368,7 @@ class Submissions:
         planned_now = sum(r.requests for r in records if r.submission_id in self.prepared_now)
         return len(records), sum(r.requests for r in records), planned_now
 
-    async def publish(self) -> None:
+    async def publish(self, records: list[SubmissionRecord]) -> None:
         """The run's submissions as a Prefect table artifact: one row per submission (provider
         id, step, provider state, counts, requests, estimate), a new version only when a fact
         changed (ages are left out of it)."""
@@ -368,7 +379,7 @@ class Submissions:
                 **{k: v for k, v in row.items() if k not in ("age_s", "step_age_s", "counts")},
                 "counts": ", ".join(f"{k} {v}" for k, v in sorted(row["counts"].items())),
             }
-            for row in self.journal.summary()
+            for row in summarise(records, self.journal.clock())
         ]
         if table == self.shown:
             return

@@ -41,14 +41,13 @@ class Budget:
         self.spent_usd += actual_usd
         self._settled.set()
 
-    def reserve_now(self, estimate_usd: float) -> bool:
-        """Reserve ``estimate_usd`` if it fits now, without waiting; False leaves nothing
-        reserved.
+    def room_for(self, estimate_usd: float) -> bool:
+        """Whether ``estimate_usd`` fits now, beside what is spent and reserved (no waiting)."""
+        return self.spent_usd + self.reserved_usd + estimate_usd <= self.limit_usd
 
-        For a provider submission: its reservation stands until its results are collected,
-        possibly in another invocation, so waiting for room would wait on itself.
-        """
-        if self.spent_usd + self.reserved_usd + estimate_usd > self.limit_usd:
-            return False
+    def hold(self, estimate_usd: float) -> None:
+        """Reserve ``estimate_usd`` without waiting or checking: for a provider submission,
+        whose reservation stands until it is collected, possibly in another invocation, so
+        waiting for room would wait on itself (callers check :meth:`room_for` first, or hold
+        what an earlier invocation already committed)."""
         self.reserved_usd += estimate_usd
-        return True

@@ -213,7 +213,9 @@ def test_a_batch_teacher_beside_an_online_one(prefect_api: str, tmp_path: Path) 
 def test_a_run_that_cannot_wait_ends_waiting_and_the_next_collects(
     prefect_api: str, tmp_path: Path
 ) -> None:
-    with RunningEmulator(EmulatorOptions(seed=7, batch_seconds=1.0)) as emulator:
+    # Long enough that no submission ends between its create and the one poll of a
+    # wait_s: 0 run, however loaded the machine.
+    with RunningEmulator(EmulatorOptions(seed=7, batch_seconds=5.0)) as emulator:
         job = batch_job(tmp_path, emulator.url, online=False, wait_s=0)
         first = run(job)
         assert first.status == "waiting", first

@@ -24,6 +24,8 @@ from distillery.storage.release.splits import FAMILY_KEY_SQL, parse_splits, spli
 from distillery.storage.shards import write_shard
 
 from .conftest import write_job
+from .test_cli import cli as distillery
+from .test_cli import one_error_line as single_line
 from .test_storage import sample
 
 PNG = b"\x89PNG\r\n\x1a\n"
@@ -208,21 +210,13 @@ def test_recipe_families_share_a_key(tmp_path: Path) -> None:
 
 
 def cli(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [sys.executable, "-m", "distillery", "export", "--format", "hf", *args],
-        capture_output=True,
-        text=True,
-        env={**os.environ, "COLUMNS": "200", **(env or {})},
-        timeout=240,
-        check=False,
-    )
+    return distillery("export", "--format", "hf", *args, env=env)
 
 
 def one_error_line(result: subprocess.CompletedProcess[str]) -> str:
-    lines = [line for line in result.stderr.splitlines() if line.strip()]
-    assert len(lines) == 1, result.stderr
+    line = single_line(result)
     assert result.returncode == 2, result.stderr
-    return lines[0]
+    return line
 
 
 def query(sql: str) -> list[tuple[Any, ...]]:
